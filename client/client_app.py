@@ -1,0 +1,70 @@
+"""The hospital's Flower ClientApp: adapters that unpack a Message, call client.task, and pack the reply."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.privacy_state import load_history, save_history
+from client.site import resolve_site
+from client.task import evaluate_on_site, train_on_site
+from common import wire
+from common.config import load_config
+
+__all__ = ["app"]
+
+app = ClientApp()
+
+
+def _server_round(msg: Message) -> int:
+    config = msg.content.get(wire.CONFIG_KEY)
+    return int(config.get(wire.SERVER_ROUND, 0)) if config is not None else 0
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global weights on this site; reply with weights and scalar metrics only."""
+    config = load_config(context.run_config)
+    site = resolve_site(context.node_config, config)
+    history = load_history(context.state)
+    result = train_on_site(
+        site, config, msg.content[wire.ARRAYS_KEY].to_torch_state_dict(), history, _server_round(msg)
+    )
+    save_history(context.state, result.history)
+    metrics = MetricRecord(
+        {
+            wire.NUM_EXAMPLES: result.num_examples,
+            wire.TRAIN_LOSS: result.train_loss,
+            wire.NUM_STEPS: result.num_steps,
+            wire.EPSILON: result.epsilon,
+            wire.TRAIN_SECONDS: result.seconds,
+        }
+    )
+    content = RecordDict(
+        {
+            wire.ARRAYS_KEY: ArrayRecord(result.state_dict),
+            wire.METRICS_KEY: metrics,
+            wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site.name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received weights on this site's test split; reply with metrics and a score histogram."""
+    config = load_config(context.run_config)
+    site = resolve_site(context.node_config, config)
+    outcome = evaluate_on_site(site, config, msg.content[wire.ARRAYS_KEY].to_torch_state_dict())
+    hist = outcome.histogram.to_lists()
+    metrics = MetricRecord(
+        {
+            wire.NUM_EXAMPLES: outcome.num_examples,
+            wire.LOSS: outcome.loss,
+            **outcome.metrics,
+            wire.SCORE_HIST_NEG: hist["negatives"],
+            wire.SCORE_HIST_POS: hist["positives"],
+        }
+    )
+    content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site.name})})
+    return Message(content=content, reply_to=msg)

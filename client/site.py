@@ -1,0 +1,78 @@
+"""One place that maps a node's config (simulation partition or real SuperNode) to the site it serves."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import AppConfig
+from common.errors import ConfigError, ManifestError
+
+__all__ = ["SiteSpec", "phantom_site_dir", "resolve_site"]
+
+# SuperNode --node-config keys a hospital sets (deployment).
+MANIFEST_KEY = "manifest"
+SITE_NAME_KEY = "site-name"
+CACHE_DIR_KEY = "cache-dir"
+# Keys the simulation engine sets.
+PARTITION_ID_KEY = "partition-id"
+NUM_PARTITIONS_KEY = "num-partitions"
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """What a client needs to find its own data; ``index`` seeds per-site randomness."""
+
+    name: str
+    manifest: Path
+    cache_dir: Path | None
+    index: int
+
+
+def phantom_site_dir(data_dir: str | Path, index: int) -> Path:
+    """Folder of synthetic site ``index`` under the federation's data dir (layout shared with the generator)."""
+    return Path(data_dir).expanduser() / f"site_{index}"
+
+
+def _stable_index(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+
+
+def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSpec:
+    """Describe the site this node serves.
+
+    A real SuperNode is started with ``--node-config 'manifest="/data/site.csv" site-name="hospital-a"'``
+    (optionally ``cache-dir``); a simulated node only knows its ``partition-id``, which selects
+    ``<federation.data_dir>/site_<id>/manifest.csv``.
+
+    Raises
+    ------
+    ConfigError
+        If the node config names neither a manifest nor a partition.
+    ManifestError
+        If a simulated site's manifest is missing (the fix: generate phantoms first).
+    """
+    cache_override = str(node_config.get(CACHE_DIR_KEY, "") or config.data.cache_dir)
+    cache_dir = Path(cache_override).expanduser() if cache_override else None
+    if MANIFEST_KEY in node_config:
+        manifest = Path(str(node_config[MANIFEST_KEY])).expanduser()
+        name = str(node_config.get(SITE_NAME_KEY, "") or manifest.parent.name or "site")
+        return SiteSpec(name=name, manifest=manifest, cache_dir=cache_dir, index=_stable_index(name))
+    if PARTITION_ID_KEY in node_config:
+        try:
+            index = int(node_config[PARTITION_ID_KEY])  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"node config '{PARTITION_ID_KEY}' = {node_config[PARTITION_ID_KEY]!r} is not an integer") from exc
+        manifest = phantom_site_dir(config.federation.data_dir, index) / "manifest.csv"
+        if not manifest.is_file():
+            raise ManifestError(
+                f"simulated site {index} has no manifest at {manifest}; generate the synthetic hospitals first "
+                f"with `fedmammo phantoms --out {config.federation.data_dir}` (or use `fedmammo simulate`, which does)"
+            )
+        return SiteSpec(name=f"site-{index}", manifest=manifest, cache_dir=cache_dir, index=index)
+    raise ConfigError(
+        f"node config {dict(node_config)} names no site: start the SuperNode with "
+        f"--node-config '{MANIFEST_KEY}=\"/path/to/manifest.csv\" {SITE_NAME_KEY}=\"hospital-a\"'"
+    )

@@ -1,0 +1,110 @@
+"""A site's share of one round as plain functions (no Flower), so baselines and tests reuse them unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client.site import SiteSpec
+from common.augment import augment_batch
+from common.config import AppConfig
+from common.metrics import ScoreHistogram, binary_metrics
+from common.models import build_model
+from common.site_data import SiteData, load_site
+from common.training import TrainResult, evaluate, train_local
+
+__all__ = ["EvaluateOutcome", "evaluate_on_site", "load_site_data", "pick_device", "round_seed", "train_on_site"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    """Aggregate results of scoring one split: only these numbers may leave the site."""
+
+    num_examples: int
+    loss: float
+    metrics: dict[str, float]
+    histogram: ScoreHistogram
+
+
+def round_seed(base_seed: int, site_index: int, server_round: int) -> int:
+    """A seed that differs per site and per round but is reproducible from the run's one seed."""
+    digest = hashlib.sha256(f"{base_seed}/{site_index}/{server_round}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def pick_device(setting: str) -> str:
+    """Resolve ``training.device``: 'auto' uses CUDA when this node has it."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def load_site_data(site: SiteSpec, config: AppConfig) -> SiteData:
+    """Decode (or read from the site's cache) and split the site's images; bad files are skipped with reasons."""
+    data = load_site(
+        site.manifest,
+        image_size=config.data.image_size,
+        cache_dir=site.cache_dir,
+        val_fraction=config.data.val_fraction,
+        test_fraction=config.data.test_fraction,
+        seed=config.seed,
+    )
+    if data.skipped:
+        logger.warning("site %s: %d image(s) skipped (reasons logged above)", site.name, len(data.skipped))
+    return data
+
+
+def _model_with(config: AppConfig, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(config.model.name, num_classes=config.model.num_classes, in_channels=1, norm=config.model.norm)
+    model.load_state_dict(state_dict)
+    return model
+
+
+def train_on_site(
+    site: SiteSpec,
+    config: AppConfig,
+    state_dict: dict[str, torch.Tensor],
+    history: list[tuple[float, float, int]],
+    server_round: int,
+) -> TrainResult:
+    """Fine-tune the global weights on the site's training split, DP-SGD when privacy is on.
+
+    ``history`` is the site's accountant history so far; the result's history includes this round,
+    so epsilon is cumulative over the whole federation rather than per round.
+    """
+    data = load_site_data(site, config)
+    model = _model_with(config, state_dict)
+    return train_local(
+        model,
+        data.train,
+        training=config.training,
+        privacy=config.privacy,
+        history=history,
+        seed=round_seed(config.seed, site.index, server_round),
+        augment=augment_batch if config.data.augment else None,
+        device=pick_device(config.training.device),
+    )
+
+
+def evaluate_on_site(
+    site: SiteSpec, config: AppConfig, state_dict: dict[str, torch.Tensor], split: str = "test"
+) -> EvaluateOutcome:
+    """Score the site's ``split`` with the given weights and reduce it to metrics and a score histogram."""
+    data = load_site_data(site, config)
+    dataset = getattr(data, split)
+    model = _model_with(config, state_dict)
+    result = evaluate(model, dataset, batch_size=config.training.batch_size * 2, device=pick_device(config.training.device))
+    labels = (np.asarray(result.labels) == config.model.num_classes - 1).astype(np.int64)
+    metrics = binary_metrics(labels, result.scores, seed=config.seed)
+    return EvaluateOutcome(
+        num_examples=result.num_examples,
+        loss=float(result.loss),
+        metrics=metrics,
+        histogram=ScoreHistogram.from_scores(labels, result.scores),
+    )

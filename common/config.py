@@ -1,0 +1,262 @@
+"""The one typed configuration schema, read from Hydra (nested) or Flower run-config (dotted keys)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from common.errors import ConfigError
+
+__all__ = [
+    "AppConfig",
+    "DataConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PrivacyConfig",
+    "StrategyConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+
+def _check(condition: bool, key: str, value: object, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: it must be {rule}")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Which sites take part and where their data lives."""
+
+    num_sites: int = 3
+    data_dir: str = "~/.fedmammo/phantoms"
+    synthetic: bool = True
+    images_per_site: int = 200
+
+    def __post_init__(self) -> None:
+        _check(self.num_sites >= 1, "federation.num_sites", self.num_sites, ">= 1")
+        _check(bool(self.data_dir), "federation.data_dir", self.data_dir, "a folder path")
+        _check(
+            self.images_per_site >= 8,
+            "federation.images_per_site",
+            self.images_per_site,
+            ">= 8 (a site needs images in train, validation and test)",
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images become tensors and how a site's patients are split."""
+
+    image_size: int = 64
+    cache_dir: str = ""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        _check(16 <= self.image_size <= 1024, "data.image_size", self.image_size, "in [16, 1024]")
+        _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", self.val_fraction, "in [0, 0.5)")
+        _check(0.0 < self.test_fraction < 0.6, "data.test_fraction", self.test_fraction, "in (0, 0.6)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, how it is normalised, and where pretrained weights come from."""
+
+    name: str = "resnet18"
+    norm: str = "groupnorm"
+    weights_path: str = ""
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.norm in ("groupnorm", "frozen_bn"), "model.norm", self.norm, "'groupnorm' or 'frozen_bn'")
+        _check(self.num_classes >= 2, "model.num_classes", self.num_classes, ">= 2")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Local differential privacy (Opacus DP-SGD) settings of every site."""
+
+    enabled: bool = True
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-4
+    accountant: str = "rdp"
+    poisson_sampling: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.noise_multiplier >= 0.0, "privacy.noise_multiplier", self.noise_multiplier, ">= 0")
+        _check(self.max_grad_norm > 0.0, "privacy.max_grad_norm", self.max_grad_norm, "> 0")
+        _check(0.0 < self.delta < 1.0, "privacy.delta", self.delta, "in (0, 1)")
+        _check(self.accountant in ("rdp", "prv"), "privacy.accountant", self.accountant, "'rdp' or 'prv'")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local optimisation on each site in one round."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), "training.device", self.device, "'auto', 'cpu' or 'cuda'")
+        _check(self.local_epochs >= 1, "training.local_epochs", self.local_epochs, ">= 1")
+        _check(self.batch_size >= 1, "training.batch_size", self.batch_size, ">= 1")
+        _check(self.learning_rate > 0.0, "training.learning_rate", self.learning_rate, "> 0")
+        _check(self.optimizer in ("sgd", "adam"), "training.optimizer", self.optimizer, "'sgd' or 'adam'")
+        _check(0.0 <= self.momentum < 1.0, "training.momentum", self.momentum, "in [0, 1)")
+        _check(self.weight_decay >= 0.0, "training.weight_decay", self.weight_decay, ">= 0")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server-side aggregation and round plan."""
+
+    name: str = "fedavg"
+    num_rounds: int = 5
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2
+    round_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("fedavg",), "strategy.name", self.name, "'fedavg'")
+        _check(self.num_rounds >= 1, "strategy.num_rounds", self.num_rounds, ">= 1")
+        _check(0.0 < self.fraction_train <= 1.0, "strategy.fraction_train", self.fraction_train, "in (0, 1]")
+        _check(
+            0.0 <= self.fraction_evaluate <= 1.0,
+            "strategy.fraction_evaluate",
+            self.fraction_evaluate,
+            "in [0, 1]",
+        )
+        _check(self.min_nodes >= 1, "strategy.min_nodes", self.min_nodes, ">= 1")
+        _check(self.round_timeout_s > 0, "strategy.round_timeout_s", self.round_timeout_s, "> 0")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the server writes the run directory."""
+
+    run_dir: str = "~/.fedmammo/runs/latest"
+    save_checkpoints: bool = True
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything one run needs; one instance per entry point, passed down explicitly."""
+
+    seed: int = 42
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_nested(self) -> dict[str, Any]:
+        """Plain nested dict (for config.yaml and Hydra)."""
+        return dataclasses.asdict(self)
+
+    def to_flat(self) -> dict[str, Any]:
+        """Dotted keys, as Flower's run-config holds them."""
+        return _flatten(self.to_nested())
+
+
+def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            value = _unflatten(value)
+        parts = str(key).split(".")
+        node = nested
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config key '{key}' clashes with scalar key '{part}'")
+            node = child
+        leaf = parts[-1]
+        if isinstance(node.get(leaf), dict) and isinstance(value, dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return nested
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Accept what TOML/YAML give for a field of this type, refuse the rest by name."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    raise ConfigError(f"config key '{key}' = {value!r} has the wrong type: expected {kind.__name__}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        names = ", ".join(f"'{prefix}{k}'" for k in unknown)
+        raise ConfigError(f"unknown config key(s) {names}; known keys here: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in values:
+            continue
+        key = f"{prefix}{f.name}"
+        kind = hints[f.name]
+        value = values[f.name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{key}' must be a table of keys, got {value!r}")
+            kwargs[f.name] = _build(kind, value, f"{key}.")
+        else:
+            if isinstance(kind, types.UnionType):  # pragma: no cover - schema uses plain types
+                raise ConfigError(f"config key '{key}' has an unsupported type")
+            kwargs[f.name] = _coerce(key, value, kind)
+    return cls(**kwargs)
+
+
+def load_config(values: Mapping[str, Any] | None = None) -> AppConfig:
+    """Validate a nested (Hydra) or dotted (Flower run-config) mapping into an `AppConfig`.
+
+    Missing keys take their defaults; unknown keys, wrong types and out-of-range values raise
+    `ConfigError` naming the key, so a typo in ``--run-config`` or a Hydra override fails loudly.
+    """
+    return _build(AppConfig, _unflatten(dict(values or {})), "")

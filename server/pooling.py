@@ -1,0 +1,67 @@
+"""Pooled (all-site) metrics from what sites send: weighted means, the worst epsilon, summed score histograms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+
+from common import wire
+from common.metrics import ScoreHistogram, histogram_metrics
+
+__all__ = ["pool_evaluate_metrics", "pool_histograms", "pool_train_metrics", "reply_histogram"]
+
+
+def _metrics(record: RecordDict) -> MetricRecord:
+    return next(iter(record.metric_records.values()))
+
+
+def _weighted_mean(records: list[RecordDict], key: str, weight_key: str) -> float:
+    pairs = [(float(_metrics(r)[weight_key]), float(_metrics(r)[key])) for r in records if key in _metrics(r)]
+    pairs = [(w, v) for w, v in pairs if not math.isnan(v)]
+    total = sum(w for w, _ in pairs)
+    return sum(w * v for w, v in pairs) / total if total > 0 else float("nan")
+
+
+def reply_histogram(record: RecordDict) -> ScoreHistogram:
+    """The test-score histogram a site sent with its evaluation reply."""
+    metrics = _metrics(record)
+    return ScoreHistogram(
+        negatives=np.asarray(metrics[wire.SCORE_HIST_NEG], dtype=np.int64),
+        positives=np.asarray(metrics[wire.SCORE_HIST_POS], dtype=np.int64),
+    )
+
+
+def pool_histograms(histograms: list[ScoreHistogram]) -> ScoreHistogram:
+    """Sum per-site histograms: the pooled ROC is then exact up to bin width, with no per-image data moved."""
+    pooled = histograms[0]
+    for histogram in histograms[1:]:
+        pooled = pooled + histogram
+    return pooled
+
+
+def pool_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """FedAvg ``train_metrics_aggr_fn``: example-weighted loss, total examples, and the largest epsilon.
+
+    The largest epsilon, not the mean, because a federation's privacy claim is only as strong as its
+    weakest site's guarantee.
+    """
+    return MetricRecord(
+        {
+            weight_key: int(sum(int(_metrics(r)[weight_key]) for r in records)),
+            wire.TRAIN_LOSS: _weighted_mean(records, wire.TRAIN_LOSS, weight_key),
+            wire.EPSILON: max(float(_metrics(r).get(wire.EPSILON, 0.0)) for r in records),
+        }
+    )
+
+
+def pool_evaluate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """FedAvg ``evaluate_metrics_aggr_fn``: metrics of all sites' test images as one population."""
+    pooled = pool_histograms([reply_histogram(r) for r in records])
+    values: dict[str, float | int] = {
+        weight_key: int(sum(int(_metrics(r)[weight_key]) for r in records)),
+        wire.LOSS: _weighted_mean(records, wire.LOSS, weight_key),
+    }
+    values.update(histogram_metrics(pooled))
+    return MetricRecord(values)

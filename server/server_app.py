@@ -1,0 +1,63 @@
+"""The federation's Flower ServerApp: FedAvg over the sites, then the run directory and its report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import AppConfig, load_config
+from common.models import build_model
+from server.report import RunDirectory, build_report
+from server.strategy import build_strategy
+from server.summary import build_summary
+
+__all__ = ["app", "initial_arrays", "run_federation"]
+
+logger = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+def initial_arrays(config: AppConfig) -> ArrayRecord:
+    """Round-0 weights: seeded random init, or the pretrained file the server operator names."""
+    torch.manual_seed(config.seed)
+    weights = config.model.weights_path or None
+    model = build_model(
+        config.model.name, num_classes=config.model.num_classes, in_channels=1, norm=config.model.norm, weights_path=weights
+    )
+    return ArrayRecord(model.state_dict())
+
+
+def run_federation(grid: Grid, config: AppConfig) -> Path:
+    """Run all rounds, then write final weights, ROC data, summary and report; return the run directory."""
+    run_dir = RunDirectory(Path(config.output.run_dir).expanduser())
+    run_dir.write_config(config.to_nested())
+    strategy = build_strategy(config, run_dir)
+    started = time.monotonic()
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial_arrays(config),
+        num_rounds=config.strategy.num_rounds,
+        timeout=config.strategy.round_timeout_s,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+    )
+    duration = time.monotonic() - started
+    torch.save(result.arrays.to_torch_state_dict(), run_dir.path / "global_model.pt")
+    if strategy.latest_histograms:
+        run_dir.write_roc(strategy.latest_round, strategy.latest_histograms)
+    run_dir.write_summary(build_summary(config, run_dir.read_metrics(), duration_s=duration))
+    report = build_report(run_dir.path)
+    logger.info("report written to %s", report)
+    return run_dir.path
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: read the run config once into the typed schema, then run."""
+    run_federation(grid, load_config(context.run_config))

@@ -1,0 +1,112 @@
+"""FedAvg that also records every site's reply per round (metrics.jsonl, checkpoints) through Flower's hooks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from common import wire
+from common.config import AppConfig
+from common.metrics import ScoreHistogram
+from server.pooling import pool_evaluate_metrics, pool_train_metrics, reply_histogram
+from server.report import RunDirectory
+
+__all__ = ["POOLED_SITE", "RecordingFedAvg", "build_strategy"]
+
+logger = logging.getLogger(__name__)
+
+POOLED_SITE = "pooled"
+_HISTOGRAM_KEYS = (wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS)
+
+
+def _site_name(msg: Message) -> str:
+    site = msg.content.get(wire.SITE_KEY)
+    if site is not None and wire.SITE_NAME in site:
+        return str(site[wire.SITE_NAME])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def _scalars(metrics: MetricRecord) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k not in _HISTOGRAM_KEYS and not isinstance(v, list)}
+
+
+def _row(server_round: int, phase: str, site: str, metrics: MetricRecord) -> dict[str, Any]:
+    values = _scalars(metrics)
+    values["num_examples"] = values.pop(wire.NUM_EXAMPLES, 0)
+    return {"round": server_round, "phase": phase, "site": site, **values}
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg whose aggregation hooks write one row per site and round, plus the pooled row.
+
+    Failed replies (a site whose round raised) are recorded with their reason and left out of the
+    aggregate, so one broken hospital never stops the federation.
+    """
+
+    def __init__(self, *, run_dir: RunDirectory, save_checkpoints: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("train_metrics_aggr_fn", pool_train_metrics)
+        kwargs.setdefault("evaluate_metrics_aggr_fn", pool_evaluate_metrics)
+        super().__init__(**kwargs)
+        self.run_dir = run_dir
+        self.save_checkpoints = save_checkpoints
+        self.latest_histograms: dict[str, ScoreHistogram] = {}
+        self.latest_round = 0
+
+    def _record_failures(self, server_round: int, phase: str, replies: list[Message]) -> list[dict[str, Any]]:
+        return [
+            {"round": server_round, "phase": phase, "site": _site_name(m), "error": m.error.reason}
+            for m in replies
+            if m.has_error()
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        arrays, pooled = super().aggregate_train(server_round, replies)
+        rows = [_row(server_round, "train", _site_name(m), m.content[wire.METRICS_KEY]) for m in replies if not m.has_error()]
+        rows += self._record_failures(server_round, "train", replies)
+        if pooled is not None:
+            rows.append(_row(server_round, "train", POOLED_SITE, pooled))
+        self.run_dir.append_metrics(rows)
+        if arrays is not None and self.save_checkpoints:
+            torch.save(arrays.to_torch_state_dict(), self.run_dir.checkpoints_dir / "global_latest.pt")
+        return arrays, pooled
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        pooled = super().aggregate_evaluate(server_round, replies)
+        ok = [m for m in replies if not m.has_error()]
+        rows = [_row(server_round, "evaluate", _site_name(m), m.content[wire.METRICS_KEY]) for m in ok]
+        rows += self._record_failures(server_round, "evaluate", replies)
+        if pooled is not None:
+            rows.append(_row(server_round, "evaluate", POOLED_SITE, pooled))
+            self.latest_histograms = {_site_name(m): reply_histogram(m.content) for m in ok}
+            self.latest_round = server_round
+            auc = float(pooled.get("auc", math.nan))
+            logger.info("round %d: pooled test AUC %.3f over %d site(s)", server_round, auc, len(ok))
+        self.run_dir.append_metrics(rows)
+        return pooled
+
+
+def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingFedAvg:
+    """The configured strategy; every site must answer (min nodes capped by the federation size)."""
+    min_nodes = min(config.strategy.min_nodes, config.federation.num_sites)
+    return RecordingFedAvg(
+        run_dir=run_dir,
+        save_checkpoints=config.output.save_checkpoints,
+        fraction_train=config.strategy.fraction_train,
+        fraction_evaluate=config.strategy.fraction_evaluate,
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes if config.strategy.fraction_evaluate > 0 else 0,
+        min_available_nodes=min_nodes,
+        weighted_by_key=wire.NUM_EXAMPLES,
+        arrayrecord_key=wire.ARRAYS_KEY,
+        configrecord_key=wire.CONFIG_KEY,
+    )

@@ -1,0 +1,51 @@
+"""Turns the recorded rounds into the run's summary: final per-site and pooled results with epsilon."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common import wire
+from common.config import AppConfig
+
+__all__ = ["build_summary"]
+
+
+def _last_rows(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, Mapping[str, Any]]:
+    latest: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        if row.get("phase") == phase and "error" not in row:
+            previous = latest.get(row["site"])
+            if previous is None or row["round"] >= previous["round"]:
+                latest[row["site"]] = row
+    return latest
+
+
+def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, duration_s: float) -> dict[str, Any]:
+    """Final evaluation of the global model per site and pooled, each with the site's cumulative epsilon."""
+    evaluated = _last_rows(rows, "evaluate")
+    trained = _last_rows(rows, "train")
+    sites: dict[str, dict[str, Any]] = {}
+    for site in sorted(set(evaluated) | set(trained)):
+        entry = {k: v for k, v in evaluated.get(site, {}).items() if k not in ("phase", "site")}
+        entry["epsilon"] = trained.get(site, {}).get(wire.EPSILON, 0.0)
+        sites[site] = entry
+    pooled = sites.pop("pooled", {})
+    failures = [dict(row) for row in rows if "error" in row]
+    return {
+        "num_rounds": config.strategy.num_rounds,
+        "model": config.model.name,
+        "image_size": config.data.image_size,
+        "strategy": config.strategy.name,
+        "sites": sites,
+        "pooled": pooled,
+        "privacy": {
+            "enabled": config.privacy.enabled,
+            "noise_multiplier": config.privacy.noise_multiplier,
+            "max_grad_norm": config.privacy.max_grad_norm,
+            "delta": config.privacy.delta,
+            "accountant": config.privacy.accountant,
+        },
+        "failures": failures,
+        "duration_s": duration_s,
+    }

@@ -1,0 +1,129 @@
+"""The `fedmammo` command: simulate a federation, generate phantom hospitals, rebuild a report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from common.errors import FedMammoError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("fedmammo")
+
+
+def _simulate(args: argparse.Namespace, console: Console) -> int:
+    from simulations.hydra_config import compose_simulation
+    from simulations.launcher import run_simulation
+    from simulations.phantoms import generate_federation
+    from simulations.progress import RoundProgress
+
+    config, resources = compose_simulation(args.overrides)
+    if config.federation.synthetic:
+        with console.status(f"preparing {config.federation.num_sites} synthetic hospitals in {config.federation.data_dir}"):
+            generate_federation(
+                Path(config.federation.data_dir).expanduser(),
+                num_sites=config.federation.num_sites,
+                images_per_site=config.federation.images_per_site,
+                seed=config.seed,
+            )
+    run_dir = Path(config.output.run_dir).expanduser().resolve()
+    privacy = f"DP-SGD σ={config.privacy.noise_multiplier}" if config.privacy.enabled else "no DP"
+    console.print(
+        f"[bold]fedmammo[/] {config.federation.num_sites} sites · {config.model.name} @ {config.data.image_size}px · "
+        f"{config.strategy.num_rounds} rounds · {privacy} · run dir {run_dir}"
+    )
+    with RoundProgress(run_dir / "metrics.jsonl", config.strategy.num_rounds, console=console) as progress:
+        echo = (lambda line: (console.print(line, markup=False, highlight=False), progress.poll())) if args.verbose else None
+        run_simulation(config, run_dir, resources=resources, on_output=echo or progress.poll)
+    _print_summary(run_dir, console)
+    console.print(f"\n[bold green]report:[/] {run_dir / 'report.html'}")
+    return 0
+
+
+def _print_summary(run_dir: Path, console: Console) -> None:
+    import json
+
+    from rich.table import Table
+
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    table = Table(title="global model on each site's test split (final round)")
+    for column in ("site", "test images", "AUC (95% CI)", "sensitivity", "specificity", "epsilon"):
+        table.add_column(column, justify="right" if column != "site" else "left")
+
+    def fmt(value: object, digits: int = 3) -> str:
+        return "n/a" if value is None or value != value else f"{float(value):.{digits}f}"  # NaN != NaN
+
+    rows = [*summary["sites"].items(), ("pooled", summary["pooled"])]
+    for site, values in rows:
+        auc = f"{fmt(values.get('auc'))} ({fmt(values.get('auc_ci_low'), 2)}-{fmt(values.get('auc_ci_high'), 2)})"
+        table.add_row(
+            site,
+            str(values.get("num_examples", "")),
+            auc,
+            fmt(values.get("sensitivity")),
+            fmt(values.get("specificity")),
+            fmt(values.get("epsilon"), 2),
+        )
+    console.print(table)
+
+
+def _phantoms(args: argparse.Namespace, console: Console) -> int:
+    from simulations.phantoms import generate_federation
+
+    with console.status(f"writing {args.sites} synthetic hospitals to {args.out}"):
+        manifests = generate_federation(Path(args.out), num_sites=args.sites, images_per_site=args.images, seed=args.seed)
+    for manifest in manifests:
+        console.print(f"site manifest: {manifest}")
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from server.report import build_report
+
+    console.print(f"report: {build_report(Path(args.run_dir))}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmammo", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="run a local federated simulation (Hydra overrides: key=value)")
+    simulate.add_argument("overrides", nargs="*", help="e.g. model=resnet50 privacy=none strategy.num_rounds=3")
+    simulate.add_argument("-v", "--verbose", action="store_true", help="echo Flower's log while running")
+    simulate.set_defaults(handler=_simulate)
+
+    phantoms = commands.add_parser("phantoms", help="write synthetic DICOM hospitals and their manifests")
+    phantoms.add_argument("--out", required=True, help="folder to write site_0/, site_1/, ... into")
+    phantoms.add_argument("--sites", type=int, default=3)
+    phantoms.add_argument("--images", type=int, default=200, help="images per site")
+    phantoms.add_argument("--seed", type=int, default=42)
+    phantoms.set_defaults(handler=_phantoms)
+
+    report = commands.add_parser("report", help="rebuild report.html and plots from a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    console = Console(stderr=False)
+    try:
+        return int(args.handler(args, console))
+    except FedMammoError as exc:  # config, data and launcher errors carry the file/key and the fix
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

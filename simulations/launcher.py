@@ -1,0 +1,193 @@
+"""Runs the Flower app as a local simulation through `flwr run`, on a private SuperLink this process owns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import AppConfig
+from common.errors import ConfigError, FedMammoError
+
+__all__ = ["APP_DIR", "SimulationError", "SimulationResources", "run_simulation", "write_run_config"]
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parents[1]
+"""The Flower app (the folder holding pyproject.toml's [tool.flwr.app])."""
+
+_CONNECTION = "fedmammo-local"
+_STARTUP_TIMEOUT_S = 60.0
+
+
+class SimulationError(FedMammoError, RuntimeError):
+    """The simulation did not finish; the message names the log to read."""
+
+
+@dataclass(frozen=True)
+class SimulationResources:
+    """Ray resources: how many CPUs (and GPUs) each simulated site may use at once."""
+
+    cpus_per_site: int = 2
+    gpus_per_site: float = 0.0
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def write_run_config(config: AppConfig, path: Path) -> Path:
+    """Write the config as the run-config TOML that ``flwr run --run-config`` reads (dotted keys)."""
+    lines = [f'"{key}" = {_toml_value(value)}' for key, value in config.to_flat().items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _executable(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SimulationError(f"`{name}` was not found next to {sys.executable} or on PATH; install flwr[simulation]")
+    return found
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with closing(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0)) as response:
+            return 200 <= response.status < 300
+    except OSError:
+        return False
+
+
+@contextmanager
+def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str]) -> Iterator[int]:
+    """Start a simulation SuperLink on free loopback ports; stop it on exit. Yields its HTTP port.
+
+    Runtime dependency installation is disabled: the app runs in this environment, which already has
+    torch (Flower would otherwise `uv sync` the app's dependencies into a fresh env for every run).
+    """
+    http_port, fleet_port, control_port = _free_ports(3)
+    command = [
+        _executable("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(http_port),
+        "--fleet-api-address",
+        f"127.0.0.1:{fleet_port}",
+        "--control-api-address",
+        f"127.0.0.1:{control_port}",
+        "--database",
+        str(flwr_home / "state.db"),
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=flwr_home)
+    try:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while not _healthy(http_port):
+            if process.poll() is not None:
+                raise SimulationError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise SimulationError(f"flower-superlink did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}")
+            time.sleep(0.3)
+        yield http_port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_simulation(
+    config: AppConfig,
+    run_dir: Path,
+    *,
+    resources: SimulationResources | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> Path:
+    """Run ``config`` as a local Flower simulation with one SuperNode per site; return the run directory.
+
+    The ServerApp writes into ``run_dir`` (``config.output.run_dir`` is overridden to it). Flower's log
+    goes to ``run_dir/flower.log``; each of its lines is also passed to ``on_output``.
+    """
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise ConfigError(f"the Flower app's pyproject.toml was not found in {APP_DIR}; install fedmammo from a clone")
+    resources = resources or SimulationResources()
+    run_dir = Path(run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "flower.log"
+    with ExitStack() as stack:
+        flwr_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedmammo-flwr-")))
+        env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_DIR), env.get("PYTHONPATH", "")) if p)
+        port = stack.enter_context(_local_superlink(flwr_home, run_dir / "superlink.log", env))
+        (flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        run_config = write_run_config(_with_run_dir(config, run_dir), run_dir / "run_config.toml")
+        federation = (
+            f"num-supernodes={config.federation.num_sites} "
+            f"client-resources-num-cpus={resources.cpus_per_site} "
+            f"client-resources-num-gpus={resources.gpus_per_site}"
+        )
+        command = [
+            _executable("flwr"), "run", str(APP_DIR), _CONNECTION,
+            "--run-config", str(run_config), "--federation-config", federation, "--stream",
+        ]  # fmt: skip
+        with log_path.open("w", encoding="utf-8") as log:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=run_dir, text=True, bufsize=1
+            )
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if on_output is not None:
+                    on_output(line.rstrip("\n"))
+            code = process.wait()
+    if code != 0 or not (run_dir / "summary.json").is_file():
+        raise SimulationError(f"the federation did not finish (flwr run exit code {code}); see {log_path}")
+    return run_dir
+
+
+def _with_run_dir(config: AppConfig, run_dir: Path) -> AppConfig:
+    from dataclasses import replace
+
+    return replace(config, output=replace(config.output, run_dir=str(run_dir)))
