@@ -1,0 +1,140 @@
+"""Tests of common.site_data: a site loads to tensors, bad files are skipped with reasons, empty sites fail clearly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.errors import DicomError, ManifestError
+from common.manifest import write_manifest
+from common.site_data import SiteData, load_site
+from tests.test_dicom_io import breast_pixels, write_mg
+
+SIZE = 16
+
+
+def make_site(root: Path, num_patients: int = 8, *, with_split: bool = False) -> Path:
+    """Two images (L and R) per patient; every third patient malignant. Returns the manifest path."""
+    rows = []
+    for index in range(num_patients):
+        patient = f"anon{index:02d}"
+        for side in ("L", "R"):
+            name = f"images/{patient}_{side}.dcm"
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            write_mg(root / name, breast_pixels(side=side, seed=index), laterality=side)
+            split = ("train", "train", "val", "test")[index % 4] if with_split else ""
+            label = int(index % 3 == 0 and side == "L")
+            rows.append({"image_path": name, "label": label, "patient_id": patient, "laterality": side, "split": split})
+    return write_manifest(root / "manifest.csv", rows)
+
+
+def load(manifest: Path, **overrides: object) -> SiteData:
+    options: dict[str, object] = {"image_size": SIZE, "cache_dir": None, "val_fraction": 0.2, "test_fraction": 0.25}
+    options.update(overrides)
+    return load_site(manifest, seed=0, **options)  # type: ignore[arg-type]
+
+
+def test_loads_every_image_into_split_tensors(tmp_path: Path) -> None:
+    # Prepare
+    manifest = make_site(tmp_path)
+    # Execute
+    data = load(manifest)
+    # Assert
+    sizes = [len(data.train), len(data.val), len(data.test)]
+    assert sum(sizes) == 16 and all(sizes)
+    images, labels = data.train.tensors
+    assert images.dtype == torch.float32 and images.shape[1:] == (1, SIZE, SIZE)
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    assert data.skipped == [] and sum(data.num_patients.values()) == 8
+    assert (tmp_path / ".cache" / "preprocessed").is_dir()
+
+
+def test_left_and_right_images_of_a_patient_match_after_flip(tmp_path: Path) -> None:
+    # Prepare: the phantoms' R image is the mirror of its L image
+    manifest = make_site(tmp_path, num_patients=4, with_split=True)
+    # Execute
+    data = load(manifest)
+    # Assert: rows come in L, R order per patient; both are oriented alike
+    images = data.train.tensors[0]
+    torch.testing.assert_close(images[0], images[1])
+
+
+def test_summary_has_counts_and_no_identifiers(tmp_path: Path) -> None:
+    # Prepare
+    manifest = make_site(tmp_path, with_split=True)
+    # Execute
+    summary = load(manifest).summary()
+    # Assert
+    assert summary["train"] == {"images": 8, "patients": 4, "labels": {"0": 7, "1": 1}}
+    assert summary["val"]["images"] == 4 and summary["test"]["images"] == 4  # type: ignore[index]
+    assert summary["skipped"] == 0
+    assert "anon" not in repr(summary) and "images/" not in repr(summary)
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: one file corrupt (text), one missing
+    manifest = make_site(tmp_path)
+    (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
+    (tmp_path / "images" / "anon02_R.dcm").unlink()
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="common.site_data"):
+        data = load(manifest)
+    # Assert: lines 4 (anon01 L) and 7 (anon02 R) skipped, the other 14 loaded
+    reasons = {item.row_number: item.reason for item in data.skipped}
+    assert sorted(reasons) == [4, 7]
+    assert "is not a DICOM file" in reasons[4] and "does not exist" in reasons[7]
+    assert len(data.train) + len(data.val) + len(data.test) == 14
+    assert data.summary()["skipped"] == 2
+    assert "line 4 skipped" in caplog.text and "line 7 skipped" in caplog.text
+
+
+def test_second_load_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    manifest = make_site(tmp_path, num_patients=4)
+    first = load(manifest, cache_dir=tmp_path / "cache")
+    calls = []
+    import common.site_data as site_data
+
+    monkeypatch.setattr(site_data, "read_mammogram", lambda *a, **k: calls.append(a) or None)
+    # Execute
+    second = load(manifest, cache_dir=tmp_path / "cache")
+    # Assert: nothing decoded again, identical tensors
+    assert calls == []
+    torch.testing.assert_close(first.train.tensors[0], second.train.tensors[0])
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 8
+
+
+def test_nothing_usable_fails_clearly(tmp_path: Path) -> None:
+    # Prepare
+    manifest = make_site(tmp_path, num_patients=3)
+    for path in (tmp_path / "images").iterdir():
+        path.write_bytes(b"garbage")
+    # Execute / Assert
+    with pytest.raises(
+        DicomError, match=r"none of its 6 image\(s\) could be used; first reasons:\n  line 2: .*not a DICOM"
+    ):
+        load(manifest)
+
+
+def test_empty_test_split_after_skipping_fails_clearly(tmp_path: Path) -> None:
+    # Prepare: explicit split; every test image is unreadable
+    manifest = make_site(tmp_path, num_patients=4, with_split=True)
+    for side in ("L", "R"):
+        (tmp_path / "images" / f"anon03_{side}.dcm").unlink()
+    # Execute / Assert
+    with pytest.raises(ManifestError, match=r"the test split has no usable image .*2 skipped"):
+        load(manifest)
+
+
+def test_wrong_modality_is_skipped_not_fatal(tmp_path: Path) -> None:
+    manifest = make_site(tmp_path, num_patients=4)
+    write_mg(tmp_path / "images" / "anon00_L.dcm", breast_pixels(), modality="CT")
+    data = load(manifest)
+    assert [item.row_number for item in data.skipped] == [2]
+    assert "Modality is 'CT'" in data.skipped[0].reason
+    assert np.isfinite(data.train.tensors[0].numpy()).all()
