@@ -1,0 +1,36 @@
+"""The run directory and its report: NaN-safe files written during a run, plots and report.html built from them."""
+
+from __future__ import annotations
+
+from server.report.builder import build_report
+from server.report.plots import EPSILON_PLOT, LOSS_PLOT, METRICS_PLOT, ROC_PLOT
+from server.report.run_files import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    METRICS_SCHEMA,
+    POOLED_SITE,
+    REPORT_FILE,
+    ROC_FILE,
+    SUMMARY_FILE,
+    RocData,
+    RunDirectory,
+)
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "CONFIG_FILE",
+    "EPSILON_PLOT",
+    "LOSS_PLOT",
+    "METRICS_FILE",
+    "METRICS_PLOT",
+    "METRICS_SCHEMA",
+    "POOLED_SITE",
+    "REPORT_FILE",
+    "ROC_FILE",
+    "ROC_PLOT",
+    "SUMMARY_FILE",
+    "RocData",
+    "RunDirectory",
+    "build_report",
+]

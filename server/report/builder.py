@@ -1,0 +1,190 @@
+"""Builds the run's plots and report.html from the run directory's files alone (so it can be rebuilt offline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.metrics import DEFAULT_TARGET_SPECIFICITY, DEFAULT_THRESHOLD
+from server.report.page import render_page
+from server.report.plots import (
+    EPSILON_PLOT,
+    LOSS_PLOT,
+    METRICS_PLOT,
+    ROC_PLOT,
+    plot_epsilon_per_round,
+    plot_loss_per_round,
+    plot_metrics_per_round,
+    plot_roc_per_site,
+)
+from server.report.run_files import POOLED_SITE, RocData, RunDirectory
+
+__all__ = ["build_report"]
+
+logger = logging.getLogger(__name__)
+
+_ALWAYS_SHOWN = frozenset({"Model", "Rounds", "Sites", "Differential privacy (DP-SGD)"})
+
+
+def _latest(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("phase") == phase and "error" not in row:
+            site = str(row["site"])
+            if site not in latest or row["round"] >= latest[site]["round"]:
+                latest[site] = dict(row)
+    return latest
+
+
+def _results(summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Final per-site and pooled results: from summary.json, else the last recorded round of each site."""
+    if summary and (summary.get("sites") or summary.get("pooled")):
+        results = {str(site): dict(entry) for site, entry in (summary.get("sites") or {}).items()}
+        if summary.get("pooled"):
+            results[POOLED_SITE] = dict(summary["pooled"])
+        return results
+    evaluated, trained = _latest(rows, "evaluate"), _latest(rows, "train")
+    results = {}
+    for site in set(evaluated) | set(trained):
+        results[site] = {**evaluated.get(site, {}), "epsilon": trained.get(site, {}).get("epsilon", math.nan)}
+    return results
+
+
+def _privacy(summary: Mapping[str, Any] | None, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    for source in (summary, config):
+        if source and isinstance(source.get("privacy"), Mapping):
+            return dict(source["privacy"])
+    return {}
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _settings(
+    summary: Mapping[str, Any] | None, config: Mapping[str, Any] | None, privacy: Mapping[str, Any], sites: list[str]
+) -> list[tuple[str, str]]:
+    summary, config = summary or {}, config or {}
+    section = lambda name: config.get(name) if isinstance(config.get(name), Mapping) else {}  # noqa: E731
+    duration = summary.get("duration_s")
+    enabled = privacy.get("enabled")
+    settings = [
+        ("Model", _text(summary.get("model", section("model").get("name")))),
+        ("Strategy", _text(summary.get("strategy", section("strategy").get("name")))),
+        ("Rounds", _text(summary.get("num_rounds", section("strategy").get("num_rounds")))),
+        ("Sites", ", ".join(sites) if sites else "n/a"),
+        ("Image size (pixels)", _text(summary.get("image_size", section("data").get("image_size")))),
+        ("Differential privacy (DP-SGD)", _text(enabled)),
+    ]
+    settings = [(name, value) for name, value in settings if value != "n/a" or name in _ALWAYS_SHOWN]
+    if enabled is not False:
+        settings += [
+            ("Noise multiplier", _text(privacy.get("noise_multiplier"))),
+            ("Max gradient norm (clipping)", _text(privacy.get("max_grad_norm"))),
+            ("δ (delta)", _text(privacy.get("delta"))),
+        ]
+        if "accountant" in privacy:
+            settings.append(("Privacy accountant", _text(privacy["accountant"])))
+    settings += [
+        ("Decision threshold", _text(DEFAULT_THRESHOLD)),
+        ("Target specificity", _text(DEFAULT_TARGET_SPECIFICITY)),
+        ("Duration", f"{duration:.0f} s" if isinstance(duration, (int, float)) and math.isfinite(duration) else "n/a"),
+    ]
+    return settings
+
+
+def _read_roc(run_dir: RunDirectory) -> tuple[RocData | None, str]:
+    try:
+        roc = run_dir.read_roc()
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        logger.warning("%s is unreadable (%s); the report has no ROC plot", run_dir.roc_path, exc)
+        return None, f"No ROC data: {run_dir.roc_path.name} could not be read ({exc})."
+    return roc, "" if roc is not None else "No ROC data: no round was evaluated (roc.json is missing)."
+
+
+def _plots(
+    run_dir: RunDirectory, rows: list[dict[str, Any]], roc: RocData | None, privacy: Mapping[str, Any]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Draw every plot the data allows; say why the others are missing, and delete stale copies of them."""
+    plots: list[tuple[str, str]] = []
+    notes: list[str] = []
+    has = lambda phase, key: any(r.get("phase") == phase and key in r and "error" not in r for r in rows)  # noqa: E731
+    wanted: list[tuple[str, bool, str, Any]] = [
+        (ROC_PLOT, roc is not None, "", lambda p: plot_roc_per_site(roc.sites, roc.pooled, p)),
+        (METRICS_PLOT, has("evaluate", "auc"), "No evaluation rounds recorded: no metrics plot.",
+         lambda p: plot_metrics_per_round(rows, p)),
+        (EPSILON_PLOT, privacy.get("enabled") is not False and has("train", "epsilon"),
+         "Differential privacy was off for this run: there is no privacy guarantee (ε is unbounded), so no ε plot."
+         if privacy.get("enabled") is False else "No training rounds with ε recorded: no ε plot.",
+         lambda p: plot_epsilon_per_round(rows, privacy.get("delta"), p)),
+        (LOSS_PLOT, has("train", "train_loss"), "No training rounds recorded: no loss plot.",
+         lambda p: plot_loss_per_round(rows, p)),
+    ]  # fmt: skip
+    captions = {
+        ROC_PLOT: f"ROC curves of the final global model (round {roc.round if roc else '?'}) on each site's test "
+        "split and pooled; curves further to the top left are better.",
+        METRICS_PLOT: f"AUC, sensitivity and specificity (threshold {DEFAULT_THRESHOLD}) of the global model "
+        "per round.",
+        EPSILON_PLOT: "Cumulative privacy loss ε per site after each round (smaller is more private).",
+        LOSS_PLOT: "Training loss per site per round (and the global model's test loss when reported).",
+    }
+    for name, available, note, draw in wanted:
+        path = run_dir.path / name
+        if available:
+            draw(path)
+            plots.append((name, captions[name]))
+        else:
+            path.unlink(missing_ok=True)
+            if note:
+                notes.append(note)
+    return plots, notes
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Draw the plots and write ``report.html`` into ``run_dir`` from its files; return the report's path.
+
+    Works on a finished run, a run that crashed part-way (only ``metrics.jsonl``) or a copied folder:
+    whatever file is missing becomes a sentence in the report rather than an error.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` does not exist (a typo should not silently create an empty report).
+    """
+    if not Path(run_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the folder that holds metrics.jsonl")
+    folder = RunDirectory(run_dir)
+    rows = folder.read_metrics()
+    summary, config = folder.read_summary(), folder.read_config()
+    roc, roc_note = _read_roc(folder)
+    privacy = _privacy(summary, config)
+    results = _results(summary, rows)
+    sites = sorted({str(r["site"]) for r in rows} | set(results) | set(roc.sites if roc else ()))
+    sites = [s for s in sites if s != POOLED_SITE]
+    plots, notes = _plots(folder, rows, roc, privacy)
+    failures = (summary or {}).get("failures") or [r for r in rows if "error" in r]
+    html_text = render_page(
+        title=f"fedmammo run report: {folder.path.name}",
+        settings=_settings(summary, config, privacy, sites),
+        results=results,
+        privacy_enabled=privacy.get("enabled") is not False,
+        plots=plots,
+        notes=[n for n in (roc_note, *notes) if n],
+        rows=rows,
+        failures=failures,
+        threshold=DEFAULT_THRESHOLD,
+        target_specificity=DEFAULT_TARGET_SPECIFICITY,
+    )
+    folder.report_path.write_text(html_text, encoding="utf-8")
+    logger.info("wrote %s with %d plot(s)", folder.report_path, len(plots))
+    return folder.report_path

@@ -1,0 +1,164 @@
+"""PNG plots of a run (ROC per site, metrics, epsilon and loss per round), drawn without pyplot's global state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from common.metrics import ScoreHistogram, histogram_auc, histogram_roc
+from server.report.run_files import POOLED_SITE
+
+__all__ = [
+    "EPSILON_PLOT",
+    "LOSS_PLOT",
+    "METRICS_PLOT",
+    "ROC_PLOT",
+    "plot_epsilon_per_round",
+    "plot_loss_per_round",
+    "plot_metrics_per_round",
+    "plot_roc_per_site",
+    "site_order",
+]
+
+ROC_PLOT = "roc_per_site.png"
+METRICS_PLOT = "metrics_per_round.png"
+EPSILON_PLOT = "epsilon_per_round.png"
+LOSS_PLOT = "loss_per_round.png"
+
+_DPI = 110
+_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+def site_order(sites: Sequence[str]) -> list[str]:
+    """Sites sorted by name with the pooled row last, the order used by every plot and table."""
+    unique = sorted(set(sites) - {POOLED_SITE})
+    return [*unique, POOLED_SITE] if POOLED_SITE in sites else unique
+
+
+def _style(site: str, index: int, *, lines: bool = False) -> dict[str, Any]:
+    """Pooled is black; in per-round line plots it is dashed and drawn underneath so it never hides a site."""
+    if site == POOLED_SITE:
+        return {
+            "color": "black",
+            "linewidth": 2.0 if lines else 2.4,
+            "linestyle": "--" if lines else "-",
+            "zorder": 1.5,
+        }
+    return {"color": _PALETTE[index % len(_PALETTE)], "linewidth": 1.6, "linestyle": "-", "zorder": 2}
+
+
+def _label(site: str) -> str:
+    """Site names are the hospitals' own text: escape ``$`` so matplotlib does not parse them as math."""
+    return site.replace("$", r"\$")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=_DPI, format="png")
+    return path
+
+
+def _series(rows: Sequence[Mapping[str, Any]], phase: str, key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Per site, (rounds, values) of ``key`` in rows of ``phase``, NaN where missing, sorted by round."""
+    by_site: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row.get("phase") != phase or "error" in row:
+            continue
+        value = row.get(key)
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        by_site.setdefault(str(row["site"]), {})[int(row["round"])] = number
+    return {site: (sorted(points), [points[r] for r in sorted(points)]) for site, points in by_site.items()}
+
+
+def _line_axes(axes: Any, series: Mapping[str, tuple[list[int], list[float]]], ylabel: str, title: str) -> None:
+    for index, site in enumerate(site_order(list(series))):
+        rounds, values = series[site]
+        axes.plot(rounds, values, marker="o", markersize=4, label=_label(site), **_style(site, index, lines=True))
+    axes.set_xlabel("round")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    rounds = sorted({r for rs, _ in series.values() for r in rs})
+    if rounds:
+        axes.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
+
+
+def plot_roc_per_site(sites: Mapping[str, ScoreHistogram], pooled: ScoreHistogram | None, path: Path) -> Path:
+    """One ROC curve per site plus pooled, AUC in the legend, and the chance diagonal."""
+    figure = _new_figure(6.0, 5.6)
+    axes = figure.add_subplot()
+    curves = {**sites, **({POOLED_SITE: pooled} if pooled is not None else {})}
+    for index, site in enumerate(site_order(list(curves))):
+        fpr, tpr = histogram_roc(curves[site])
+        auc = histogram_auc(curves[site])
+        name = _label(site)
+        label = f"{name} (AUC {auc:.3f})" if math.isfinite(auc) else f"{name} (AUC n/a: one class only)"
+        axes.plot(fpr, tpr, label=label, drawstyle="default", **_style(site, index))
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (AUC 0.5)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_aspect("equal")
+    axes.set_xlabel("1 − specificity (false-positive rate)")
+    axes.set_ylabel("sensitivity (true-positive rate)")
+    axes.set_title("ROC of the final global model, per site")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_metrics_per_round(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """AUC, sensitivity and specificity of the global model per round (evaluate rows), one line per site."""
+    figure = _new_figure(13.0, 4.2)
+    panels = figure.subplots(1, 3, sharey=True)
+    for axes, key, title in zip(
+        panels, ("auc", "sensitivity", "specificity"), ("AUC", "Sensitivity", "Specificity"), strict=True
+    ):
+        _line_axes(axes, _series(rows, "evaluate", key), title, f"{title} per round")
+        axes.set_ylim(-0.02, 1.02)
+    panels[0].legend(fontsize="small", loc="lower right")
+    return _save(figure, path)
+
+
+def plot_epsilon_per_round(rows: Sequence[Mapping[str, Any]], delta: float | None, path: Path) -> Path:
+    """Cumulative epsilon per site after each round (train rows); lower means a stronger privacy guarantee."""
+    figure = _new_figure(6.5, 4.2)
+    axes = figure.add_subplot()
+    title = "Privacy spent: cumulative ε per site" + (f" (δ = {delta:g})" if delta is not None else "")
+    _line_axes(axes, _series(rows, "train", "epsilon"), "ε (cumulative)", title)
+    axes.set_ylim(bottom=0)
+    axes.legend(fontsize="small", loc="upper left")
+    return _save(figure, path)
+
+
+def plot_loss_per_round(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Mean local training loss per site per round, with the test loss beside it when sites reported one."""
+    test = _series(rows, "evaluate", "loss")
+    has_test = any(math.isfinite(v) for _, values in test.values() for v in values)
+    figure = _new_figure(11.0 if has_test else 6.5, 4.2)
+    panels = figure.subplots(1, 2 if has_test else 1, squeeze=False)[0]
+    _line_axes(panels[0], _series(rows, "train", "train_loss"), "cross-entropy", "Training loss per round")
+    panels[0].legend(fontsize="small", loc="upper right")
+    if has_test:
+        _line_axes(panels[1], test, "cross-entropy", "Test loss of the global model per round")
+    return _save(figure, path)

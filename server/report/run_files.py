@@ -1,0 +1,220 @@
+"""The run directory's files (config.yaml, metrics.jsonl, roc.json, summary.json): NaN-safe writers and readers.
+
+``metrics.jsonl`` holds one JSON object per line, appended as rounds finish (see `METRICS_SCHEMA`).
+JSON has no NaN or infinity: NaN is written as ``null`` and ±infinity as the strings ``"Infinity"`` /
+``"-Infinity"``; the readers turn them back into floats, so ``null`` is reserved for NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from common.metrics import ScoreHistogram
+from server.report.json_safe import from_json_safe, to_json_safe
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "METRICS_SCHEMA",
+    "PHASES",
+    "POOLED_SITE",
+    "REPORT_FILE",
+    "ROC_FILE",
+    "SUMMARY_FILE",
+    "RocData",
+    "RunDirectory",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+ROC_FILE = "roc.json"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+CHECKPOINTS_DIR = "checkpoints"
+POOLED_SITE = "pooled"
+"""The ``site`` of rows holding all sites as one population."""
+PHASES = ("train", "evaluate")
+
+METRICS_SCHEMA = """\
+metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "evaluate", "site": str, ...numbers}.
+  train rows:    num_examples, train_loss, epsilon (cumulative over the site's rounds), seconds.
+  evaluate rows: num_examples, loss, and every key of common.metrics.METRIC_KEYS (auc, auc_ci_low, ...).
+  site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
+                 train: example-weighted mean loss, largest epsilon of any site).
+  failed replies: {"round", "phase", "site", "error": str} and no numbers.
+  NaN is null, +/-infinity is "Infinity"/"-Infinity"."""
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _check_row(row: Mapping[str, Any]) -> None:
+    problems = []
+    if not isinstance(row.get("round"), (int, np.integer)) or isinstance(row.get("round"), bool):
+        problems.append(f"'round' = {row.get('round')!r} must be an int")
+    if row.get("phase") not in PHASES:
+        problems.append(f"'phase' = {row.get('phase')!r} must be one of {PHASES}")
+    if not isinstance(row.get("site"), str) or not row.get("site"):
+        problems.append(f"'site' = {row.get('site')!r} must be a non-empty string")
+    if problems:
+        raise ValueError(f"metrics row {dict(row)!r} is invalid: {'; '.join(problems)} (see METRICS_SCHEMA)")
+
+
+@dataclass(frozen=True)
+class RocData:
+    """Contents of ``roc.json``: the final evaluated round's score histograms per site and pooled."""
+
+    round: int
+    sites: dict[str, ScoreHistogram]
+    pooled: ScoreHistogram
+
+
+class RunDirectory:
+    """One run's output folder; every file the report needs is written and read back here.
+
+    The report is built from these files alone, so it can be rebuilt offline from a copied folder.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        """``config.yaml``: the resolved configuration of the run."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``: one row per round, phase and site (`METRICS_SCHEMA`)."""
+        return self.path / METRICS_FILE
+
+    @property
+    def roc_path(self) -> Path:
+        """``roc.json``: final round's score histograms."""
+        return self.path / ROC_FILE
+
+    @property
+    def summary_path(self) -> Path:
+        """``summary.json``: final per-site and pooled results, privacy settings, duration."""
+        return self.path / SUMMARY_FILE
+
+    @property
+    def report_path(self) -> Path:
+        """``report.html``: the human-readable report."""
+        return self.path / REPORT_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``checkpoints/``: model weights saved during the run."""
+        return self.path / CHECKPOINTS_DIR
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        """Write the resolved nested config as YAML (so a run can be repeated from its own folder)."""
+        text = yaml.safe_dump(to_json_safe(config), sort_keys=False, default_flow_style=False)
+        return _write_atomic(self.config_path, text)
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The resolved config, or None when the run wrote none."""
+        if not self.config_path.exists():
+            return None
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+    def append_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows to ``metrics.jsonl`` and flush to disk, so a crash keeps every finished round.
+
+        Raises
+        ------
+        ValueError
+            If a row lacks an int ``round``, a ``phase`` in `PHASES` or a ``site`` name (nothing is written then).
+        """
+        rows = list(rows)
+        for row in rows:
+            _check_row(row)
+        lines = "".join(json.dumps(to_json_safe(row), allow_nan=False) + "\n" for row in rows)
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All rows of ``metrics.jsonl``, nulls back to NaN; [] if absent.
+
+        A line that is not valid JSON (one cut short by a crash) is skipped with a warning naming it.
+        """
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:  # e.g. a line cut short by a crash
+                logger.warning("%s line %d is not valid JSON (%s); skipped", self.metrics_path, number, exc.msg)
+                continue
+            if isinstance(row, dict):
+                rows.append(from_json_safe(row))
+        return rows
+
+    def write_roc(self, round: int, site_histograms: Mapping[str, ScoreHistogram]) -> Path:
+        """Write each site's score histograms of ``round`` and their sum (pooled) to ``roc.json``.
+
+        Raises
+        ------
+        ValueError
+            If there are no sites or the sites' bin counts differ.
+        """
+        if not site_histograms:
+            raise ValueError("write_roc needs at least one site's ScoreHistogram, got none")
+        histograms = list(site_histograms.values())
+        pooled = histograms[0]
+        for histogram in histograms[1:]:
+            pooled = pooled + histogram
+        payload = {
+            "round": int(round),
+            "sites": {str(site): h.to_lists() for site, h in site_histograms.items()},
+            "pooled": pooled.to_lists(),
+        }
+        return _write_atomic(self.roc_path, json.dumps(payload, allow_nan=False) + "\n")
+
+    def read_roc(self) -> RocData | None:
+        """The histograms of ``roc.json``, or None when no round was evaluated."""
+        if not self.roc_path.exists():
+            return None
+        payload = json.loads(self.roc_path.read_text(encoding="utf-8"))
+        sites = {
+            site: ScoreHistogram.from_lists(h["negatives"], h["positives"]) for site, h in payload["sites"].items()
+        }
+        pooled = ScoreHistogram.from_lists(payload["pooled"]["negatives"], payload["pooled"]["positives"])
+        return RocData(round=int(payload["round"]), sites=sites, pooled=pooled)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        """Write ``summary.json`` (NaN as null), pretty-printed for people who open it."""
+        return _write_atomic(self.summary_path, json.dumps(to_json_safe(summary), indent=2, allow_nan=False) + "\n")
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """``summary.json`` with nulls back to NaN, or None when the run did not finish."""
+        if not self.summary_path.exists():
+            return None
+        return from_json_safe(json.loads(self.summary_path.read_text(encoding="utf-8")))

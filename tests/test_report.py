@@ -1,0 +1,200 @@
+"""Tests for server.report: NaN-safe run files, and plots plus report.html built from them alone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.metrics import METRIC_KEYS, ScoreHistogram, binary_metrics, histogram_metrics
+from server.report import (
+    EPSILON_PLOT,
+    LOSS_PLOT,
+    METRICS_PLOT,
+    POOLED_SITE,
+    ROC_PLOT,
+    RunDirectory,
+    build_report,
+)
+from server.report.plots import plot_metrics_per_round, plot_roc_per_site
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVIL_SITE = "<script>alert(1)</script>"
+SITES = ("hospital-a", EVIL_SITE)
+
+
+def _site_data(index: int, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(index)
+    labels = rng.integers(0, 2, n)
+    return labels, np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0.0, 1.0)
+
+
+def _write_fake_run(path: Path, *, privacy: bool = True) -> RunDirectory:
+    """Two sites, three rounds, one NaN metric, final histograms and a summary: what the server writes."""
+    run = RunDirectory(path)
+    run.write_config({"model": {"name": "small_cnn"}, "strategy": {"num_rounds": 3}, "privacy": {"enabled": privacy}})
+    histograms = {}
+    for round_ in (1, 2, 3):
+        rows = []
+        for index, site in enumerate(SITES):
+            labels, scores = _site_data(index)
+            metrics = binary_metrics(labels, scores, bootstrap=100)
+            if round_ == 2 and index == 1:
+                metrics["auc"] = float("nan")
+            epsilon = 0.8 * round_ + index if privacy else 0.0
+            rows.append({"round": round_, "phase": "train", "site": site, "num_examples": 100,
+                         "train_loss": 0.7 - 0.1 * round_, "epsilon": epsilon, "seconds": 1.5})  # fmt: skip
+            rows.append(
+                {"round": round_, "phase": "evaluate", "site": site, "num_examples": 40, "loss": 0.6, **metrics}
+            )
+            histograms[site] = ScoreHistogram.from_scores(labels, scores)
+        pooled = histograms[SITES[0]] + histograms[SITES[1]]
+        rows.append({"round": round_, "phase": "train", "site": POOLED_SITE, "num_examples": 200,
+                     "train_loss": 0.65 - 0.1 * round_, "epsilon": 0.8 * round_ + 1 if privacy else 0.0})  # fmt: skip
+        rows.append({"round": round_, "phase": "evaluate", "site": POOLED_SITE, "num_examples": 80, "loss": 0.6,
+                     **histogram_metrics(pooled, bootstrap=100)})  # fmt: skip
+        run.append_metrics(rows)
+    run.write_roc(3, histograms)
+    last = {r["site"]: r for r in run.read_metrics() if r["phase"] == "evaluate" and r["round"] == 3}
+    run.write_summary(
+        {
+            "num_rounds": 3,
+            "model": "small_cnn",
+            "sites": {s: {**last[s], "epsilon": 2.4 + i if privacy else 0.0} for i, s in enumerate(SITES)},
+            "pooled": {**last[POOLED_SITE], "epsilon": 3.4 if privacy else 0.0},
+            "duration_s": 12.5,
+            "privacy": {"enabled": privacy, "delta": 1e-5, "noise_multiplier": 1.1, "max_grad_norm": 1.0},
+        }
+    )
+    return run
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path) -> RunDirectory:
+    return _write_fake_run(tmp_path / "run")
+
+
+def test_run_directory_creates_folder_and_checkpoints(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "new" / "run")
+
+    assert run.checkpoints_dir.is_dir()
+    assert run.metrics_path.name == "metrics.jsonl" and run.summary_path.parent == run.path
+
+
+def test_metrics_nan_is_written_as_null_and_read_back_as_nan(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+
+    run.append_metrics([{"round": 1, "phase": "evaluate", "site": "a", "auc": float("nan"), "num_examples": 3}])
+    run.append_metrics([{"round": 1, "phase": "train", "site": "a", "epsilon": math.inf, "num_examples": np.int64(9)}])
+    lines = run.metrics_path.read_text().splitlines()
+    rows = run.read_metrics()
+
+    assert '"auc": null' in lines[0] and "NaN" not in lines[0]
+    assert json.loads(lines[1])["epsilon"] == "Infinity"
+    assert math.isnan(rows[0]["auc"]) and rows[0]["num_examples"] == 3
+    assert rows[1]["epsilon"] == math.inf and rows[1]["num_examples"] == 9
+
+
+def test_append_keeps_earlier_lines_and_skips_a_truncated_one(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+    run.append_metrics([{"round": 1, "phase": "train", "site": "a", "train_loss": 0.5}])
+    run.append_metrics([{"round": 2, "phase": "train", "site": "a", "train_loss": 0.4}])
+    with run.metrics_path.open("a") as handle:
+        handle.write('{"round": 3, "pha')  # a crash mid-write
+
+    rows = run.read_metrics()
+
+    assert [r["round"] for r in rows] == [1, 2]
+
+
+def test_append_refuses_rows_without_round_phase_or_site(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+
+    with pytest.raises(ValueError, match="'phase' = 'fit' must be one of"):
+        run.append_metrics([{"round": 1, "phase": "fit", "site": "a"}])
+    assert run.read_metrics() == []
+
+
+def test_summary_and_roc_round_trip(fake_run: RunDirectory) -> None:
+    summary = fake_run.read_summary()
+    roc = fake_run.read_roc()
+
+    assert summary is not None and summary["num_rounds"] == 3 and summary["privacy"]["delta"] == 1e-5
+    assert set(summary["sites"]) == set(SITES)
+    assert roc is not None and roc.round == 3 and set(roc.sites) == set(SITES)
+    assert roc.pooled == roc.sites[SITES[0]] + roc.sites[SITES[1]]
+    assert fake_run.read_config()["model"]["name"] == "small_cnn"
+
+
+def test_summary_nan_round_trip(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path)
+
+    run.write_summary({"pooled": {"auc": float("nan"), "epsilon": 1.5}, "model": "resnet18"})
+
+    assert json.loads(run.summary_path.read_text())["pooled"]["auc"] is None
+    assert math.isnan(run.read_summary()["pooled"]["auc"])
+
+
+def test_write_roc_refuses_no_sites(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one site"):
+        RunDirectory(tmp_path).write_roc(1, {})
+
+
+def test_build_report_writes_plots_and_html(fake_run: RunDirectory) -> None:
+    report = build_report(fake_run.path)
+
+    html_text = report.read_text()
+    for name in (ROC_PLOT, METRICS_PLOT, EPSILON_PLOT, LOSS_PLOT):
+        data = (fake_run.path / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5000, name
+        assert f'src="{name}"' in html_text
+    summary = fake_run.read_summary()
+    assert f"{summary['pooled']['auc']:.3f}" in html_text
+    assert "hospital-a" in html_text and "epsilon" in html_text.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "<script>" not in html_text
+    assert "<td>n/a</td>" in html_text.split("Per-round results")[1]  # the NaN AUC of round 2
+
+
+def test_build_report_without_privacy_or_roc_says_so(tmp_path: Path) -> None:
+    run = _write_fake_run(tmp_path / "run", privacy=False)
+    (run.path / EPSILON_PLOT).write_bytes(b"stale")
+    run.roc_path.unlink()
+
+    html_text = build_report(run.path).read_text()
+
+    assert "no ROC data" in html_text.replace("No ROC data", "no ROC data")
+    assert "Differential privacy was off" in html_text
+    assert not (run.path / EPSILON_PLOT).exists() and not (run.path / ROC_PLOT).exists()
+    assert (run.path / METRICS_PLOT).exists()
+
+
+def test_build_report_from_metrics_alone(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "crashed")
+    labels, scores = _site_data(0)
+    run.append_metrics([{"round": 1, "phase": "evaluate", "site": "a", **binary_metrics(labels, scores)}])
+
+    html_text = build_report(run.path).read_text()
+
+    assert f"{binary_metrics(labels, scores)['auc']:.3f}" in html_text
+    assert set(binary_metrics(labels, scores)) == set(METRIC_KEYS)
+
+
+def test_build_report_refuses_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report(tmp_path / "typo")
+
+
+def test_plots_accept_site_names_that_look_like_matplotlib_math(tmp_path: Path) -> None:
+    site = "St. Mary's $x_1$ unit"
+    labels, scores = _site_data(1)
+    hist = ScoreHistogram.from_scores(labels, scores)
+    rows = [{"round": 1, "phase": "evaluate", "site": site, **binary_metrics(labels, scores, bootstrap=0)}]
+
+    roc = plot_roc_per_site({site: hist}, hist, tmp_path / "roc.png")
+    per_round = plot_metrics_per_round(rows, tmp_path / "metrics.png")
+
+    assert roc.read_bytes().startswith(PNG_SIGNATURE) and per_round.read_bytes().startswith(PNG_SIGNATURE)
