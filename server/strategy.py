@@ -15,21 +15,20 @@ from common import wire
 from common.config import AppConfig
 from common.metrics import ScoreHistogram
 from server.pooling import pool_evaluate_metrics, pool_train_metrics, reply_histogram
-from server.report import RunDirectory
+from server.report import POOLED_SITE, RunDirectory
 
 __all__ = ["POOLED_SITE", "RecordingFedAvg", "build_strategy"]
 
 logger = logging.getLogger(__name__)
 
-POOLED_SITE = "pooled"
 _HISTOGRAM_KEYS = (wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS)
 
 
-def _site_name(msg: Message) -> str:
+def _reported_site_name(msg: Message) -> str | None:
+    if msg.has_error() or not msg.has_content():
+        return None
     site = msg.content.get(wire.SITE_KEY)
-    if site is not None and wire.SITE_NAME in site:
-        return str(site[wire.SITE_NAME])
-    return f"node-{msg.metadata.src_node_id}"
+    return str(site[wire.SITE_NAME]) if site is not None and wire.SITE_NAME in site else None
 
 
 def _scalars(metrics: MetricRecord) -> dict[str, Any]:
@@ -57,10 +56,19 @@ class RecordingFedAvg(FedAvg):
         self.save_checkpoints = save_checkpoints
         self.latest_histograms: dict[str, ScoreHistogram] = {}
         self.latest_round = 0
+        self._site_names: dict[int, str] = {}
+
+    def _site_name(self, msg: Message) -> str:
+        """The name a node reported; a failed reply carries none, so use the one it sent before."""
+        node = msg.metadata.src_node_id
+        reported = _reported_site_name(msg)
+        if reported is not None:
+            self._site_names[node] = reported
+        return self._site_names.get(node, f"node-{node}")
 
     def _record_failures(self, server_round: int, phase: str, replies: list[Message]) -> list[dict[str, Any]]:
         return [
-            {"round": server_round, "phase": phase, "site": _site_name(m), "error": m.error.reason}
+            {"round": server_round, "phase": phase, "site": self._site_name(m), "error": m.error.reason}
             for m in replies
             if m.has_error()
         ]
@@ -70,7 +78,7 @@ class RecordingFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         arrays, pooled = super().aggregate_train(server_round, replies)
-        rows = [_row(server_round, "train", _site_name(m), m.content[wire.METRICS_KEY]) for m in replies if not m.has_error()]
+        rows = [_row(server_round, "train", self._site_name(m), m.content[wire.METRICS_KEY]) for m in replies if not m.has_error()]
         rows += self._record_failures(server_round, "train", replies)
         if pooled is not None:
             rows.append(_row(server_round, "train", POOLED_SITE, pooled))
@@ -83,11 +91,11 @@ class RecordingFedAvg(FedAvg):
         replies = list(replies)
         pooled = super().aggregate_evaluate(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
-        rows = [_row(server_round, "evaluate", _site_name(m), m.content[wire.METRICS_KEY]) for m in ok]
+        rows = [_row(server_round, "evaluate", self._site_name(m), m.content[wire.METRICS_KEY]) for m in ok]
         rows += self._record_failures(server_round, "evaluate", replies)
         if pooled is not None:
             rows.append(_row(server_round, "evaluate", POOLED_SITE, pooled))
-            self.latest_histograms = {_site_name(m): reply_histogram(m.content) for m in ok}
+            self.latest_histograms = {self._site_name(m): reply_histogram(m.content) for m in ok}
             self.latest_round = server_round
             auc = float(pooled.get("auc", math.nan))
             logger.info("round %d: pooled test AUC %.3f over %d site(s)", server_round, auc, len(ok))

@@ -1,0 +1,80 @@
+"""The typed config: one schema for Hydra and Flower's run-config, strict about keys, types and ranges."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.config import AppConfig, load_config
+from common.errors import ConfigError
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_dotted_and_nested_keys_give_the_same_config() -> None:
+    flat = load_config({"model.name": "resnet50", "privacy.delta": 1e-5, "strategy.num_rounds": 2})
+    nested = load_config({"model": {"name": "resnet50"}, "privacy": {"delta": 1e-5}, "strategy": {"num_rounds": 2}})
+
+    assert flat == nested
+    assert flat.model.name == "resnet50" and flat.privacy.delta == 1e-5 and flat.strategy.num_rounds == 2
+    assert flat.training == AppConfig().training
+
+
+def test_flat_round_trip() -> None:
+    config = load_config({"seed": 3, "data.image_size": 32, "privacy.enabled": False})
+
+    assert load_config(config.to_flat()) == config
+
+
+def test_int_is_accepted_for_float_but_not_bool_for_int() -> None:
+    assert load_config({"privacy.noise_multiplier": 2}).privacy.noise_multiplier == 2.0
+    with pytest.raises(ConfigError, match=r"'strategy.num_rounds' = True has the wrong type: expected int"):
+        load_config({"strategy.num_rounds": True})
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) 'privacy.noise'"):
+        load_config({"privacy.noise": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("privacy.delta", 1.5, r"in \(0, 1\)"),
+        ("model.norm", "batchnorm", "'groupnorm' or 'frozen_bn'"),
+        ("training.batch_size", 0, ">= 1"),
+        ("data.image_size", 8, r"in \[16, 1024\]"),
+    ],
+)
+def test_out_of_range_values_name_key_value_and_rule(key: str, value: object, rule: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'{key}' = {value!r} is invalid: it must be {rule}"):
+        load_config({key: value})
+
+
+def test_pyproject_run_config_mirrors_the_schema_defaults() -> None:
+    """`flwr run` only accepts --run-config keys listed in pyproject, so the two must not drift apart."""
+    app_config = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+
+    assert load_config(app_config) == AppConfig()
+    assert set(load_config(app_config).to_flat()) == set(AppConfig().to_flat())
+
+
+def test_hydra_defaults_compose_to_a_valid_config() -> None:
+    from simulations.hydra_config import compose_simulation
+
+    config, resources = compose_simulation(["model=small_cnn", "privacy=none", "strategy.num_rounds=2"])
+
+    assert config.model.name == "small_cnn"
+    assert config.privacy.enabled is False
+    assert config.strategy.num_rounds == 2
+    assert config.output.run_dir.startswith("runs")
+    assert resources.cpus_per_site >= 1
+
+
+def test_hydra_unknown_override_is_a_config_error() -> None:
+    from simulations.hydra_config import compose_simulation
+
+    with pytest.raises(ConfigError, match="privacy.nois"):
+        compose_simulation(["privacy.nois=2"])

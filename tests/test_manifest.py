@@ -1,0 +1,65 @@
+"""Site manifests: read, validated by row, written back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.errors import ManifestError
+from common.manifest import read_manifest, write_manifest
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_round_trip_resolves_relative_paths(tmp_path: Path) -> None:
+    rows = [
+        {"image_path": "images/a.dcm", "label": 1, "patient_id": "P1", "laterality": "L", "view": "CC", "finding": "malignant",
+         "lesion_row": 10.5, "lesion_col": 20, "lesion_radius_px": 4},
+        {"image_path": "/abs/b.dcm", "label": 0, "patient_id": "P2", "laterality": "R", "view": "MLO"},
+    ]  # fmt: skip
+    manifest = write_manifest(tmp_path / "site" / "manifest.csv", rows)
+
+    read = read_manifest(manifest)
+
+    assert [r.image_path for r in read] == [tmp_path / "site" / "images" / "a.dcm", Path("/abs/b.dcm")]
+    assert read[0].label == 1 and read[0].lesion_row == 10.5 and read[0].row_number == 2
+    assert read[1].lesion_radius_px is None and read[1].view == "MLO"
+
+
+def test_missing_manifest_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"manifest .*nope.csv does not exist"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def test_missing_required_column(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m.csv", "image_path,label\na.dcm,0\n")
+
+    with pytest.raises(ManifestError, match="lacks required column"):
+        read_manifest(path)
+
+
+def test_every_bad_row_is_reported_once(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "m.csv",
+        "image_path,label,patient_id,laterality\na.dcm,x,P1,L\nb.dcm,0,,R\nc.dcm,1,P3,Q\nd.dcm,0,P4,L\n",
+    )
+
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(path)
+
+    message = str(caught.value)
+    assert "3 problem(s)" in message
+    assert "line 2: column 'label' = 'x'" in message
+    assert "line 3: column 'patient_id' is empty" in message
+    assert "line 4: column 'laterality' = 'Q'" in message
+
+
+def test_header_only_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m.csv", "image_path,label,patient_id\n")
+
+    with pytest.raises(ManifestError, match="no image rows"):
+        read_manifest(path)

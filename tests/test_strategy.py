@@ -1,0 +1,92 @@
+"""The recording FedAvg: per-site rows, pooled rows from summed histograms, failed sites recorded not fatal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from common import wire
+from common.config import load_config
+from common.metrics import ScoreHistogram, histogram_auc
+from server.report import RunDirectory
+from server.strategy import build_strategy
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+
+
+def _query(kind: str) -> Message:
+    return Message(content=RecordDict({wire.CONFIG_KEY: ConfigRecord()}), message_type=kind, dst_node_id=1)
+
+
+def _train_reply(site: str, weight: float, n: int, epsilon: float) -> Message:
+    content = RecordDict(
+        {
+            wire.ARRAYS_KEY: ArrayRecord({"w": torch.full((3,), weight)}),
+            wire.METRICS_KEY: MetricRecord({wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: weight, wire.EPSILON: epsilon}),
+            wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site}),
+        }
+    )
+    return Message(content=content, reply_to=_query("train"))
+
+
+def _eval_reply(site: str, labels: list[int], scores: list[float]) -> Message:
+    hist = ScoreHistogram.from_scores(np.array(labels), np.array(scores)).to_lists()
+    metrics = MetricRecord(
+        {
+            wire.NUM_EXAMPLES: len(labels),
+            wire.LOSS: 0.5,
+            "auc": 0.1,
+            wire.SCORE_HIST_NEG: hist["negatives"],
+            wire.SCORE_HIST_POS: hist["positives"],
+        }
+    )
+    content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site})})
+    return Message(content=content, reply_to=_query("evaluate"))
+
+
+def _strategy(tmp_path: Path):
+    run_dir = RunDirectory(tmp_path / "run")
+    return build_strategy(load_config({"federation.num_sites": 2}), run_dir), run_dir
+
+
+def test_train_rows_per_site_and_weighted_average(tmp_path: Path) -> None:
+    strategy, run_dir = _strategy(tmp_path)
+
+    arrays, pooled = strategy.aggregate_train(1, [_train_reply("a", 1.0, 10, 0.5), _train_reply("b", 4.0, 30, 0.9)])
+
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 3.25))  # (1*10 + 4*30) / 40
+    rows = run_dir.read_metrics()
+    assert [(r["site"], r["num_examples"]) for r in rows] == [("a", 10), ("b", 30), ("pooled", 40)]
+    assert rows[-1]["epsilon"] == pytest.approx(0.9)  # the weakest guarantee, not the mean
+    assert rows[-1]["train_loss"] == pytest.approx(3.25)
+    assert (run_dir.path / "checkpoints" / "global_latest.pt").is_file()
+
+
+def test_pooled_auc_comes_from_summed_histograms(tmp_path: Path) -> None:
+    strategy, run_dir = _strategy(tmp_path)
+    site_a = ([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
+    site_b = ([0, 1, 1], [0.2, 0.8, 0.95])
+
+    pooled = strategy.aggregate_evaluate(1, [_eval_reply("a", *site_a), _eval_reply("b", *site_b)])
+
+    expected = histogram_auc(ScoreHistogram.from_scores(np.array(site_a[0] + site_b[0]), np.array(site_a[1] + site_b[1])))
+    assert pooled["auc"] == pytest.approx(expected)
+    rows = {r["site"]: r for r in run_dir.read_metrics()}
+    assert rows["a"]["auc"] == 0.1 and "score_hist_neg" not in rows["a"]  # histograms stay out of the jsonl
+    assert rows["pooled"]["num_examples"] == 7
+    assert set(strategy.latest_histograms) == {"a", "b"}
+
+
+def test_a_failed_site_is_recorded_and_skipped(tmp_path: Path) -> None:
+    strategy, run_dir = _strategy(tmp_path)
+    failed = Message(Error(code=0, reason="manifest missing"), reply_to=_query("train"))
+
+    arrays, _ = strategy.aggregate_train(1, [_train_reply("a", 2.0, 5, 0.1), failed])
+
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 2.0))
+    errors = [r for r in run_dir.read_metrics() if "error" in r]
+    assert len(errors) == 1 and errors[0]["error"] == "manifest missing"
