@@ -6,6 +6,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.privacy_state import load_history, save_history
+from client.safe_reply import reply_with_error_on_failure
 from client.site import resolve_site
 from client.task import evaluate_on_site, train_on_site
 from common import wire
@@ -22,6 +23,7 @@ def _server_round(msg: Message) -> int:
 
 
 @app.train()
+@reply_with_error_on_failure
 def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on this site; reply with weights and scalar metrics only."""
     config = load_config(context.run_config)
@@ -51,6 +53,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@reply_with_error_on_failure
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received weights on this site's test split; reply with metrics and a score histogram."""
     config = load_config(context.run_config)

@@ -1,0 +1,135 @@
+"""The ClientApp through Flower's own call path: what a hospital sends, and epsilon accounting across rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from client.client_app import app
+from client.privacy_state import LEDGER_KEY
+from common import wire
+from common.config import AppConfig, load_config
+from common.metrics import NUM_SCORE_BINS
+from common.models import build_model
+from common.privacy import compute_epsilon
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+
+
+def _config(data_dir: Path, tmp_path: Path, **overrides: object) -> AppConfig:
+    values = {
+        "federation.data_dir": str(data_dir),
+        "federation.num_sites": 2,
+        "data.image_size": 32,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.name": "small_cnn",
+        "training.batch_size": 8,
+        "privacy.enabled": True,
+        "privacy.noise_multiplier": 1.0,
+    }
+    values.update(overrides)
+    return load_config(values)
+
+
+def _context(config: AppConfig, partition: int = 0) -> Context:
+    return Context(
+        run_id=1,
+        node_id=partition + 1,
+        node_config={"partition-id": partition, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=config.to_flat(),
+    )
+
+
+def _message(kind: str, config: AppConfig, server_round: int) -> Message:
+    model = build_model(config.model.name, num_classes=2, in_channels=1, norm=config.model.norm)
+    content = RecordDict(
+        {wire.ARRAYS_KEY: ArrayRecord(model.state_dict()), wire.CONFIG_KEY: ConfigRecord({wire.SERVER_ROUND: server_round})}
+    )
+    return Message(content=content, message_type=kind, dst_node_id=1)
+
+
+def _assert_only_arrays_and_scalars(reply: Message, allowed_lists: set[str]) -> None:
+    content = reply.content
+    for record in content.metric_records.values():
+        for key, value in record.items():
+            if isinstance(value, list):
+                assert key in allowed_lists, f"unexpected list metric {key}"
+                assert len(value) == NUM_SCORE_BINS  # fixed-size aggregates, never one entry per image
+            else:
+                assert isinstance(value, (int, float)), key
+    for record in content.config_records.values():
+        assert set(record.keys()) == {wire.SITE_NAME}
+        assert record[wire.SITE_NAME] == "site-0"  # a site name, not a file path or patient id
+
+
+def test_train_reply_holds_weights_and_scalar_metrics_only(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path)
+    query = _message("train", config, 1)
+
+    reply = app(query, _context(config))
+
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert set(reply.content.array_records) == {wire.ARRAYS_KEY}
+    assert set(reply.content[wire.ARRAYS_KEY].keys()) == set(query.content[wire.ARRAYS_KEY].keys())
+    metrics = reply.content[wire.METRICS_KEY]
+    assert set(metrics.keys()) == {wire.NUM_EXAMPLES, wire.TRAIN_LOSS, wire.NUM_STEPS, wire.EPSILON, wire.TRAIN_SECONDS}
+    assert metrics[wire.NUM_EXAMPLES] > 0 and metrics[wire.EPSILON] > 0
+    _assert_only_arrays_and_scalars(reply, allowed_lists=set())
+    serialized = repr(reply.content)
+    assert "dcm" not in serialized and str(tiny_federation) not in serialized
+
+
+def test_epsilon_accumulates_across_rounds_in_one_node_state(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path)
+    context = _context(config)
+
+    first = app(_message("train", config, 1), context).content[wire.METRICS_KEY][wire.EPSILON]
+    second = app(_message("train", config, 2), context).content[wire.METRICS_KEY][wire.EPSILON]
+
+    assert 0 < first < second
+    ledger = context.state[LEDGER_KEY]
+    history = list(zip(ledger["noise_multiplier"], ledger["sample_rate"], ledger["num_steps"], strict=True))
+    assert compute_epsilon(history, delta=config.privacy.delta) == pytest.approx(second, rel=1e-9)
+
+
+def test_privacy_off_reports_zero_epsilon(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path, **{"privacy.enabled": False})
+
+    reply = app(_message("train", config, 1), _context(config))
+
+    assert reply.content[wire.METRICS_KEY][wire.EPSILON] == 0.0
+
+
+def test_evaluate_reply_holds_metrics_and_fixed_size_histograms(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path)
+
+    reply = app(_message("evaluate", config, 1), _context(config))
+
+    assert not reply.content.array_records
+    metrics = reply.content[wire.METRICS_KEY]
+    n = metrics[wire.NUM_EXAMPLES]
+    assert sum(metrics[wire.SCORE_HIST_NEG]) + sum(metrics[wire.SCORE_HIST_POS]) == n
+    assert {"auc", "sensitivity", "specificity"} <= set(metrics.keys())
+    _assert_only_arrays_and_scalars(reply, allowed_lists={wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS})
+
+
+def test_a_site_without_data_replies_with_an_error_not_a_crash(tmp_path: Path) -> None:
+    config = _config(tmp_path / "empty", tmp_path)
+
+    reply = app(_message("train", config, 1), _context(config))
+
+    assert reply.has_error()
+    assert reply.error.reason.startswith("ManifestError: simulated site 0 has no manifest at <path>")
+    assert "fedmammo phantoms" in reply.error.reason
+    assert str(tmp_path) not in reply.error.reason  # no hospital file paths cross the wire
+
+
+def test_redact_paths_keeps_the_rule_and_drops_the_paths() -> None:
+    from client.safe_reply import redact_paths
+
+    text = "manifest /data/PAT-123/m.csv line 4: column 'label' = 'x'; see C:\\site\\a.dcm or ./rel/b.dcm"
+
+    assert redact_paths(text) == "manifest <path> line 4: column 'label' = 'x'; see <path> or <path>"
