@@ -1,0 +1,242 @@
+"""Local training (plain SGD or Opacus DP-SGD) and evaluation of one model on one site's dataset."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from common.config import PrivacyConfig, TrainingConfig
+from common.errors import ManifestError
+from common.privacy import History, compute_epsilon, make_private
+
+__all__ = ["Augment", "EvalResult", "TrainResult", "evaluate", "resolve_device", "train_local"]
+
+logger = logging.getLogger(__name__)
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+"""Batch augmentation: ``(images (N, C, H, W) on the CPU, generator) -> images``, random only via the generator."""
+
+
+@dataclass
+class TrainResult:
+    """What one round of local training produced (everything a client reports, as plain data)."""
+
+    state_dict: dict[str, Tensor]
+    """The plain model's keys (no Opacus ``_module.`` prefix), detached CPU copies."""
+    num_examples: int
+    """Size of the training set (the FedAvg weight)."""
+    train_loss: float
+    """Mean cross-entropy over the non-empty steps of the round."""
+    num_steps: int
+    """Optimizer steps taken, including DP steps on empty Poisson batches."""
+    epsilon: float
+    """Cumulative epsilon over every round in ``history``; 0.0 when DP was never on."""
+    history: History = field(default_factory=list)
+    """Cumulative accountant history to pass to the next round; empty when DP was never on."""
+    seconds: float = 0.0
+
+
+@dataclass
+class EvalResult:
+    """Predictions of a model on a dataset, for the metrics module."""
+
+    loss: float
+    scores: np.ndarray
+    """float64 probability of the last class (class 1, malignant, in the binary case), shape (N,)."""
+    labels: np.ndarray
+    """int64 true labels, shape (N,)."""
+    num_examples: int
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``training.device`` (``"auto"``, ``"cpu"``, ``"cuda"``) to a torch device; auto prefers CUDA."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _optimizer(model: nn.Module, training: TrainingConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen BatchNorm stays out
+    if training.optimizer == "adam":
+        return torch.optim.Adam(params, lr=training.learning_rate, weight_decay=training.weight_decay)
+    return torch.optim.SGD(
+        params, lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
+    )
+
+
+@contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    # The first conv's input never requires grad, so torch notes that Opacus' full backward hook fires on
+    # outputs only. That is exactly what Opacus needs; the note repeats every step and says nothing.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        yield
+
+
+def train_local(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    training: TrainingConfig,
+    privacy: PrivacyConfig,
+    history: History | None = None,
+    seed: int = 0,
+    augment: Augment | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Train ``model`` in place for ``training.local_epochs`` epochs of cross-entropy on ``dataset``.
+
+    With ``privacy.enabled`` this is DP-SGD through Opacus with Poisson sampling (per-sample clipping to
+    ``max_grad_norm``, Gaussian noise), continuing ``history`` so epsilon is cumulative across rounds.
+    Empty Poisson batches still take a (noise-only) step and count in the accountant, as the privacy
+    analysis requires; they are left out of the mean loss. Without privacy it is plain minibatch training.
+    Frozen BatchNorm layers stay in eval mode throughout.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A `build_model` model with the round's starting weights; it is trained in place (not copied).
+    dataset : Dataset
+        Items ``(image (C, H, W) float tensor, label int)``.
+    training, privacy : TrainingConfig, PrivacyConfig
+        Batch size, epochs, optimizer; DP settings.
+    history : list of (noise_multiplier, sample_rate, num_steps), optional
+        The site's accountant history from earlier rounds. Without DP it is returned unchanged (a ledger is
+        never wiped), and a warning says this round's training is not covered by any guarantee.
+    seed : int
+        Seeds shuffling/Poisson sampling, DP noise and augmentation with independent generators.
+    augment : callable, optional
+        Applied to each CPU batch with its own generator before the forward pass.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ManifestError
+        If ``dataset`` is empty (the site has no training split).
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ManifestError("the training set is empty: the site's manifest has no rows in its 'train' split")
+    start = time.perf_counter()
+    loader_seed, noise_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(3))
+    target = resolve_device(device)
+    model.to(target).train()
+    loader = DataLoader(
+        dataset,
+        batch_size=min(training.batch_size, len(dataset)),  # type: ignore[arg-type]
+        shuffle=True,
+        generator=torch.Generator().manual_seed(loader_seed),
+    )
+    optimizer = _optimizer(model, training)
+    module: nn.Module = model
+    engine = None
+    if privacy.enabled:
+        module, optimizer, loader, engine = make_private(
+            model, optimizer, loader, privacy=privacy, history=history, seed=noise_seed
+        )
+    augment_generator = torch.Generator().manual_seed(augment_seed)
+    losses: list[float] = []
+    steps = 0
+    try:
+        with _quiet_hooks():
+            for _ in range(training.local_epochs):
+                for images, labels in loader:
+                    if augment is not None and len(labels):
+                        images = augment(images, augment_generator)
+                    images, labels = images.to(target), labels.to(target).long()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(module(images), labels)
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+                    if len(labels):
+                        losses.append(loss.item())
+    finally:
+        if engine is not None:
+            module.to_standard_module()  # removes Opacus hooks and per-sample grads from ``model``
+    if engine is not None:
+        new_history: History = list(engine.accountant.history)
+    else:
+        new_history = [(float(n), float(q), int(s)) for n, q, s in (history or [])]
+        if new_history:
+            logger.warning("privacy is disabled: this round's training is not differentially private")
+    epsilon = compute_epsilon(new_history, delta=privacy.delta, accountant=privacy.accountant)
+    train_loss = float(np.mean(losses)) if losses else math.nan
+    result = TrainResult(
+        state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        num_examples=len(dataset),  # type: ignore[arg-type]
+        train_loss=train_loss,
+        num_steps=steps,
+        epsilon=epsilon,
+        history=new_history,
+        seconds=time.perf_counter() - start,
+    )
+    logger.info(
+        "local training: %d examples, %d steps, loss %.4f, epsilon %.3f, %.1fs",
+        result.num_examples,
+        steps,
+        train_loss,
+        epsilon,
+        result.seconds,
+    )
+    return result
+
+
+def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device: str = "cpu") -> EvalResult:
+    """Score every item of ``dataset`` without gradients (the model's train/eval mode is restored after).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier returning logits (N, num_classes).
+    dataset : Dataset
+        Items ``(image, label)``, read in order.
+    batch_size : int
+        Inference batch size.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Returns
+    -------
+    EvalResult
+        Mean cross-entropy, softmax probability of the last class (class 1 for binary; for more classes the
+        last class, as a one-vs-rest score), labels in dataset order. An empty dataset gives loss NaN.
+    """
+    target = resolve_device(device)
+    was_training = model.training
+    model.to(target).eval()
+    total_loss = 0.0
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    try:
+        with torch.no_grad():
+            for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                batch_labels = batch_labels.to(target).long()
+                logits = model(images.to(target))
+                total_loss += F.cross_entropy(logits, batch_labels, reduction="sum").item()
+                scores.append(torch.softmax(logits.double(), dim=1)[:, -1].cpu().numpy())
+                labels.append(batch_labels.cpu().numpy())
+    finally:
+        model.train(was_training)
+    count = int(sum(len(batch) for batch in labels))
+    return EvalResult(
+        loss=total_loss / count if count else math.nan,
+        scores=np.concatenate(scores).astype(np.float64) if scores else np.zeros(0, dtype=np.float64),
+        labels=np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, dtype=np.int64),
+        num_examples=count,
+    )

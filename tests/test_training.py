@@ -1,0 +1,186 @@
+"""Tests of common.training: local DP/plain training, cumulative epsilon, frozen BatchNorm, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from common.config import PrivacyConfig, TrainingConfig
+from common.errors import ManifestError
+from common.models import build_model
+from common.privacy import compute_epsilon, history_from_lists, history_to_lists
+from common.training import EvalResult, TrainResult, evaluate, train_local
+
+DP = PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
+NO_DP = PrivacyConfig(enabled=False)
+
+
+def _toy(n: int = 32, seed: int = 0) -> TensorDataset:
+    """Separable: class-1 images carry a bright square in the centre."""
+    generator = torch.Generator().manual_seed(seed)
+    images = 0.1 * torch.randn(n, 1, 32, 32, generator=generator)
+    labels = torch.arange(n) % 2
+    images[labels == 1, :, 12:20, 12:20] += 1.0
+    return TensorDataset(images, labels)
+
+
+def _small(seed: int = 0, norm: str = "groupnorm") -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("small_cnn", norm=norm)
+
+
+def test_epsilon_accumulates_across_rounds_and_replays() -> None:
+    # Prepare
+    training = TrainingConfig(local_epochs=1, batch_size=8, learning_rate=0.05)
+    dataset = _toy(24)
+
+    # Execute
+    first = train_local(_small(), dataset, training=training, privacy=DP, seed=1)
+    second = train_local(_small(), dataset, training=training, privacy=DP, history=first.history, seed=2)
+
+    # Assert
+    assert 0.0 < first.epsilon < second.epsilon
+    assert first.history == [(1.0, 1 / 3, 3)]
+    assert second.history == [(1.0, 1 / 3, 6)]
+    assert compute_epsilon(second.history, delta=DP.delta) == second.epsilon
+    assert history_from_lists(history_to_lists(second.history)) == second.history
+
+
+def test_training_without_dp_learns_and_returns_plain_keys() -> None:
+    # Prepare
+    model = _small()
+    dataset = _toy()
+    keys = list(model.state_dict())
+    before = evaluate(model, dataset).loss
+    training = TrainingConfig(local_epochs=6, batch_size=8, learning_rate=0.05)
+
+    # Execute
+    result = train_local(model, dataset, training=training, privacy=NO_DP, seed=0)
+
+    # Assert
+    assert isinstance(result, TrainResult)
+    assert result.epsilon == 0.0 and result.history == []
+    assert list(result.state_dict) == keys
+    assert result.num_examples == 32 and result.num_steps == 24
+    assert evaluate(model, dataset).loss < 0.7 * before
+    assert all(v.device.type == "cpu" and not v.requires_grad for v in result.state_dict.values())
+
+
+def test_training_without_dp_keeps_the_prior_ledger() -> None:
+    # Prepare
+    prior = [(1.0, 0.25, 8)]
+
+    # Execute
+    result = train_local(_small(), _toy(8), training=TrainingConfig(batch_size=4), privacy=NO_DP, history=prior)
+
+    # Assert
+    assert result.history == prior
+    assert result.epsilon == compute_epsilon(prior, delta=NO_DP.delta) > 0
+
+
+def test_dp_training_unwraps_opacus() -> None:
+    # Prepare
+    model = _small()
+    keys = list(model.state_dict())
+
+    # Execute
+    result = train_local(model, _toy(16), training=TrainingConfig(batch_size=4), privacy=DP, seed=0)
+
+    # Assert
+    assert list(result.state_dict) == keys
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+    assert np.isfinite(result.train_loss) and result.num_steps == 4
+
+
+def test_same_seed_same_weights_with_dp() -> None:
+    # Prepare
+    training = TrainingConfig(local_epochs=2, batch_size=4)
+
+    # Execute
+    runs = [train_local(_small(), _toy(16), training=training, privacy=DP, seed=s) for s in (3, 3, 4)]
+
+    # Assert
+    assert all(torch.equal(runs[0].state_dict[k], runs[1].state_dict[k]) for k in runs[0].state_dict)
+    assert not torch.equal(runs[0].state_dict["fc.weight"], runs[2].state_dict["fc.weight"])
+
+
+def test_empty_poisson_batches_still_count_as_private_steps() -> None:
+    # Prepare: 2 examples, batch 1 -> sample rate 1/2, a quarter of the batches are empty
+    nonempty: list[int] = []
+
+    def count(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        nonempty.append(len(images))
+        return images
+
+    training = TrainingConfig(local_epochs=10, batch_size=1)
+
+    # Execute
+    result = train_local(_small(), _toy(2), training=training, privacy=DP, seed=0, augment=count)
+
+    # Assert
+    assert result.num_steps == 20
+    assert result.history == [(1.0, 0.5, 20)]
+    assert 0 < len(nonempty) < 20
+    assert np.isfinite(result.train_loss)
+
+
+@pytest.mark.parametrize("privacy", [DP, NO_DP], ids=["dp", "no-dp"])
+def test_frozen_batchnorm_does_not_train(privacy: PrivacyConfig) -> None:
+    # Prepare
+    model = _small(norm="frozen_bn")
+    with torch.no_grad():
+        model.features[1].running_mean.fill_(0.3)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("features.1.")}
+    head = model.fc.weight.detach().clone()
+
+    # Execute
+    result = train_local(model, _toy(16), training=TrainingConfig(batch_size=4), privacy=privacy, seed=0)
+
+    # Assert
+    assert not model.features[1].training and model.training
+    for key, value in frozen.items():
+        assert torch.equal(result.state_dict[key], value), key
+    assert not torch.equal(result.state_dict["fc.weight"], head)
+
+
+def test_augment_is_applied_with_a_generator() -> None:
+    # Prepare
+    seen: list[torch.Generator] = []
+
+    def flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(generator)
+        return images.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else images
+
+    # Execute
+    train_local(_small(), _toy(8), training=TrainingConfig(batch_size=4), privacy=NO_DP, augment=flip)
+
+    # Assert
+    assert len(seen) == 2 and all(isinstance(g, torch.Generator) for g in seen)
+
+
+def test_empty_training_set_is_refused() -> None:
+    empty = TensorDataset(torch.zeros(0, 1, 32, 32), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ManifestError, match="training set is empty"):
+        train_local(_small(), empty, training=TrainingConfig(), privacy=NO_DP)
+
+
+def test_evaluate_scores_and_labels() -> None:
+    # Prepare
+    model = _small().train()
+    dataset = _toy(10)
+
+    # Execute
+    result = evaluate(model, dataset, batch_size=4)
+
+    # Assert
+    assert isinstance(result, EvalResult)
+    assert result.num_examples == 10
+    assert result.scores.shape == (10,) and result.scores.dtype == np.float64
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+    assert result.labels.dtype == np.int64
+    np.testing.assert_array_equal(result.labels, np.arange(10) % 2)
+    assert np.isfinite(result.loss) and result.loss > 0
+    assert model.training
