@@ -1,0 +1,149 @@
+"""Lesions: circumscribed benign masses, spiculated/irregular malignant masses and microcalcification clusters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulations.phantoms.anatomy import BreastGeometry
+
+__all__ = ["LesionSpec", "place_lesion", "render_lesion", "sample_lesion"]
+
+MASS_ATTENUATION = 0.38
+CALCIFICATION_ATTENUATION = 0.65
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """One lesion as seen in both views of a breast; sizes are fractions of the image height.
+
+    ``depth`` (0 = chest wall, 1 = nipple) is shared by CC and MLO, as in real projections, while the
+    across-breast position differs per view (``offset_cc``, ``offset_mlo`` in [-1, 1] of the local
+    half-height).
+    """
+
+    finding: str
+    radius_frac: float
+    aspect: float
+    depth: float
+    offset_cc: float
+    offset_mlo: float
+    contrast: float
+    lobes: tuple[tuple[float, float], ...]
+    spicules: int
+    calcifications: int
+
+
+def sample_lesion(rng: np.random.Generator, finding: str) -> LesionSpec:
+    """Draw a benign (round/oval, smooth sharp margin) or malignant (lobulated, spiculated and/or calcified) lesion.
+
+    Benign and malignant radii overlap (4-9 % of the image height) so size alone does not give the
+    label away: the margin, spicules and calcifications do.
+    """
+    malignant = finding == "malignant"
+    if malignant:
+        lobes = tuple((float(rng.uniform(0.04, 0.14)), float(rng.uniform(0, 2 * np.pi))) for _ in range(4))
+        spiculated = rng.random() < 0.75
+        calcified = (not spiculated) or rng.random() < 0.4
+        spicules = int(rng.integers(8, 21)) if spiculated else 0
+        calcifications = int(rng.integers(8, 21)) if calcified else 0
+    else:
+        lobes, spicules, calcifications = (), 0, 0
+    return LesionSpec(
+        finding=finding,
+        radius_frac=float(rng.uniform(0.04, 0.085 if malignant else 0.08)),
+        aspect=float(rng.uniform(0.7, 1.0) if not malignant else rng.uniform(0.8, 1.0)),
+        depth=float(rng.uniform(0.25, 0.7)),
+        offset_cc=float(rng.uniform(-0.55, 0.55)),
+        offset_mlo=float(rng.uniform(-0.45, 0.55)),
+        contrast=float(rng.uniform(0.8, 1.2)),
+        lobes=lobes,
+        spicules=spicules,
+        calcifications=calcifications,
+    )
+
+
+def place_lesion(spec: LesionSpec, geometry: BreastGeometry, view: str) -> tuple[float, float, float]:
+    """Centre (row, col) and radius in pixels of ``spec`` in one view, kept inside the breast and off the muscle."""
+    radius = spec.radius_frac * geometry.rows
+    col = spec.depth * geometry.depth
+    half = geometry.half_height_at(col)
+    offset = spec.offset_mlo if view == "MLO" else spec.offset_cc
+    row = geometry.center_row + offset * max(half - 1.2 * radius, 0.0)
+    if view == "MLO":
+        lowest = geometry.center_row + max(half - 1.2 * radius, 0.0)
+        row = min(max(row, geometry.min_row_below_pectoral(col) + 1.2 * radius), lowest)
+    return float(row), float(col), float(radius)
+
+
+def render_lesion(
+    attenuation: np.ndarray,
+    thickness: np.ndarray,
+    spec: LesionSpec,
+    center: tuple[float, float, float],
+    rng: np.random.Generator,
+    *,
+    contrast_scale: float,
+) -> None:
+    """Add ``spec`` centred at ``center`` = (row, col, radius) to ``attenuation`` in place.
+
+    ``rng`` draws the per-view details (spicule and calcification layout, orientation) so CC and MLO
+    of one breast show the same lesion type and size without being copies. Everything is scaled by
+    the breast's ``thickness`` so nothing leaks past the skin line.
+    """
+    row, col, radius = center
+    reach = radius * (3.2 if spec.spicules else 2.0)
+    top, bottom = max(int(row - reach), 0), min(int(row + reach) + 2, attenuation.shape[0])
+    left, right = max(int(col - reach), 0), min(int(col + reach) + 2, attenuation.shape[1])
+    y = np.arange(top, bottom, dtype=np.float32)[:, None] - row
+    x = np.arange(left, right, dtype=np.float32)[None, :] - col
+    angle = rng.uniform(0, np.pi)
+    u = x * np.cos(angle) + y * np.sin(angle)
+    v = (-x * np.sin(angle) + y * np.cos(angle)) / spec.aspect
+    dist = np.hypot(u, v)
+    theta = np.arctan2(v, u)
+    edge = radius * (1.0 + sum(amp * np.cos((k + 2) * theta + ph) for k, (amp, ph) in enumerate(spec.lobes)))
+    d = dist / edge
+    core = np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0))
+    if spec.finding == "malignant":  # ill-defined margin: a fuzzy rim outside the core
+        core = np.maximum(core, 0.45 * np.exp(-(((d - 1.0) / 0.18) ** 2)) * (d > 0.8))
+    added = MASS_ATTENUATION * spec.contrast * core
+    added += _spicules(dist, theta, radius, spec.spicules, rng, attenuation.shape[0]) * spec.contrast
+    added += _calcifications(y, x, radius, spec.calcifications, rng, attenuation.shape[0])
+    added *= contrast_scale
+    attenuation[top:bottom, left:right] += added * thickness[top:bottom, left:right]
+
+
+def _spicules(
+    dist: np.ndarray, theta: np.ndarray, radius: float, count: int, rng: np.random.Generator, rows: int
+) -> np.ndarray:
+    """Thin radiating lines, widest at the mass and fading towards their tips."""
+    out = np.zeros_like(dist)
+    if count == 0:
+        return out
+    width = max(0.0045 * rows, 0.8)
+    for direction in rng.uniform(-np.pi, np.pi, size=count):
+        length = radius * rng.uniform(1.6, 3.0)
+        along = dist * np.cos(theta - direction)
+        across = dist * np.sin(theta - direction)
+        fade = np.clip(1.0 - (along - 0.5 * radius) / (length - 0.5 * radius), 0.0, 1.0) * (along > 0.5 * radius)
+        line = 0.55 * MASS_ATTENUATION * fade * np.exp(-((across / (width * (0.4 + fade))) ** 2))
+        np.maximum(out, line, out=out)
+    return out
+
+
+def _calcifications(
+    y: np.ndarray, x: np.ndarray, radius: float, count: int, rng: np.random.Generator, rows: int
+) -> np.ndarray:
+    """A cluster of tiny, very bright dots around the mass, large enough to survive downsizing to 128 px."""
+    out = np.zeros(np.broadcast_shapes(y.shape, x.shape), dtype=np.float32)
+    if count == 0:
+        return out
+    centre = rng.normal(0.0, 0.3 * radius, size=2)
+    spots = centre + rng.normal(0.0, 0.45 * radius, size=(count, 2))
+    sizes = rng.uniform(0.002, 0.0035, size=count) * rows
+    brightness = CALCIFICATION_ATTENUATION * rng.uniform(0.7, 1.2, size=count)
+    for (dy, dx), sigma, level in zip(spots, sizes, brightness, strict=True):
+        np.maximum(out, level * np.exp(-((y - dy) ** 2 + (x - dx) ** 2) / (2.0 * sigma**2)), out=out)
+    return out
