@@ -39,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
             wire.TRAIN_LOSS: result.train_loss,
             wire.NUM_STEPS: result.num_steps,
             wire.EPSILON: result.epsilon,
-            wire.TRAIN_SECONDS: result.seconds,
+            wire.SECONDS: result.seconds,
         }
     )
     content = RecordDict(
@@ -64,6 +64,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         {
             wire.NUM_EXAMPLES: outcome.num_examples,
             wire.LOSS: outcome.loss,
+            wire.SECONDS: outcome.seconds,
             **outcome.metrics,
             wire.SCORE_HIST_NEG: hist["negatives"],
             wire.SCORE_HIST_POS: hist["positives"],

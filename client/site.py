@@ -64,7 +64,9 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
         try:
             index = int(node_config[PARTITION_ID_KEY])  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"node config '{PARTITION_ID_KEY}' = {node_config[PARTITION_ID_KEY]!r} is not an integer") from exc
+            raise ConfigError(
+                f"node config '{PARTITION_ID_KEY}' = {node_config[PARTITION_ID_KEY]!r} is not an integer"
+            ) from exc
         manifest = phantom_site_dir(config.federation.data_dir, index) / "manifest.csv"
         if not manifest.is_file():
             raise ManifestError(
@@ -74,5 +76,5 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
         return SiteSpec(name=f"site-{index}", manifest=manifest, cache_dir=cache_dir, index=index)
     raise ConfigError(
         f"node config {dict(node_config)} names no site: start the SuperNode with "
-        f"--node-config '{MANIFEST_KEY}=\"/path/to/manifest.csv\" {SITE_NAME_KEY}=\"hospital-a\"'"
+        f'--node-config \'{MANIFEST_KEY}="/path/to/manifest.csv" {SITE_NAME_KEY}="hospital-a"\''
     )

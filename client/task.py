@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ class EvaluateOutcome:
     loss: float
     metrics: dict[str, float]
     histogram: ScoreHistogram
+    seconds: float
 
 
 def round_seed(base_seed: int, site_index: int, server_round: int) -> int:
@@ -96,10 +98,13 @@ def evaluate_on_site(
     site: SiteSpec, config: AppConfig, state_dict: dict[str, torch.Tensor], split: str = "test"
 ) -> EvaluateOutcome:
     """Score the site's ``split`` with the given weights and reduce it to metrics and a score histogram."""
+    started = time.perf_counter()
     data = load_site_data(site, config)
     dataset = getattr(data, split)
     model = _model_with(config, state_dict)
-    result = evaluate(model, dataset, batch_size=config.training.batch_size * 2, device=pick_device(config.training.device))
+    result = evaluate(
+        model, dataset, batch_size=config.training.batch_size * 2, device=pick_device(config.training.device)
+    )
     labels = (np.asarray(result.labels) == config.model.num_classes - 1).astype(np.int64)
     metrics = binary_metrics(labels, result.scores, seed=config.seed)
     return EvaluateOutcome(
@@ -107,4 +112,5 @@ def evaluate_on_site(
         loss=float(result.loss),
         metrics=metrics,
         histogram=ScoreHistogram.from_scores(labels, result.scores),
+        seconds=time.perf_counter() - started,
     )

@@ -36,10 +36,12 @@ class FederationConfig:
     num_sites: int = 3
     data_dir: str = "~/.fedmammo/phantoms"
     synthetic: bool = True
-    images_per_site: int = 200
+    images_per_site: int = 400
+    lesion_contrast: float = 2.5
 
     def __post_init__(self) -> None:
         _check(self.num_sites >= 1, "federation.num_sites", self.num_sites, ">= 1")
+        _check(self.lesion_contrast > 0, "federation.lesion_contrast", self.lesion_contrast, "> 0 (phantom difficulty)")
         _check(bool(self.data_dir), "federation.data_dir", self.data_dir, "a folder path")
         _check(
             self.images_per_site >= 8,
@@ -69,7 +71,7 @@ class DataConfig:
 class ModelConfig:
     """Which network, how it is normalised, and where pretrained weights come from."""
 
-    name: str = "resnet18"
+    name: str = "small_cnn"
     norm: str = "groupnorm"
     weights_path: str = ""
     num_classes: int = 2
@@ -84,7 +86,7 @@ class PrivacyConfig:
     """Local differential privacy (Opacus DP-SGD) settings of every site."""
 
     enabled: bool = True
-    noise_multiplier: float = 1.0
+    noise_multiplier: float = 2.0
     max_grad_norm: float = 1.0
     delta: float = 1e-4
     accountant: str = "rdp"
@@ -101,11 +103,11 @@ class PrivacyConfig:
 class TrainingConfig:
     """Local optimisation on each site in one round."""
 
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
+    local_epochs: int = 2
+    batch_size: int = 64
+    learning_rate: float = 0.5
     optimizer: str = "sgd"
-    momentum: float = 0.9
+    momentum: float = 0.0
     weight_decay: float = 0.0
     device: str = "auto"
 
@@ -124,7 +126,7 @@ class StrategyConfig:
     """Server-side aggregation and round plan."""
 
     name: str = "fedavg"
-    num_rounds: int = 5
+    num_rounds: int = 12
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_nodes: int = 2

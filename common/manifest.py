@@ -84,7 +84,9 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
         if label < 0:
             raise ValueError
     except ValueError:
-        problems.append(f"{where}: column 'label' = {label_text!r} must be a non-negative integer (0 benign/normal, 1 malignant)")
+        problems.append(
+            f"{where}: column 'label' = {label_text!r} must be a non-negative integer (0 benign/normal, 1 malignant)"
+        )
     patient = get("patient_id")
     if not patient:
         problems.append(f"{where}: column 'patient_id' is empty; splits are by patient, so every row needs one")
@@ -93,7 +95,9 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
         problems.append(f"{where}: column 'laterality' = {laterality!r} must be L, R or empty")
     view = get("view").upper()
     if view not in _VIEWS:
-        problems.append(f"{where}: column 'view' = {view!r} must be one of {', '.join(v for v in _VIEWS if v)} or empty")
+        problems.append(
+            f"{where}: column 'view' = {view!r} must be one of {', '.join(v for v in _VIEWS if v)} or empty"
+        )
     split = get("split").lower()
     if split not in (*SPLITS, ""):
         problems.append(f"{where}: column 'split' = {split!r} must be train, val, test or empty")
@@ -135,7 +139,9 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist (expected a CSV with columns {', '.join(REQUIRED_COLUMNS)})")
+        raise ManifestError(
+            f"manifest {path} does not exist (expected a CSV with columns {', '.join(REQUIRED_COLUMNS)})"
+        )
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -158,7 +164,9 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     return rows
 
 
-def write_manifest(path: str | Path, rows: Iterable[dict[str, object]], columns: Sequence[str] = MANIFEST_COLUMNS) -> Path:
+def write_manifest(
+    path: str | Path, rows: Iterable[dict[str, object]], columns: Sequence[str] = MANIFEST_COLUMNS
+) -> Path:
     """Write manifest rows (dicts keyed by column) as CSV; missing columns are left empty."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

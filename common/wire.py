@@ -12,11 +12,11 @@ __all__ = [
     "NUM_STEPS",
     "SCORE_HIST_NEG",
     "SCORE_HIST_POS",
+    "SECONDS",
     "SERVER_ROUND",
     "SITE_KEY",
     "SITE_NAME",
     "TRAIN_LOSS",
-    "TRAIN_SECONDS",
 ]
 
 # RecordDict keys (FedAvg's own defaults for arrays/config, so its hooks need no re-keying).
@@ -35,7 +35,8 @@ NUM_EXAMPLES = "num-examples"  # FedAvg's weighted_by_key default
 TRAIN_LOSS = "train_loss"
 NUM_STEPS = "num_steps"
 EPSILON = "epsilon"
-TRAIN_SECONDS = "seconds"
+SECONDS = "seconds"
+"""Wall-clock seconds the site spent on the request (training or scoring), for overhead accounting."""
 LOSS = "loss"
 SCORE_HIST_NEG = "score_hist_neg"
 """Counts of test scores per fixed bin for label-0 images: ROC/AUC pool across sites without per-image data."""

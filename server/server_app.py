@@ -28,7 +28,11 @@ def initial_arrays(config: AppConfig) -> ArrayRecord:
     torch.manual_seed(config.seed)
     weights = config.model.weights_path or None
     model = build_model(
-        config.model.name, num_classes=config.model.num_classes, in_channels=1, norm=config.model.norm, weights_path=weights
+        config.model.name,
+        num_classes=config.model.num_classes,
+        in_channels=1,
+        norm=config.model.norm,
+        weights_path=weights,
     )
     return ArrayRecord(model.state_dict())
 

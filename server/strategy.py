@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,7 +39,7 @@ def _scalars(metrics: MetricRecord) -> dict[str, Any]:
 def _row(server_round: int, phase: str, site: str, metrics: MetricRecord) -> dict[str, Any]:
     values = _scalars(metrics)
     values["num_examples"] = values.pop(wire.NUM_EXAMPLES, 0)
-    return {"round": server_round, "phase": phase, "site": site, **values}
+    return {"round": server_round, "phase": phase, "site": site, "time": time.time(), **values}
 
 
 class RecordingFedAvg(FedAvg):
@@ -68,7 +69,13 @@ class RecordingFedAvg(FedAvg):
 
     def _record_failures(self, server_round: int, phase: str, replies: list[Message]) -> list[dict[str, Any]]:
         return [
-            {"round": server_round, "phase": phase, "site": self._site_name(m), "error": m.error.reason}
+            {
+                "round": server_round,
+                "phase": phase,
+                "site": self._site_name(m),
+                "time": time.time(),
+                "error": m.error.reason,
+            }
             for m in replies
             if m.has_error()
         ]
@@ -78,7 +85,11 @@ class RecordingFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         arrays, pooled = super().aggregate_train(server_round, replies)
-        rows = [_row(server_round, "train", self._site_name(m), m.content[wire.METRICS_KEY]) for m in replies if not m.has_error()]
+        rows = [
+            _row(server_round, "train", self._site_name(m), m.content[wire.METRICS_KEY])
+            for m in replies
+            if not m.has_error()
+        ]
         rows += self._record_failures(server_round, "train", replies)
         if pooled is not None:
             rows.append(_row(server_round, "train", POOLED_SITE, pooled))

@@ -25,12 +25,15 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
 
     config, resources = compose_simulation(args.overrides)
     if config.federation.synthetic:
-        with console.status(f"preparing {config.federation.num_sites} synthetic hospitals in {config.federation.data_dir}"):
+        with console.status(
+            f"preparing {config.federation.num_sites} synthetic hospitals in {config.federation.data_dir}"
+        ):
             generate_federation(
                 Path(config.federation.data_dir).expanduser(),
                 num_sites=config.federation.num_sites,
                 images_per_site=config.federation.images_per_site,
                 seed=config.seed,
+                lesion_contrast=config.federation.lesion_contrast,
             )
     run_dir = Path(config.output.run_dir).expanduser().resolve()
     privacy = f"DP-SGD σ={config.privacy.noise_multiplier}" if config.privacy.enabled else "no DP"
@@ -39,7 +42,11 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         f"{config.strategy.num_rounds} rounds · {privacy} · run dir {run_dir}"
     )
     with RoundProgress(run_dir / "metrics.jsonl", config.strategy.num_rounds, console=console) as progress:
-        echo = (lambda line: (console.print(line, markup=False, highlight=False), progress.poll())) if args.verbose else None
+        echo = (
+            (lambda line: (console.print(line, markup=False, highlight=False), progress.poll()))
+            if args.verbose
+            else None
+        )
         run_simulation(config, run_dir, resources=resources, on_output=echo or progress.poll)
     _print_summary(run_dir, console)
     console.print(f"\n[bold green]report:[/] {run_dir / 'report.html'}")
@@ -77,7 +84,9 @@ def _phantoms(args: argparse.Namespace, console: Console) -> int:
     from simulations.phantoms import generate_federation
 
     with console.status(f"writing {args.sites} synthetic hospitals to {args.out}"):
-        manifests = generate_federation(Path(args.out), num_sites=args.sites, images_per_site=args.images, seed=args.seed)
+        manifests = generate_federation(
+            Path(args.out), num_sites=args.sites, images_per_site=args.images, seed=args.seed
+        )
     for manifest in manifests:
         console.print(f"site manifest: {manifest}")
     return 0

@@ -121,7 +121,9 @@ def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str]) -> It
             if process.poll() is not None:
                 raise SimulationError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
             if time.monotonic() > deadline:
-                raise SimulationError(f"flower-superlink did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}")
+                raise SimulationError(
+                    f"flower-superlink did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}"
+                )
             time.sleep(0.3)
         yield http_port
     finally:

@@ -27,5 +27,5 @@ def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from simulations.phantoms import generate_federation
 
     root = tmp_path_factory.mktemp("phantoms")
-    generate_federation(root, num_sites=2, images_per_site=24, seed=7)
+    generate_federation(root, num_sites=2, images_per_site=24, seed=7, matrix_scale=0.25)
     return root

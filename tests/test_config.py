@@ -76,5 +76,16 @@ def test_hydra_defaults_compose_to_a_valid_config() -> None:
 def test_hydra_unknown_override_is_a_config_error() -> None:
     from simulations.hydra_config import compose_simulation
 
-    with pytest.raises(ConfigError, match="privacy.nois"):
+    with pytest.raises(ConfigError, match=r"privacy\.nois"):
         compose_simulation(["privacy.nois=2"])
+
+
+def test_hydra_defaults_equal_the_schema_defaults() -> None:
+    """`make demo` (Hydra) and `flwr run .` (pyproject) must run the same federation."""
+    from dataclasses import replace
+
+    from simulations.hydra_config import compose_simulation
+
+    config, _ = compose_simulation([])
+
+    assert replace(config, output=replace(config.output, run_dir=AppConfig().output.run_dir)) == AppConfig()

@@ -17,8 +17,8 @@ def _write(path: Path, text: str) -> Path:
 
 def test_round_trip_resolves_relative_paths(tmp_path: Path) -> None:
     rows = [
-        {"image_path": "images/a.dcm", "label": 1, "patient_id": "P1", "laterality": "L", "view": "CC", "finding": "malignant",
-         "lesion_row": 10.5, "lesion_col": 20, "lesion_radius_px": 4},
+        {"image_path": "images/a.dcm", "label": 1, "patient_id": "P1", "laterality": "L", "view": "CC",
+         "finding": "malignant", "lesion_row": 10.5, "lesion_col": 20, "lesion_radius_px": 4},
         {"image_path": "/abs/b.dcm", "label": 0, "patient_id": "P2", "laterality": "R", "view": "MLO"},
     ]  # fmt: skip
     manifest = write_manifest(tmp_path / "site" / "manifest.csv", rows)

@@ -164,8 +164,9 @@ def test_histogram_bins_edges_and_a_score_of_one() -> None:
 
     hist = ScoreHistogram.from_scores(labels, scores, bins=10)
 
+    # edges: 0, sigmoid(-10, -7.5, ..., 10), 1 -> 0.5 starts bin 5, 0.999 (logit 6.9) is in bin 7
     assert hist.negatives.tolist() == [1, 0, 0, 0, 0, 1, 0, 0, 0, 0]
-    assert hist.positives.tolist() == [0] * 9 + [2]
+    assert hist.positives.tolist() == [0] * 7 + [1, 0, 1]
     assert (hist.num_negatives, hist.num_positives, hist.bins) == (2, 2, 10)
 
 
@@ -183,7 +184,7 @@ def test_histogram_pooling_equals_histogram_of_concatenated_data() -> None:
 def test_histogram_pooling_refuses_mismatched_bins() -> None:
     labels, scores = _noisy_scores(20, seed=6)
 
-    with pytest.raises(ValueError, match="100 and 10 bins"):
+    with pytest.raises(ValueError, match="200 and 10 bins"):
         _ = ScoreHistogram.from_scores(labels, scores) + ScoreHistogram.from_scores(labels, scores, bins=10)
 
 
@@ -228,3 +229,17 @@ def test_histogram_metrics_equal_binary_metrics_at_bin_edge_threshold() -> None:
         assert binned[key] == pytest.approx(per_image[key]), key
     assert binned["auc"] == pytest.approx(per_image["auc"], abs=0.02)
     assert binned["auc_ci_low"] < binned["auc"] < binned["auc_ci_high"]
+
+
+def test_histogram_keeps_the_ranking_of_confident_scores() -> None:
+    """An early or imbalanced model scores everything below 0.01; equal-width bins would tie them all."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 40 + [1] * 10)
+    logits = np.concatenate([rng.normal(-7.0, 0.8, 40), rng.normal(-5.5, 0.8, 10)])
+    scores = 1.0 / (1.0 + np.exp(-logits))
+    assert scores.max() < 0.05
+
+    binned = histogram_auc(ScoreHistogram.from_scores(labels, scores))
+
+    assert binned == pytest.approx(roc_auc_score(labels, scores), abs=0.02)
+    assert binned > 0.8

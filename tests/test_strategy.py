@@ -56,7 +56,7 @@ def _strategy(tmp_path: Path):
 def test_train_rows_per_site_and_weighted_average(tmp_path: Path) -> None:
     strategy, run_dir = _strategy(tmp_path)
 
-    arrays, pooled = strategy.aggregate_train(1, [_train_reply("a", 1.0, 10, 0.5), _train_reply("b", 4.0, 30, 0.9)])
+    arrays, _ = strategy.aggregate_train(1, [_train_reply("a", 1.0, 10, 0.5), _train_reply("b", 4.0, 30, 0.9)])
 
     np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 3.25))  # (1*10 + 4*30) / 40
     rows = run_dir.read_metrics()
@@ -73,7 +73,9 @@ def test_pooled_auc_comes_from_summed_histograms(tmp_path: Path) -> None:
 
     pooled = strategy.aggregate_evaluate(1, [_eval_reply("a", *site_a), _eval_reply("b", *site_b)])
 
-    expected = histogram_auc(ScoreHistogram.from_scores(np.array(site_a[0] + site_b[0]), np.array(site_a[1] + site_b[1])))
+    expected = histogram_auc(
+        ScoreHistogram.from_scores(np.array(site_a[0] + site_b[0]), np.array(site_a[1] + site_b[1]))
+    )
     assert pooled["auc"] == pytest.approx(expected)
     rows = {r["site"]: r for r in run_dir.read_metrics()}
     assert rows["a"]["auc"] == 0.1 and "score_hist_neg" not in rows["a"]  # histograms stay out of the jsonl

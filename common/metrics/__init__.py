@@ -10,6 +10,7 @@ from common.metrics.histogram import (
     histogram_auc,
     histogram_metrics,
     histogram_roc,
+    score_bin_edges,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "histogram_auc",
     "histogram_metrics",
     "histogram_roc",
+    "score_bin_edges",
 ]

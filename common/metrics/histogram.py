@@ -18,10 +18,34 @@ from common.metrics.core import (
     sensitivity_at_specificity,
 )
 
-__all__ = ["NUM_SCORE_BINS", "ScoreHistogram", "histogram_auc", "histogram_metrics", "histogram_roc"]
+__all__ = [
+    "LOGIT_RANGE",
+    "NUM_SCORE_BINS",
+    "ScoreHistogram",
+    "histogram_auc",
+    "histogram_metrics",
+    "histogram_roc",
+    "score_bin_edges",
+]
 
-NUM_SCORE_BINS: int = 100
-"""Equal-width bins over [0, 1]: AUC error at most ~1/bins, and 0.5 falls on a bin edge."""
+NUM_SCORE_BINS: int = 200
+"""Bins of equal width in logit space (about 0.1 logit each): 0.5 falls on a bin edge."""
+
+LOGIT_RANGE: float = 10.0
+"""Inner bin edges span logits [-10, 10]; the outer two bins take everything more extreme."""
+
+
+def score_bin_edges(bins: int = NUM_SCORE_BINS) -> np.ndarray:
+    """Probability-space edges of the score bins: 0, sigmoid of evenly spaced logits, 1.
+
+    Equal-width bins over [0, 1] fail exactly when it matters: an imbalanced or early-round model puts
+    every score below 0.01, all in one bin, and the pooled AUC collapses to 0.5 while the sites' own
+    AUCs differ. Bins even in logit space keep the ranking of confident scores.
+    """
+    if bins < 2:
+        return np.array([0.0, 1.0])
+    logits = np.linspace(-LOGIT_RANGE, LOGIT_RANGE, bins - 1)
+    return np.concatenate(([0.0], 1.0 / (1.0 + np.exp(-logits)), [1.0]))
 
 
 def _counts(values: Any, name: str) -> np.ndarray:
@@ -37,11 +61,11 @@ def _counts(values: Any, name: str) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class ScoreHistogram:
-    """Counts of test scores per equal-width bin over [0, 1], separately for negatives and positives.
+    """Counts of test scores per bin (see `score_bin_edges`), separately for negatives and positives.
 
-    Sites send this instead of per-image scores: it reveals no single image's score, and summing
-    sites' histograms gives the pooled ROC exactly up to the bin width. Bin ``k`` holds scores in
-    ``[k/bins, (k+1)/bins)``; a score of exactly 1.0 goes in the last bin. Arrays are read-only.
+    Sites send this instead of per-image scores: it carries no image's identity, and summing sites'
+    histograms gives the pooled ROC exactly up to the bin width. Bin ``k`` holds scores in
+    ``[edges[k], edges[k+1])``; a score of exactly 1.0 goes in the last bin. Arrays are read-only.
     """
 
     negatives: np.ndarray
@@ -73,7 +97,7 @@ class ScoreHistogram:
                 f"scores must be probabilities in [0, 1] to be binned, got range [{scores_arr.min():.4g}, "
                 f"{scores_arr.max():.4g}]; apply softmax/sigmoid first"
             )
-        edges = np.linspace(0.0, 1.0, bins + 1)
+        edges = score_bin_edges(bins)
         index = np.clip(np.searchsorted(edges, scores_arr, side="right") - 1, 0, bins - 1)
         return cls(
             negatives=np.bincount(index[labels_arr == 0], minlength=bins),
@@ -164,10 +188,10 @@ def histogram_metrics(
 ) -> dict[str, float]:
     """The `binary_metrics` keys computed from a (pooled) histogram, so the server can score all sites as one.
 
-    ``threshold`` is rounded to the nearest bin edge (0.5 is an edge for an even number of bins, so the
-    default is exact). The CI resamples cases from the binned data. Undefined values are NaN.
+    ``threshold`` is rounded to the nearest bin edge (0.5 is an edge, so the default is exact). The CI
+    resamples cases from the binned data. Undefined values are NaN.
     """
-    edge = int(np.clip(round(threshold * h.bins), 0, h.bins))
+    edge = int(np.argmin(np.abs(score_bin_edges(h.bins) - threshold)))
     tp, fn = int(h.positives[edge:].sum()), int(h.positives[:edge].sum())
     fp, tn = int(h.negatives[edge:].sum()), int(h.negatives[:edge].sum())
     fpr, tpr = histogram_roc(h)
