@@ -65,6 +65,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             wire.NUM_EXAMPLES: outcome.num_examples,
             wire.LOSS: outcome.loss,
             wire.SECONDS: outcome.seconds,
+            wire.THRESHOLD: outcome.threshold,
+            **outcome.confusion,
             **outcome.metrics,
             wire.SCORE_HIST_NEG: hist["negatives"],
             wire.SCORE_HIST_POS: hist["positives"],

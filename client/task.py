@@ -13,7 +13,7 @@ import torch
 from client.site import SiteSpec
 from common.augment import augment_batch
 from common.config import AppConfig
-from common.metrics import ScoreHistogram, binary_metrics
+from common.metrics import ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.site_data import SiteData, load_site
 from common.training import TrainResult, evaluate, train_local
@@ -31,6 +31,8 @@ class EvaluateOutcome:
     loss: float
     metrics: dict[str, float]
     histogram: ScoreHistogram
+    threshold: float
+    confusion: dict[str, int]
     seconds: float
 
 
@@ -97,20 +99,51 @@ def train_on_site(
 def evaluate_on_site(
     site: SiteSpec, config: AppConfig, state_dict: dict[str, torch.Tensor], split: str = "test"
 ) -> EvaluateOutcome:
-    """Score the site's ``split`` with the given weights and reduce it to metrics and a score histogram."""
+    """Score the site's ``split`` and reduce it to metrics, confusion counts and a score histogram."""
     started = time.perf_counter()
     data = load_site_data(site, config)
-    dataset = getattr(data, split)
     model = _model_with(config, state_dict)
-    result = evaluate(
-        model, dataset, batch_size=config.training.batch_size * 2, device=pick_device(config.training.device)
+    device = pick_device(config.training.device)
+    result = evaluate(model, getattr(data, split), batch_size=config.training.batch_size * 2, device=device)
+    labels = _binary(result.labels, config)
+    threshold = _operating_threshold(model, data, config, device)
+    metrics = binary_metrics(
+        labels,
+        result.scores,
+        threshold=threshold,
+        target_specificity=config.evaluation.target_specificity,
+        seed=config.seed,
     )
-    labels = (np.asarray(result.labels) == config.model.num_classes - 1).astype(np.int64)
-    metrics = binary_metrics(labels, result.scores, seed=config.seed)
+    called = result.scores >= threshold
+    confusion = {
+        "tp": int((called & (labels == 1)).sum()),
+        "fp": int((called & (labels == 0)).sum()),
+        "tn": int((~called & (labels == 0)).sum()),
+        "fn": int((~called & (labels == 1)).sum()),
+    }
     return EvaluateOutcome(
         num_examples=result.num_examples,
         loss=float(result.loss),
         metrics=metrics,
         histogram=ScoreHistogram.from_scores(labels, result.scores),
+        threshold=threshold,
+        confusion=confusion,
         seconds=time.perf_counter() - started,
     )
+
+
+def _binary(labels: np.ndarray, config: AppConfig) -> np.ndarray:
+    return (np.asarray(labels) == config.model.num_classes - 1).astype(np.int64)
+
+
+def _operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfig, device: str) -> float:
+    """The site's decision threshold: fixed, or the lowest reaching the target specificity on validation.
+
+    Falls back to the fixed threshold when the validation split is empty or has no benign/normal case.
+    """
+    rule = config.evaluation
+    if rule.operating_point == "fixed" or len(data.val) == 0:
+        return rule.threshold
+    val = evaluate(model, data.val, batch_size=config.training.batch_size * 2, device=device)
+    chosen = threshold_at_specificity(_binary(val.labels, config), val.scores, rule.target_specificity)
+    return rule.threshold if np.isnan(chosen) else chosen

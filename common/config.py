@@ -14,6 +14,7 @@ from common.errors import ConfigError
 __all__ = [
     "AppConfig",
     "DataConfig",
+    "EvaluationConfig",
     "FederationConfig",
     "ModelConfig",
     "OutputConfig",
@@ -147,6 +148,30 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """How sensitivity and specificity are read: at which score a case is called malignant."""
+
+    operating_point: str = "val_specificity"
+    target_specificity: float = 0.9
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(
+            self.operating_point in ("val_specificity", "fixed"),
+            "evaluation.operating_point",
+            self.operating_point,
+            "'val_specificity' (threshold chosen on the site's validation split) or 'fixed'",
+        )
+        _check(
+            0.0 < self.target_specificity < 1.0,
+            "evaluation.target_specificity",
+            self.target_specificity,
+            "in (0, 1)",
+        )
+        _check(0.0 < self.threshold < 1.0, "evaluation.threshold", self.threshold, "in (0, 1)")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where the server writes the run directory."""
 
@@ -165,6 +190,7 @@ class AppConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_nested(self) -> dict[str, Any]:

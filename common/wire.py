@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ARRAYS_KEY",
     "CONFIG_KEY",
+    "CONFUSION_KEYS",
     "EPSILON",
     "LOSS",
     "METRICS_KEY",
@@ -16,6 +17,7 @@ __all__ = [
     "SERVER_ROUND",
     "SITE_KEY",
     "SITE_NAME",
+    "THRESHOLD",
     "TRAIN_LOSS",
 ]
 
@@ -38,6 +40,10 @@ EPSILON = "epsilon"
 SECONDS = "seconds"
 """Wall-clock seconds the site spent on the request (training or scoring), for overhead accounting."""
 LOSS = "loss"
+THRESHOLD = "threshold"
+"""Score at or above which the site called a test case malignant (its validation-chosen operating point)."""
+CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
+"""Test-split confusion counts at the site's threshold; summed, they give pooled sensitivity and specificity."""
 SCORE_HIST_NEG = "score_hist_neg"
 """Counts of test scores per fixed bin for label-0 images: ROC/AUC pool across sites without per-image data."""
 SCORE_HIST_POS = "score_hist_pos"

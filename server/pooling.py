@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from common import wire
-from common.metrics import ScoreHistogram, histogram_metrics
+from common.metrics import ScoreHistogram, confusion_metrics, histogram_metrics
 
 __all__ = ["pool_evaluate_metrics", "pool_histograms", "pool_train_metrics", "reply_histogram"]
 
@@ -64,4 +64,9 @@ def pool_evaluate_metrics(records: list[RecordDict], weight_key: str) -> MetricR
         wire.LOSS: _weighted_mean(records, wire.LOSS, weight_key),
     }
     values.update(histogram_metrics(pooled))
+    if all(all(k in _metrics(r) for k in wire.CONFUSION_KEYS) for r in records):
+        # Each site called cases at its own validation-chosen threshold: pool those calls, not a 0.5 re-read.
+        counts = {k: int(sum(int(_metrics(r)[k]) for r in records)) for k in wire.CONFUSION_KEYS}
+        values.update(confusion_metrics(**counts))
+        values.update(counts)
     return MetricRecord(values)

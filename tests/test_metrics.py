@@ -243,3 +243,17 @@ def test_histogram_keeps_the_ranking_of_confident_scores() -> None:
 
     assert binned == pytest.approx(roc_auc_score(labels, scores), abs=0.02)
     assert binned > 0.8
+
+
+def test_threshold_at_specificity_allows_exactly_the_target_share_of_false_positives() -> None:
+    from common.metrics import threshold_at_specificity
+
+    labels = np.array([0] * 10 + [1] * 3)
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.85, 0.5, 0.99])
+
+    threshold = threshold_at_specificity(labels, scores, 0.9)
+
+    called = scores >= threshold
+    assert called[labels == 0].sum() == 1  # 10 negatives at 90% specificity: one false positive allowed
+    assert 0.9 < threshold <= 0.95
+    assert math.isnan(threshold_at_specificity(np.array([1, 1]), np.array([0.2, 0.9]), 0.9))

@@ -198,3 +198,18 @@ def test_plots_accept_site_names_that_look_like_matplotlib_math(tmp_path: Path) 
     per_round = plot_metrics_per_round(rows, tmp_path / "metrics.png")
 
     assert roc.read_bytes().startswith(PNG_SIGNATURE) and per_round.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_report_says_how_the_decision_threshold_was_chosen(tmp_path: Path) -> None:
+    from server.report import RunDirectory, build_report
+
+    val_run = RunDirectory(tmp_path / "val")
+    val_run.write_config({"evaluation": {"operating_point": "val_specificity", "target_specificity": 0.9}})
+    fixed_run = RunDirectory(tmp_path / "fixed")
+    fixed_run.write_config({"evaluation": {"operating_point": "fixed", "threshold": 0.3}})
+
+    val_html = build_report(val_run.path).read_text()
+    fixed_html = build_report(fixed_run.path).read_text()
+
+    assert "chose on its own validation split" in val_html
+    assert "a fixed score threshold of 0.3" in fixed_html

@@ -92,3 +92,16 @@ def test_a_failed_site_is_recorded_and_skipped(tmp_path: Path) -> None:
     np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 2.0))
     errors = [r for r in run_dir.read_metrics() if "error" in r]
     assert len(errors) == 1 and errors[0]["error"] == "manifest missing"
+
+
+def test_pooled_sensitivity_sums_the_sites_own_calls(tmp_path: Path) -> None:
+    """Sites call cases at their own validation-chosen thresholds; pooling must not re-read them at 0.5."""
+    strategy, _ = _strategy(tmp_path)
+    a, b = _eval_reply("a", [0, 1], [0.1, 0.2]), _eval_reply("b", [0, 1, 1], [0.1, 0.2, 0.3])
+    a.content[wire.METRICS_KEY].update({"tp": 1, "fp": 0, "tn": 1, "fn": 0})
+    b.content[wire.METRICS_KEY].update({"tp": 1, "fp": 1, "tn": 0, "fn": 1})
+
+    pooled = strategy.aggregate_evaluate(1, [a, b])
+
+    assert pooled["sensitivity"] == pytest.approx(2 / 3) and pooled["specificity"] == pytest.approx(1 / 2)
+    assert (pooled["tp"], pooled["fp"], pooled["tn"], pooled["fn"]) == (2, 1, 1, 1)

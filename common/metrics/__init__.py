@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from common.metrics.binary import binary_metrics, bootstrap_auc_ci
-from common.metrics.core import DEFAULT_TARGET_SPECIFICITY, DEFAULT_THRESHOLD, METRIC_KEYS
+from common.metrics.core import (
+    DEFAULT_TARGET_SPECIFICITY,
+    DEFAULT_THRESHOLD,
+    METRIC_KEYS,
+    confusion_metrics,
+    threshold_at_specificity,
+)
 from common.metrics.histogram import (
     NUM_SCORE_BINS,
     ScoreHistogram,
@@ -20,9 +26,11 @@ __all__ = [
     "NUM_SCORE_BINS",
     "ScoreHistogram",
     "binary_metrics",
+    "confusion_metrics",
     "bootstrap_auc_ci",
     "histogram_auc",
     "histogram_metrics",
     "histogram_roc",
     "score_bin_edges",
+    "threshold_at_specificity",
 ]

@@ -13,6 +13,7 @@ __all__ = [
     "confusion_metrics",
     "percentile_ci",
     "sensitivity_at_specificity",
+    "threshold_at_specificity",
 ]
 
 DEFAULT_THRESHOLD = 0.5
@@ -116,3 +117,20 @@ def percentile_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(finite, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def threshold_at_specificity(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """The lowest score threshold whose specificity on ``(labels, scores)`` is at least ``target``.
+
+    Chosen on a validation split, it fixes the operating point before the test split is seen (as a
+    screening programme fixes its recall rate), instead of a 0.5 that an imbalanced model may never
+    reach. NaN when there are no negatives to measure specificity on.
+    """
+    labels, scores = check_binary_inputs(labels, scores)
+    negatives = np.sort(scores[labels == 0])[::-1]
+    if negatives.size == 0:
+        return float("nan")
+    allowed_false_positives = int(np.floor((1.0 - target) * negatives.size + 1e-9))
+    if allowed_false_positives >= negatives.size:
+        return float(negatives[-1])
+    return float(np.nextafter(negatives[allowed_false_positives], np.inf))

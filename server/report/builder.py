@@ -71,6 +71,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def operating_point_text(config: Mapping[str, Any] | None) -> tuple[str, float]:
+    """How sensitivity/specificity were read (from the run's evaluation config), and the target specificity."""
+    evaluation = (config or {}).get("evaluation")
+    evaluation = evaluation if isinstance(evaluation, Mapping) else {}
+    target = float(evaluation.get("target_specificity", DEFAULT_TARGET_SPECIFICITY))
+    if evaluation.get("operating_point", "fixed") == "fixed":
+        return f"a fixed score threshold of {_text(evaluation.get('threshold', DEFAULT_THRESHOLD))}", target
+    return (
+        f"the threshold each site chose on its own validation split (the lowest giving specificity of at least "
+        f"{_text(target)} there; see the Threshold column)",
+        target,
+    )
+
+
 def _settings(
     summary: Mapping[str, Any] | None, config: Mapping[str, Any] | None, privacy: Mapping[str, Any], sites: list[str]
 ) -> list[tuple[str, str]]:
@@ -96,8 +110,8 @@ def _settings(
         if "accountant" in privacy:
             settings.append(("Privacy accountant", _text(privacy["accountant"])))
     settings += [
-        ("Decision threshold", _text(DEFAULT_THRESHOLD)),
-        ("Target specificity", _text(DEFAULT_TARGET_SPECIFICITY)),
+        ("Decision threshold", operating_point_text(config)[0]),
+        ("Target specificity", _text(operating_point_text(config)[1])),
         ("Duration", f"{duration:.0f} s" if isinstance(duration, (int, float)) and math.isfinite(duration) else "n/a"),
     ]
     return settings
@@ -133,8 +147,8 @@ def _plots(
     captions = {
         ROC_PLOT: f"ROC curves of the final global model (round {roc.round if roc else '?'}) on each site's test "
         "split and pooled; curves further to the top left are better.",
-        METRICS_PLOT: f"AUC, sensitivity and specificity (threshold {DEFAULT_THRESHOLD}) of the global model "
-        "per round.",
+        METRICS_PLOT: "AUC, sensitivity and specificity of the global model per round (sensitivity and "
+        "specificity at each site's decision threshold).",
         EPSILON_PLOT: "Cumulative privacy loss ε per site after each round (smaller is more private).",
         LOSS_PLOT: "Training loss per site per round (and the global model's test loss when reported).",
     }
@@ -182,8 +196,8 @@ def build_report(run_dir: str | Path) -> Path:
         notes=[n for n in (roc_note, *notes) if n],
         rows=rows,
         failures=failures,
-        threshold=DEFAULT_THRESHOLD,
-        target_specificity=DEFAULT_TARGET_SPECIFICITY,
+        threshold=operating_point_text(config)[0],
+        target_specificity=operating_point_text(config)[1],
     )
     folder.report_path.write_text(html_text, encoding="utf-8")
     logger.info("wrote %s with %d plot(s)", folder.report_path, len(plots))

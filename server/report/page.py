@@ -38,7 +38,7 @@ _HOW_TO_READ = """
 case above a randomly chosen benign one: 0.5 is guessing, 1.0 is perfect. The interval in brackets is a
 bootstrap 95% confidence interval; a wide interval means the test set was too small to be sure.</p>
 <p><b>Sensitivity</b> is the share of malignant cases the model flags; <b>specificity</b> the share of benign
-cases it clears. Both are read at a score threshold of {threshold}; <b>PPV</b> / <b>NPV</b> are the share of
+cases it clears. Both are read at {threshold}; <b>PPV</b> / <b>NPV</b> are the share of
 flagged / cleared cases that really are malignant / benign, and depend on how common cancer is in each test set.
 "Sensitivity at target specificity" is the best sensitivity reachable while keeping specificity at least
 {target}, closer to how a screening programme would set its recall rate. "pooled" treats all sites' test
@@ -80,7 +80,15 @@ def _table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], cs
 
 
 def _results_table(results: Mapping[str, Mapping[str, Any]], privacy_enabled: bool) -> str:
-    headers = ["Site", "Test images", "Positives", "AUC (95% CI)", *(t for _, t in _RESULT_COLUMNS), "ε at end"]
+    headers = [
+        "Site",
+        "Test images",
+        "Positives",
+        "AUC (95% CI)",
+        "Threshold",
+        *(t for _, t in _RESULT_COLUMNS),
+        "ε at end",
+    ]
     rows = []
     for site in site_order(list(results)):
         entry = results[site]
@@ -90,6 +98,7 @@ def _results_table(results: Mapping[str, Mapping[str, Any]], privacy_enabled: bo
             fmt(entry.get("num_examples")),
             fmt(entry.get("num_positives")),
             _auc_cell(entry),
+            fmt(entry.get("threshold")),
             *(fmt(entry.get(key)) for key, _ in _RESULT_COLUMNS),
             epsilon,
         ]
@@ -130,7 +139,7 @@ def render_page(
     notes: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
     failures: Sequence[Mapping[str, Any]],
-    threshold: float,
+    threshold: str,
     target_specificity: float,
 ) -> str:
     """The whole report page as a string.
