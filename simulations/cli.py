@@ -20,7 +20,7 @@ logger = logging.getLogger("fedmammo")
 def _simulate(args: argparse.Namespace, console: Console) -> int:
     from simulations.hydra_config import compose_simulation
     from simulations.launcher import run_simulation
-    from simulations.phantoms import generate_federation
+    from simulations.phantoms import generate_configured_federation
     from simulations.progress import RoundProgress
 
     config, resources = compose_simulation(args.overrides)
@@ -28,13 +28,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         with console.status(
             f"preparing {config.federation.num_sites} synthetic hospitals in {config.federation.data_dir}"
         ):
-            generate_federation(
-                Path(config.federation.data_dir).expanduser(),
-                num_sites=config.federation.num_sites,
-                images_per_site=config.federation.images_per_site,
-                seed=config.seed,
-                lesion_contrast=config.federation.lesion_contrast,
-            )
+            generate_configured_federation(config.federation, seed=config.seed)
     run_dir = Path(config.output.run_dir).expanduser().resolve()
     privacy = f"DP-SGD σ={config.privacy.noise_multiplier}" if config.privacy.enabled else "no DP"
     console.print(

@@ -282,3 +282,17 @@ def test_a_site_generated_alone_equals_the_same_site_in_a_federation(federation:
         assert a.image_path.read_bytes() == b.image_path.read_bytes()
     with pytest.raises(ConfigError, match="num_sites = 0 is invalid"):
         generate_federation(tmp_path / "fed", num_sites=0)
+
+
+def test_configured_federation_follows_the_config_section(tmp_path: Path) -> None:
+    from common.config import load_config
+    from simulations.phantoms import generate_configured_federation
+
+    config = load_config(
+        {"federation.data_dir": str(tmp_path / "fed"), "federation.num_sites": 2, "federation.images_per_site": 8}
+    )
+
+    manifests = generate_configured_federation(config.federation, seed=config.seed)
+
+    assert manifests == [tmp_path / "fed" / "site_0" / "manifest.csv", tmp_path / "fed" / "site_1" / "manifest.csv"]
+    assert all(m.is_file() for m in manifests)

@@ -27,7 +27,7 @@ from common.privacy import make_private
 from server.report import RunDirectory
 from simulations.hydra_config import compose_simulation
 from simulations.launcher import SimulationResources, run_simulation
-from simulations.phantoms import generate_federation
+from simulations.phantoms import generate_configured_federation
 
 __all__ = ["main", "measure_rounds", "measure_step_times"]
 
@@ -107,13 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
 
     config, resources = compose_simulation(args.overrides)
-    generate_federation(
-        Path(config.federation.data_dir).expanduser(),
-        num_sites=config.federation.num_sites,
-        images_per_site=config.federation.images_per_site,
-        seed=config.seed,
-        lesion_contrast=config.federation.lesion_contrast,
-    )
+    generate_configured_federation(config.federation, seed=config.seed)
     with tempfile.TemporaryDirectory(prefix="fedmammo-bench-") as tmp:
         rounds = measure_rounds(config, resources, Path(tmp) / "run")
     steps = measure_step_times(config, repeats=args.repeats)

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from simulations.phantoms.generate import GENERATOR_VERSION, generate_federation, generate_site
+from simulations.phantoms.generate import (
+    GENERATOR_VERSION,
+    generate_configured_federation,
+    generate_federation,
+    generate_site,
+)
 from simulations.phantoms.scanners import ScannerProfile, scanner_profile
 
-__all__ = ["GENERATOR_VERSION", "ScannerProfile", "generate_federation", "generate_site", "scanner_profile"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "ScannerProfile",
+    "generate_configured_federation",
+    "generate_federation",
+    "generate_site",
+    "scanner_profile",
+]

@@ -9,13 +9,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common.config import FederationConfig
 from common.errors import ConfigError
 from common.manifest import write_manifest
 from simulations.phantoms.dicom_writer import ImageHeader, phantom_uid, write_dicom
 from simulations.phantoms.patients import VIEWS, patient_findings, render_patient
 from simulations.phantoms.scanners import scanner_profile
 
-__all__ = ["GENERATOR_VERSION", "STAMP_NAME", "generate_federation", "generate_site"]
+__all__ = ["GENERATOR_VERSION", "STAMP_NAME", "generate_configured_federation", "generate_federation", "generate_site"]
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +240,14 @@ def generate_federation(
         )
         for index in range(num_sites)
     ]
+
+
+def generate_configured_federation(federation: FederationConfig, *, seed: int) -> list[Path]:
+    """The synthetic sites a run's ``federation`` section asks for (reused when already on disk)."""
+    return generate_federation(
+        Path(federation.data_dir).expanduser(),
+        num_sites=federation.num_sites,
+        images_per_site=federation.images_per_site,
+        seed=seed,
+        lesion_contrast=federation.lesion_contrast,
+    )
