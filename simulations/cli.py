@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from common.config import AppConfig, FederationConfig
 from common.errors import FedMammoError
 
 __all__ = ["main"]
@@ -79,7 +80,11 @@ def _phantoms(args: argparse.Namespace, console: Console) -> int:
 
     with console.status(f"writing {args.sites} synthetic hospitals to {args.out}"):
         manifests = generate_federation(
-            Path(args.out), num_sites=args.sites, images_per_site=args.images, seed=args.seed
+            Path(args.out).expanduser(),
+            num_sites=args.sites,
+            images_per_site=args.images,
+            seed=args.seed,
+            lesion_contrast=args.lesion_contrast,
         )
     for manifest in manifests:
         console.print(f"site manifest: {manifest}")
@@ -103,11 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("-v", "--verbose", action="store_true", help="echo Flower's log while running")
     simulate.set_defaults(handler=_simulate)
 
+    federation, seed = FederationConfig(), AppConfig().seed  # defaults match what `flwr run .` expects
     phantoms = commands.add_parser("phantoms", help="write synthetic DICOM hospitals and their manifests")
-    phantoms.add_argument("--out", required=True, help="folder to write site_0/, site_1/, ... into")
-    phantoms.add_argument("--sites", type=int, default=3)
-    phantoms.add_argument("--images", type=int, default=200, help="images per site")
-    phantoms.add_argument("--seed", type=int, default=42)
+    phantoms.add_argument("--out", default=federation.data_dir, help=f"folder for site_0/, ... ({federation.data_dir})")
+    phantoms.add_argument("--sites", type=int, default=federation.num_sites)
+    phantoms.add_argument("--images", type=int, default=federation.images_per_site, help="images per site")
+    phantoms.add_argument("--seed", type=int, default=seed)
+    phantoms.add_argument("--lesion-contrast", type=float, default=federation.lesion_contrast, help="lower is harder")
     phantoms.set_defaults(handler=_phantoms)
 
     report = commands.add_parser("report", help="rebuild report.html and plots from a run directory")
