@@ -123,7 +123,7 @@ def test_a_site_without_data_replies_with_an_error_not_a_crash(tmp_path: Path) -
     reply = app(_message("train", config, 1), _context(config))
 
     assert reply.has_error()
-    assert reply.error.reason.startswith("ManifestError: simulated site 0 has no manifest at <path>")
+    assert reply.error.reason.startswith("site-0: ManifestError: simulated site 0 has no manifest at <path>")
     assert "fedmammo phantoms" in reply.error.reason
     assert str(tmp_path) not in reply.error.reason  # no hospital file paths cross the wire
 
