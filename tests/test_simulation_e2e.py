@@ -59,3 +59,37 @@ def test_run_directory_is_complete(finished_run: Path) -> None:
     for png in ("roc_per_site.png", "metrics_per_round.png", "epsilon_per_round.png"):
         assert (finished_run / png).stat().st_size > 1000 and png in report
     assert "site-0" in report and "site-1" in report
+
+
+def test_a_broken_site_and_a_corrupt_image_do_not_stop_the_federation(
+    tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import shutil
+
+    data = tmp_path_factory.mktemp("broken") / "phantoms"
+    shutil.copytree(tiny_federation, data)
+    corrupt = sorted((data / "site_0" / "images").glob("*.dcm"))[0]
+    corrupt.write_bytes(b"not a DICOM file")
+    (data / "site_2").mkdir()  # a third site whose hospital never wrote its manifest
+    config = load_config(
+        {
+            "federation.num_sites": 3,
+            "federation.data_dir": str(data),
+            "federation.synthetic": False,
+            "data.image_size": 32,
+            "model.name": "small_cnn",
+            "training.batch_size": 8,
+            "strategy.num_rounds": 1,
+            "strategy.min_nodes": 2,
+        }
+    )
+
+    run_dir = run_simulation(config, tmp_path_factory.mktemp("broken_run"))
+
+    rows = RunDirectory(run_dir).read_metrics()
+    failures = [r for r in rows if "error" in r]
+    assert {r["phase"] for r in failures} == {"train", "evaluate"}
+    assert all(r["error"].startswith("site-2: ManifestError") and str(data) not in r["error"] for r in failures)
+    trained = {r["site"] for r in rows if r["phase"] == "train" and "error" not in r}
+    assert trained == {"site-0", "site-1", "pooled"}
+    assert "not a DICOM file" in (run_dir / "flower.log").read_text()  # skipped on site-0 with its reason
