@@ -9,7 +9,7 @@ from torch import nn
 
 from common.errors import ModelError
 
-__all__ = ["NORM_POLICIES", "FrozenBatchNorm2d", "group_norm", "norm_layer_for"]
+__all__ = ["NORM_POLICIES", "FrozenBatchNorm2d", "group_norm", "norm_layer_for", "replace_batchnorm"]
 
 NORM_POLICIES = ("groupnorm", "frozen_bn")
 _MAX_GROUPS = 32
@@ -69,3 +69,34 @@ def norm_layer_for(norm: str) -> Callable[[int], nn.Module]:
     if norm == "frozen_bn":
         return FrozenBatchNorm2d
     raise ModelError(f"model norm {norm!r} is unknown: it must be one of {list(NORM_POLICIES)}; set model.norm to one")
+
+
+def replace_batchnorm(model: nn.Module, norm_layer: Callable[[int], nn.Module]) -> nn.Module:
+    """Swap every ``BatchNorm2d`` in ``model`` for ``norm_layer(channels)``, in place, keeping its key.
+
+    For architectures whose torchvision class hard-codes ``nn.BatchNorm2d`` (DenseNet, Inception) and
+    so takes no ``norm_layer``. The new module sits under the same name, so state-dict keys are unchanged
+    (GroupNorm keeps ``weight``/``bias``; frozen BatchNorm keeps the running statistics too). A BatchNorm
+    replacement inherits the original ``eps``/``momentum`` so pretrained statistics normalise exactly
+    as in torchvision.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Freshly built network; modified in place.
+    norm_layer : callable
+        Factory from channels to a norm module (`group_norm` or `FrozenBatchNorm2d`).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+    """
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d) and not isinstance(child, FrozenBatchNorm2d):
+                new = norm_layer(child.num_features)
+                if isinstance(new, nn.BatchNorm2d):
+                    new.eps, new.momentum = child.eps, child.momentum
+                setattr(parent, child_name, new)
+    return model

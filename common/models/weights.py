@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 _SHOWN = 5
+# torchvision's published DenseNet files predate a renaming ("norm.1" -> "norm1"); torchvision remaps on load.
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
@@ -72,10 +77,11 @@ def _first(items: list[str]) -> str:
     return ", ".join(items[:_SHOWN]) + more
 
 
-def load_weights(model: nn.Module, path: str | Path, *, name: str) -> None:
+def load_weights(model: nn.Module, path: str | Path, *, name: str, head: str | None = None) -> None:
     """Load ``path`` into ``model`` in place, refusing weights of another architecture.
 
-    Adapts exactly three known differences and nothing else: the first conv is folded to the model's
+    Adapts exactly four known differences and nothing else: torchvision's legacy DenseNet key names
+    (``denselayer1.norm.1.weight``) are renamed as torchvision itself does; the first conv is folded to the model's
     input channels (`adapt_input_conv`); a classification head whose shape differs (ImageNet's 1000
     classes) is left at its fresh initialisation; BatchNorm running statistics are dropped where the
     model uses GroupNorm (BN weight/bias become the GN affine weight/bias under the same keys).
@@ -88,6 +94,9 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str) -> None:
         A torchvision-format state dict, or a checkpoint of this very model.
     name : str
         Registry name, used in error messages.
+    head : str or None
+        Dotted module name of the classification head (``"fc"``, ``"classifier.6"``...); its weight and bias
+        may differ in shape. ``None`` means the last ``nn.Linear`` in the model.
 
     Raises
     ------
@@ -96,11 +105,12 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str) -> None:
         the message names the file and the first offending keys.
     """
     path = Path(path).expanduser()
-    source = _read_state_dict(path)
+    source = {_DENSENET_LEGACY_KEY.sub(r"\1\2", key): value for key, value in _read_state_dict(path).items()}
     target = model.state_dict()
     modules = dict(model.named_modules())
     first_conv = next((n for n, m in modules.items() if isinstance(m, nn.Conv2d)), None)
-    head = next((n for n, m in reversed(modules.items()) if isinstance(m, nn.Linear)), None)
+    if head is None:
+        head = next((n for n, m in reversed(modules.items()) if isinstance(m, nn.Linear)), None)
 
     adapted: dict[str, Tensor] = {}
     unexpected: list[str] = []
