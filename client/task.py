@@ -15,6 +15,7 @@ from common.augment import augment_batch
 from common.config import AppConfig
 from common.metrics import ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
+from common.privacy import privacy_for_budget
 from common.site_data import SiteData, load_site
 from common.training import TrainResult, evaluate, train_local
 
@@ -80,15 +81,33 @@ def train_on_site(
     """Fine-tune the global weights on the site's training split, DP-SGD when privacy is on.
 
     ``history`` is the site's accountant history so far; the result's history includes this round,
-    so epsilon is cumulative over the whole federation rather than per round.
+    so epsilon is cumulative over the whole federation rather than per round. With
+    ``privacy.target_epsilon > 0`` the noise multiplier is derived from the site's own training-set size
+    and the whole plan (``strategy.num_rounds`` x ``training.local_epochs``), the same in every round, so a
+    site taking part in every round ends the federation at the target epsilon.
     """
     data = load_site_data(site, config)
     model = _model_with(config, state_dict)
+    privacy = config.privacy
+    if privacy.enabled and privacy.target_epsilon > 0 and len(data.train) > 0:
+        privacy = privacy_for_budget(
+            privacy,
+            num_examples=len(data.train),
+            batch_size=config.training.batch_size,
+            epochs_total=config.strategy.num_rounds * config.training.local_epochs,
+        )
+        logger.info(
+            "site %s: noise multiplier %.4f spends epsilon %.3f over %d round(s)",
+            site.name,
+            privacy.noise_multiplier,
+            privacy.target_epsilon,
+            config.strategy.num_rounds,
+        )
     return train_local(
         model,
         data.train,
         training=config.training,
-        privacy=config.privacy,
+        privacy=privacy,
         history=history,
         seed=round_seed(config.seed, site.index, server_round),
         augment=augment_batch if config.data.augment else None,

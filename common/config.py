@@ -7,7 +7,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from common.errors import ConfigError
 
@@ -86,15 +86,30 @@ class ModelConfig:
 class PrivacyConfig:
     """Local differential privacy (Opacus DP-SGD) settings of every site."""
 
+    GRAD_SAMPLE_MODES: ClassVar[tuple[str, ...]] = ("hooks", "ew", "functorch", "ghost")
+    """Opacus per-sample gradient implementations ``privacy.grad_sample_mode`` accepts."""
+
     enabled: bool = True
     noise_multiplier: float = 2.0
     max_grad_norm: float = 1.0
     delta: float = 1e-4
     accountant: str = "rdp"
     poisson_sampling: bool = True
+    target_epsilon: float = 0.0
+    """0: train with ``noise_multiplier`` as given; > 0: each site picks the noise that spends exactly this
+    epsilon (at ``delta``) over the whole plan (``strategy.num_rounds`` x ``training.local_epochs``)."""
+    grad_sample_mode: str = "hooks"
+    secure_mode: bool = False
 
     def __post_init__(self) -> None:
         _check(self.noise_multiplier >= 0.0, "privacy.noise_multiplier", self.noise_multiplier, ">= 0")
+        _check(self.target_epsilon >= 0.0, "privacy.target_epsilon", self.target_epsilon, ">= 0 (0 = off)")
+        _check(
+            self.grad_sample_mode in self.GRAD_SAMPLE_MODES,
+            "privacy.grad_sample_mode",
+            self.grad_sample_mode,
+            " or ".join(repr(m) for m in self.GRAD_SAMPLE_MODES),
+        )
         _check(self.max_grad_norm > 0.0, "privacy.max_grad_norm", self.max_grad_norm, "> 0")
         _check(0.0 < self.delta < 1.0, "privacy.delta", self.delta, "in (0, 1)")
         _check(self.accountant in ("rdp", "prv"), "privacy.accountant", self.accountant, "'rdp' or 'prv'")
@@ -111,8 +126,17 @@ class TrainingConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     device: str = "auto"
+    physical_batch_size: int = 0
+    """DP only: largest batch that goes through the model at once (0 = ``batch_size``); a larger logical
+    batch is split by Opacus' BatchMemoryManager. Ignored without DP (no gradient accumulation there)."""
 
     def __post_init__(self) -> None:
+        _check(
+            self.physical_batch_size >= 0,
+            "training.physical_batch_size",
+            self.physical_batch_size,
+            ">= 0 (0 = same as training.batch_size)",
+        )
         _check(self.device in ("auto", "cpu", "cuda"), "training.device", self.device, "'auto', 'cpu' or 'cuda'")
         _check(self.local_epochs >= 1, "training.local_epochs", self.local_epochs, ">= 1")
         _check(self.batch_size >= 1, "training.batch_size", self.batch_size, ">= 1")

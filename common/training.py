@@ -7,8 +7,9 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.config import PrivacyConfig, TrainingConfig
 from common.errors import ManifestError
-from common.privacy import History, compute_epsilon, make_private
+from common.privacy import (
+    MODES_WITHOUT_EMPTY_BATCHES,
+    History,
+    compute_epsilon,
+    empty_batch_step,
+    grad_sample_mode_guard,
+    make_private_training,
+    physical_batches,
+)
 
 __all__ = ["Augment", "EvalResult", "TrainResult", "evaluate", "resolve_device", "train_local"]
 
@@ -39,7 +48,7 @@ class TrainResult:
     train_loss: float
     """Mean cross-entropy over the non-empty steps of the round."""
     num_steps: int
-    """Optimizer steps taken, including DP steps on empty Poisson batches."""
+    """Optimizer steps taken (logical batches with DP), including DP steps on empty Poisson batches."""
     epsilon: float
     """Cumulative epsilon over every round in ``history``; 0.0 when DP was never on."""
     history: History = field(default_factory=list)
@@ -99,6 +108,10 @@ def train_local(
 
     With ``privacy.enabled`` this is DP-SGD through Opacus with Poisson sampling (per-sample clipping to
     ``max_grad_norm``, Gaussian noise), continuing ``history`` so epsilon is cumulative across rounds.
+    Per-sample gradients come from ``privacy.grad_sample_mode`` (ghost mode trains through Opacus' loss
+    wrapper). With DP and ``0 < training.physical_batch_size < batch_size`` each logical (Poisson) batch runs
+    through the model in physical chunks (Opacus' BatchMemoryManager) and the optimizer steps once per
+    logical batch, which gives the same update with less memory; without DP the physical size is ignored.
     Empty Poisson batches still take a (noise-only) step and count in the accountant, as the privacy
     analysis requires; they are left out of the mean loss. Without privacy it is plain minibatch training.
     Frozen BatchNorm layers stay in eval mode throughout.
@@ -129,6 +142,9 @@ def train_local(
     ------
     ManifestError
         If ``dataset`` is empty (the site has no training split).
+    ConfigError
+        If the grad-sample mode does not work for ``model`` (raised at wrapping or the first step), or
+        secure mode is asked for without torchcsprng.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ManifestError("the training set is empty: the site's manifest has no rows in its 'train' split")
@@ -144,35 +160,46 @@ def train_local(
     )
     optimizer = _optimizer(model, training)
     module: nn.Module = model
-    engine = None
+    criterion: Callable[[Tensor, Tensor], Any] = F.cross_entropy
+    private = None
     if privacy.enabled:
-        module, optimizer, loader, engine = make_private(
-            model, optimizer, loader, privacy=privacy, history=history, seed=noise_seed
-        )
+        private = make_private_training(model, optimizer, loader, privacy=privacy, history=history, seed=noise_seed)
+        module, optimizer, loader, criterion = private.module, private.optimizer, private.data_loader, private.criterion
+    physical = training.physical_batch_size
+    split = private is not None and 0 < physical < min(training.batch_size, len(dataset))  # type: ignore[arg-type]
+    skip_empty = private is not None and privacy.grad_sample_mode in MODES_WITHOUT_EMPTY_BATCHES
     augment_generator = torch.Generator().manual_seed(augment_seed)
     losses: list[float] = []
     steps = 0
     try:
         with _quiet_hooks():
             for _ in range(training.local_epochs):
-                for images, labels in loader:
+                batches = physical_batches(loader, physical, optimizer) if split else loader
+                for images, labels in batches:
                     if augment is not None and len(labels):
                         images = augment(images, augment_generator)
                     images, labels = images.to(target), labels.to(target).long()
                     optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(module(images), labels)
-                    loss.backward()
-                    optimizer.step()
+                    if skip_empty and not len(labels):
+                        empty_batch_step(optimizer)  # noise-only step these modes cannot run the model for
+                        continue
+                    first_dp_step = private is not None and steps == 0
+                    with grad_sample_mode_guard(privacy.grad_sample_mode, model) if first_dp_step else nullcontext():
+                        loss = criterion(module(images), labels)
+                        loss.backward()
+                        optimizer.step()
                     steps += 1
                     if len(labels):
                         losses.append(loss.item())
     finally:
-        if engine is not None:
-            module.to_standard_module()  # removes Opacus hooks and per-sample grads from ``model``
-    if engine is not None:
-        new_history: History = list(engine.accountant.history)
+        if private is not None:
+            private.module.to_standard_module()  # removes Opacus hooks and per-sample grads from ``model``
+    prior: History = [(float(n), float(q), int(s)) for n, q, s in (history or [])]
+    if private is not None:
+        new_history: History = list(private.engine.accountant.history)
+        steps = sum(s for *_, s in new_history) - sum(s for *_, s in prior)  # logical steps, not physical
     else:
-        new_history = [(float(n), float(q), int(s)) for n, q, s in (history or [])]
+        new_history = prior
         if new_history:
             logger.warning("privacy is disabled: this round's training is not differentially private")
     epsilon = compute_epsilon(new_history, delta=privacy.delta, accountant=privacy.accountant)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 
 import pytest
@@ -13,7 +15,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.config import PrivacyConfig
 from common.errors import ConfigError
 from common.models import build_model
-from common.privacy import compute_epsilon, history_from_lists, history_to_lists, make_private
+from common.privacy import (
+    compute_epsilon,
+    history_from_lists,
+    history_to_lists,
+    make_private,
+    make_private_training,
+    new_privacy_engine,
+    noise_multiplier_for_budget,
+    planned_sampling,
+    privacy_for_budget,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
@@ -134,3 +146,91 @@ def test_noise_is_reproducible_from_the_seed() -> None:
     # Assert
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
     assert not torch.equal(models[0]["fc.weight"], models[2]["fc.weight"])
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_noise_for_a_budget_spends_just_under_the_target(accountant: str) -> None:
+    # Prepare: 12 rounds x 2 epochs of 7 steps (N = 50, batch 8)
+    sample_rate, steps = planned_sampling(50, 8)
+
+    # Execute
+    sigma = noise_multiplier_for_budget(
+        target_epsilon=4.0,
+        delta=1e-4,
+        sample_rate=sample_rate,
+        epochs_total=24,
+        steps_per_epoch=steps,
+        accountant=accountant,
+    )
+    spent = compute_epsilon([(sigma, sample_rate, 24 * steps)], delta=1e-4, accountant=accountant)
+
+    # Assert
+    assert (sample_rate, steps) == (1 / 7, 7)
+    assert 0.95 * 4.0 <= spent <= 4.0
+    assert sigma > 0
+
+
+def test_noise_for_a_budget_without_steps_lets_opacus_count_epochs() -> None:
+    sigma = noise_multiplier_for_budget(target_epsilon=2.0, delta=1e-5, sample_rate=0.1, epochs_total=3)
+
+    assert 0.95 * 2.0 <= compute_epsilon([(sigma, 0.1, 30)], delta=1e-5) <= 2.0
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")
+def test_unreachable_budget_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"privacy.target_epsilon = 1e-09 cannot be reached"):
+        noise_multiplier_for_budget(target_epsilon=1e-9, delta=1e-4, sample_rate=1.0, epochs_total=10**6)
+    with pytest.raises(ConfigError, match=r"target_epsilon > 0"):
+        noise_multiplier_for_budget(target_epsilon=0.0, delta=1e-4, sample_rate=0.5, epochs_total=1)
+
+
+def test_privacy_for_budget_replaces_only_the_noise_and_only_when_asked() -> None:
+    # Prepare
+    budget = PrivacyConfig(noise_multiplier=0.5, target_epsilon=3.0)
+
+    # Execute
+    resolved = privacy_for_budget(budget, num_examples=40, batch_size=8, epochs_total=6)
+    again = privacy_for_budget(budget, num_examples=40, batch_size=8, epochs_total=6)
+
+    # Assert
+    assert resolved == again
+    assert resolved.noise_multiplier != 0.5
+    assert dataclasses.replace(resolved, noise_multiplier=0.5) == budget
+    assert privacy_for_budget(PrivacyConfig(), num_examples=40, batch_size=8, epochs_total=6) == PrivacyConfig()
+    off = PrivacyConfig(enabled=False, target_epsilon=3.0)
+    assert privacy_for_budget(off, num_examples=40, batch_size=8, epochs_total=6) is off
+
+
+def test_new_config_keys_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"'privacy.grad_sample_mode' = 'vmap' is invalid: it must be 'hooks' or"):
+        PrivacyConfig(grad_sample_mode="vmap")
+    with pytest.raises(ConfigError, match=r"'privacy.target_epsilon' = -1.0 is invalid"):
+        PrivacyConfig(target_epsilon=-1.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchcsprng") is not None, reason="torchcsprng is installed")
+def test_secure_mode_without_torchcsprng_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"'privacy.secure_mode' = True needs the 'torchcsprng' package"):
+        new_privacy_engine("rdp", secure_mode=True)
+    with pytest.raises(ConfigError, match="torchcsprng"):
+        _dp_step(build_model("small_cnn"), PrivacyConfig(secure_mode=True, poisson_sampling=False))
+
+
+def test_make_private_tuple_refuses_ghost_but_make_private_training_returns_its_loss() -> None:
+    # Prepare
+    privacy = PrivacyConfig(noise_multiplier=1.0, grad_sample_mode="ghost", poisson_sampling=False)
+    model = build_model("small_cnn")
+    loader = DataLoader(_data(), batch_size=8)
+
+    # Execute
+    with pytest.raises(ConfigError, match="'ghost' needs Opacus' loss wrapper"):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, privacy=privacy)
+    private = make_private_training(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, privacy=privacy)
+    images, labels = next(iter(private.data_loader))
+    loss = private.criterion(private.module(images), labels)
+    loss.backward()
+    private.optimizer.step()
+
+    # Assert
+    assert type(loss).__name__ == "DPTensorFastGradientClipping"
+    assert private.engine.accountant.history == [(1.0, 1.0, 1)]

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.config import PrivacyConfig, TrainingConfig
-from common.errors import ManifestError
+from common.config import PrivacyConfig, TrainingConfig, load_config
+from common.errors import ConfigError, ManifestError
 from common.models import build_model
-from common.privacy import compute_epsilon, history_from_lists, history_to_lists
+from common.privacy import compute_epsilon, history_from_lists, history_to_lists, privacy_for_budget
 from common.training import EvalResult, TrainResult, evaluate, train_local
 
 DP = PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
 NO_DP = PrivacyConfig(enabled=False)
+EXACT = PrivacyConfig(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
+"""DP plumbing with no noise and no effective clipping: must give plain SGD's update exactly."""
 
 
 def _toy(n: int = 32, seed: int = 0) -> TensorDataset:
@@ -87,7 +92,7 @@ def test_dp_training_unwraps_opacus() -> None:
     keys = list(model.state_dict())
 
     # Execute
-    result = train_local(model, _toy(16), training=TrainingConfig(batch_size=4), privacy=DP, seed=0)
+    result = train_local(model, _toy(16), training=TrainingConfig(local_epochs=1, batch_size=4), privacy=DP, seed=0)
 
     # Assert
     assert list(result.state_dict) == keys
@@ -155,7 +160,7 @@ def test_augment_is_applied_with_a_generator() -> None:
         return images.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else images
 
     # Execute
-    train_local(_small(), _toy(8), training=TrainingConfig(batch_size=4), privacy=NO_DP, augment=flip)
+    train_local(_small(), _toy(8), training=TrainingConfig(local_epochs=1, batch_size=4), privacy=NO_DP, augment=flip)
 
     # Assert
     assert len(seen) == 2 and all(isinstance(g, torch.Generator) for g in seen)
@@ -184,3 +189,157 @@ def test_evaluate_scores_and_labels() -> None:
     np.testing.assert_array_equal(result.labels, np.arange(10) % 2)
     assert np.isfinite(result.loss) and result.loss > 0
     assert model.training
+
+
+def _weights_after(privacy: PrivacyConfig, training: TrainingConfig, n: int = 16) -> dict[str, torch.Tensor]:
+    return train_local(_small(), _toy(n), training=training, privacy=privacy, seed=0).state_dict
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-full backward hook:UserWarning")
+@pytest.mark.parametrize("mode", ["ew", "functorch", "ghost"])
+def test_every_grad_sample_mode_gives_the_hooks_update(mode: str) -> None:
+    # Prepare
+    training = TrainingConfig(local_epochs=1, batch_size=8, learning_rate=0.1)
+
+    # Execute
+    hooks = _weights_after(EXACT, training)
+    other = _weights_after(dataclasses.replace(EXACT, grad_sample_mode=mode), training)
+
+    # Assert
+    assert not torch.equal(hooks["fc.weight"], _small().state_dict()["fc.weight"])
+    for key, value in hooks.items():
+        torch.testing.assert_close(other[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+def test_every_grad_sample_mode_trains_with_poisson_noise_and_unwraps(mode: str) -> None:
+    # Prepare
+    model = _small()
+    privacy = dataclasses.replace(DP, grad_sample_mode=mode)
+
+    # Execute: 3 examples, batch 1: empty Poisson batches are likely
+    result = train_local(model, _toy(3), training=TrainingConfig(local_epochs=4, batch_size=1), privacy=privacy)
+
+    # Assert
+    assert result.history == [(1.0, 1 / 3, 12)] and result.num_steps == 12
+    assert np.isfinite(result.train_loss)
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+
+
+class _Scaled(nn.Module):
+    """A linear classifier behind a bare ``x * weight``: a layer ExpandedWeights ('ew') cannot handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.fc = nn.Linear(32 * 32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((x * self.scale).flatten(1))
+
+
+def test_a_mode_that_cannot_handle_the_model_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"'privacy.grad_sample_mode' = 'ew' does not work for model _Scaled: .*mul"):
+        train_local(
+            _Scaled(),
+            _toy(8),
+            training=TrainingConfig(local_epochs=1, batch_size=4),
+            privacy=dataclasses.replace(DP, grad_sample_mode="ew"),
+        )
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_physical_batches_give_the_logical_batch_update(mode: str) -> None:
+    # Prepare
+    privacy = dataclasses.replace(EXACT, grad_sample_mode=mode)
+    whole = TrainingConfig(local_epochs=1, batch_size=8, learning_rate=0.1)
+    split = dataclasses.replace(whole, physical_batch_size=2)
+
+    # Execute
+    reference = train_local(_small(), _toy(16), training=whole, privacy=privacy, seed=0)
+    chunked = train_local(_small(), _toy(16), training=split, privacy=privacy, seed=0)
+
+    # Assert
+    assert chunked.num_steps == reference.num_steps == 2
+    assert chunked.history == reference.history == [(0.0, 0.5, 2)]
+    for key, value in reference.state_dict.items():
+        torch.testing.assert_close(chunked.state_dict[key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_physical_batches_with_poisson_count_logical_steps() -> None:
+    training = TrainingConfig(local_epochs=2, batch_size=8, physical_batch_size=3)
+
+    result = train_local(_small(), _toy(16), training=training, privacy=DP, seed=0)
+
+    assert result.history == [(1.0, 0.5, 4)] and result.num_steps == 4
+
+
+def test_physical_batch_size_is_ignored_without_dp() -> None:
+    training = TrainingConfig(local_epochs=1, batch_size=8, physical_batch_size=2)
+
+    result = train_local(_small(), _toy(16), training=training, privacy=NO_DP, seed=0)
+
+    assert result.num_steps == 2
+
+
+def test_prv_accountant_trains_and_replays() -> None:
+    privacy = dataclasses.replace(DP, accountant="prv")
+
+    result = train_local(_small(), _toy(8), training=TrainingConfig(local_epochs=1, batch_size=4), privacy=privacy)
+
+    assert result.history == [(1.0, 0.5, 2)]
+    assert 0.0 < result.epsilon < float("inf")
+    assert result.epsilon == compute_epsilon(result.history, delta=privacy.delta, accountant="prv")
+
+
+def test_target_epsilon_is_spent_by_the_whole_plan() -> None:
+    # Prepare: 3 rounds x 2 epochs on 10 examples, batch 4 (3 Poisson steps per epoch, rate 1/3)
+    rounds, training = 3, TrainingConfig(local_epochs=2, batch_size=4, learning_rate=0.05)
+    budget = PrivacyConfig(target_epsilon=5.0, delta=1e-4)
+    privacy = privacy_for_budget(budget, num_examples=10, batch_size=4, epochs_total=rounds * training.local_epochs)
+
+    # Execute
+    history: list = []
+    for server_round in range(rounds):
+        history = train_local(
+            _small(), _toy(10), training=training, privacy=privacy, history=history, seed=server_round
+        ).history
+
+    # Assert
+    assert history == [(privacy.noise_multiplier, 1 / 3, 18)]
+    assert 0.95 * 5.0 <= compute_epsilon(history, delta=1e-4) <= 5.0
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning")
+def test_train_on_site_spends_the_target_over_the_planned_rounds(tiny_federation: Path, tmp_path: Path) -> None:
+    # Prepare
+    from client.site import resolve_site
+    from client.task import load_site_data, train_on_site
+
+    config = load_config(
+        {
+            "federation.data_dir": str(tiny_federation),
+            "federation.num_sites": 2,
+            "data.image_size": 32,
+            "data.cache_dir": str(tmp_path / "cache"),
+            "training.batch_size": 4,
+            "training.local_epochs": 1,
+            "strategy.num_rounds": 2,
+            "privacy.target_epsilon": 3.0,
+        }
+    )
+    site = resolve_site({"partition-id": 0, "num-partitions": 2}, config)
+    num_train = len(load_site_data(site, config).train)
+    expected = privacy_for_budget(config.privacy, num_examples=num_train, batch_size=4, epochs_total=2)
+    state = build_model("small_cnn").state_dict()
+
+    # Execute
+    history: list = []
+    for server_round in (1, 2):
+        result = train_on_site(site, config, state, history, server_round)
+        history, state = result.history, result.state_dict
+
+    # Assert: one noise level for both rounds, and the plan's epsilon is spent
+    assert [entry[0] for entry in history] == [expected.noise_multiplier]
+    assert expected.noise_multiplier != config.privacy.noise_multiplier
+    assert 0.95 * 3.0 <= result.epsilon <= 3.0

@@ -1,4 +1,4 @@
-"""Differential privacy for local training: Opacus wrapping and an accountant history that persists."""
+"""Differential privacy for local training: Opacus wrapping, budgets, and an accountant history that persists."""
 
 from common.privacy.accounting import (
     HISTORY_KEYS,
@@ -7,14 +7,31 @@ from common.privacy.accounting import (
     history_from_lists,
     history_to_lists,
 )
-from common.privacy.engine import make_private, new_privacy_engine
+from common.privacy.batches import MODES_WITHOUT_EMPTY_BATCHES, empty_batch_step, physical_batches
+from common.privacy.budget import noise_multiplier_for_budget, planned_sampling, privacy_for_budget
+from common.privacy.engine import (
+    PrivateTraining,
+    grad_sample_mode_guard,
+    make_private,
+    make_private_training,
+    new_privacy_engine,
+)
 
 __all__ = [
     "HISTORY_KEYS",
+    "MODES_WITHOUT_EMPTY_BATCHES",
     "History",
+    "PrivateTraining",
     "compute_epsilon",
+    "empty_batch_step",
+    "grad_sample_mode_guard",
     "history_from_lists",
     "history_to_lists",
     "make_private",
+    "make_private_training",
     "new_privacy_engine",
+    "noise_multiplier_for_budget",
+    "physical_batches",
+    "planned_sampling",
+    "privacy_for_budget",
 ]

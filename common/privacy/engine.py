@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from opacus import GradSampleModule, PrivacyEngine
@@ -13,19 +17,32 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.config import PrivacyConfig
+from common.errors import ConfigError
 
-__all__ = ["make_private", "new_privacy_engine"]
+__all__ = ["PrivateTraining", "grad_sample_mode_guard", "make_private", "make_private_training", "new_privacy_engine"]
 
 logger = logging.getLogger(__name__)
 
 
-def new_privacy_engine(accountant: str) -> PrivacyEngine:
-    """A ``PrivacyEngine`` with ``secure_mode=False``, without Opacus' secure-RNG warning.
+def new_privacy_engine(accountant: str, *, secure_mode: bool = False) -> PrivacyEngine:
+    """A ``PrivacyEngine``; by default seeded (``secure_mode=False``) without Opacus' secure-RNG warning.
 
-    Secure mode needs ``torchcsprng`` (unmaintained, not installed) and forbids seeding; this project
-    chooses seeded, reproducible pseudo-randomness. The choice is logged once per engine instead of
-    warned about on every round.
+    Secure mode draws noise and Poisson samples from ``torchcsprng`` (robust to floating-point attacks) but
+    forbids seeding. This project defaults to seeded, reproducible pseudo-randomness; the choice is logged
+    once per engine instead of warned about on every round.
+
+    Raises
+    ------
+    ConfigError
+        If ``secure_mode`` is requested and ``torchcsprng`` is not installed (Opacus would raise ImportError).
     """
+    if secure_mode:
+        if importlib.util.find_spec("torchcsprng") is None:
+            raise ConfigError(
+                "config key 'privacy.secure_mode' = True needs the 'torchcsprng' package, which is not installed: "
+                "Opacus draws secure noise from it; install torchcsprng on every site or set privacy.secure_mode=false"
+            )
+        return PrivacyEngine(accountant=accountant, secure_mode=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
         engine = PrivacyEngine(accountant=accountant, secure_mode=False)
@@ -33,7 +50,39 @@ def new_privacy_engine(accountant: str) -> PrivacyEngine:
     return engine
 
 
-def make_private(
+@dataclass
+class PrivateTraining:
+    """The Opacus-wrapped objects of one round; train with ``criterion(module(x), y).backward()``."""
+
+    module: GradSampleModule
+    """Shares its parameters with the plain model; ``module.to_standard_module()`` removes Opacus from it."""
+    optimizer: DPOptimizer
+    data_loader: DataLoader
+    engine: PrivacyEngine
+    criterion: Callable[[torch.Tensor, torch.Tensor], Any]
+    """Cross-entropy; in ghost mode Opacus' ``DPLossFastGradientClipping`` (its ``.backward()`` clips)."""
+
+
+@contextmanager
+def grad_sample_mode_guard(mode: str, model: nn.Module) -> Iterator[None]:
+    """Turn an Opacus failure of a per-sample gradient mode on this model into a `ConfigError` naming both.
+
+    Modes other than ``hooks`` support fewer layers (``ew`` fails at the first forward on a layer
+    ExpandedWeights cannot handle), so wrap `make_private_training` and the first step in this.
+    Out-of-memory errors pass through unchanged.
+    """
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except (NotImplementedError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"config key 'privacy.grad_sample_mode' = {mode!r} does not work for model {type(model).__name__}: "
+            f"{type(exc).__name__}: {exc}; use 'hooks' (Opacus' default) or another mode"
+        ) from exc
+
+
+def make_private_training(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     data_loader: DataLoader,
@@ -41,7 +90,7 @@ def make_private(
     privacy: PrivacyConfig,
     history: Iterable[Sequence[float]] | None = None,
     seed: int | None = None,
-) -> tuple[GradSampleModule, DPOptimizer, DataLoader, PrivacyEngine]:
+) -> PrivateTraining:
     """Make one round of local training differentially private, carrying epsilon over from past rounds.
 
     A fresh ``PrivacyEngine`` per round that forgets earlier rounds would report per-round epsilon and
@@ -58,34 +107,79 @@ def make_private(
         Loader of the site's training set. With Poisson sampling its ``generator`` drives the sampling
         (sample rate ``1 / len(data_loader)``), so seed that generator for reproducible batches.
     privacy : PrivacyConfig
-        noise_multiplier, max_grad_norm, accountant and poisson_sampling. Without Poisson sampling the
-        accountant's epsilon is not a valid guarantee (it assumes Poisson subsampling); a warning is logged.
+        noise_multiplier, max_grad_norm, accountant, poisson_sampling, grad_sample_mode and secure_mode.
+        Without Poisson sampling the accountant's epsilon is not a valid guarantee (it assumes Poisson
+        subsampling); a warning is logged.
     history : iterable of (noise_multiplier, sample_rate, num_steps), optional
         The site's accountant history from earlier rounds.
     seed : int, optional
         Seeds the Gaussian noise generator (on the model's device); ``None`` uses torch's default RNG.
+        Ignored in secure mode, which forbids seeding.
 
     Returns
     -------
-    tuple
-        ``(GradSampleModule, DPOptimizer, DataLoader, PrivacyEngine)``; the wrapped module shares its
-        parameters with ``model`` (unwrap with ``._module``).
+    PrivateTraining
+
+    Raises
+    ------
+    ConfigError
+        If secure mode lacks torchcsprng, or Opacus refuses the grad-sample mode for this model.
     """
-    engine = new_privacy_engine(privacy.accountant)
+    engine = new_privacy_engine(privacy.accountant, secure_mode=privacy.secure_mode)
     engine.accountant.history = [(float(n), float(q), int(s)) for n, q, s in (history or [])]
     if not privacy.poisson_sampling:
         logger.warning("privacy.poisson_sampling is false: the reported epsilon assumes Poisson sampling")
     generator = None
-    if seed is not None:
+    if seed is not None and not privacy.secure_mode:
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-    module, dp_optimizer, dp_loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=data_loader,
-        noise_multiplier=privacy.noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm,
-        poisson_sampling=privacy.poisson_sampling,
-        noise_generator=generator,
-    )
-    return module, dp_optimizer, dp_loader, engine
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    with grad_sample_mode_guard(privacy.grad_sample_mode, model):
+        wrapped = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=loss,
+            data_loader=data_loader,
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            poisson_sampling=privacy.poisson_sampling,
+            noise_generator=generator,
+            grad_sample_mode=privacy.grad_sample_mode,
+        )
+    if privacy.grad_sample_mode == "ghost":
+        module, dp_optimizer, criterion, dp_loader = wrapped
+    else:
+        module, dp_optimizer, dp_loader = wrapped
+        criterion = loss
+    return PrivateTraining(module, dp_optimizer, dp_loader, engine, criterion)
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: DataLoader,
+    *,
+    privacy: PrivacyConfig,
+    history: Iterable[Sequence[float]] | None = None,
+    seed: int | None = None,
+) -> tuple[GradSampleModule, DPOptimizer, DataLoader, PrivacyEngine]:
+    """`make_private_training` as a tuple, for loops that compute plain cross-entropy themselves.
+
+    Returns
+    -------
+    tuple
+        ``(GradSampleModule, DPOptimizer, DataLoader, PrivacyEngine)``.
+
+    Raises
+    ------
+    ConfigError
+        For ``grad_sample_mode='ghost'``, whose loss must come from the wrapper only
+        `make_private_training` returns.
+    """
+    if privacy.grad_sample_mode == "ghost":
+        raise ConfigError(
+            "config key 'privacy.grad_sample_mode' = 'ghost' needs Opacus' loss wrapper, which make_private "
+            "cannot return; call make_private_training and compute the loss with its criterion"
+        )
+    private = make_private_training(model, optimizer, data_loader, privacy=privacy, history=history, seed=seed)
+    return private.module, private.optimizer, private.data_loader, private.engine
