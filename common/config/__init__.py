@@ -1,0 +1,27 @@
+"""One typed configuration for every entry point: the schema, and the strict loader that fills it."""
+
+from common.config.loading import load_config
+from common.config.schema import (
+    AppConfig,
+    DataConfig,
+    EvaluationConfig,
+    FederationConfig,
+    ModelConfig,
+    OutputConfig,
+    PrivacyConfig,
+    StrategyConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    "AppConfig",
+    "DataConfig",
+    "EvaluationConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PrivacyConfig",
+    "StrategyConfig",
+    "TrainingConfig",
+    "load_config",
+]
