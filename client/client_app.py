@@ -5,7 +5,8 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.privacy_state import load_history, save_history
+from client.budget import site_budget
+from client.ledger import PrivacyLedger
 from client.safe_reply import reply_with_error_on_failure
 from client.site import resolve_site
 from client.task import evaluate_on_site, train_on_site
@@ -28,11 +29,16 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on this site; reply with weights and scalar metrics only."""
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
-    history = load_history(context.state)
+    ledger = PrivacyLedger.open(site.ledger)  # the site's disk, not node state, is the record of spent privacy
     result = train_on_site(
-        site, config, msg.content[wire.ARRAYS_KEY].to_torch_state_dict(), history, _server_round(msg)
+        site,
+        config,
+        msg.content[wire.ARRAYS_KEY].to_torch_state_dict(),
+        ledger.history,
+        _server_round(msg),
+        budget=site_budget(context.node_config, config),
     )
-    save_history(context.state, result.history)
+    ledger.record(result.history)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,

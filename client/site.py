@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.ledger import LEDGER_FILE_NAME
 from common.config import AppConfig
 from common.errors import ConfigError, ManifestError
 
@@ -16,6 +17,7 @@ __all__ = ["SiteSpec", "phantom_site_dir", "resolve_site"]
 MANIFEST_KEY = "manifest"
 SITE_NAME_KEY = "site-name"
 CACHE_DIR_KEY = "cache-dir"
+LEDGER_KEY = "ledger"
 # Keys the simulation engine sets.
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
@@ -23,12 +25,16 @@ NUM_PARTITIONS_KEY = "num-partitions"
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """What a client needs to find its own data; ``index`` seeds per-site randomness."""
+    """What a client needs to find its own data; ``index`` seeds per-site randomness.
+
+    ``ledger`` is the site's privacy ledger file: node config ``ledger``, else beside the manifest.
+    """
 
     name: str
     manifest: Path
     cache_dir: Path | None
     index: int
+    ledger: Path
 
 
 def phantom_site_dir(data_dir: str | Path, index: int) -> Path:
@@ -56,10 +62,15 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
     """
     cache_override = str(node_config.get(CACHE_DIR_KEY, "") or config.data.cache_dir)
     cache_dir = Path(cache_override).expanduser() if cache_override else None
+
+    def ledger_for(manifest: Path) -> Path:
+        chosen = str(node_config.get(LEDGER_KEY, "") or "")
+        return Path(chosen).expanduser() if chosen else manifest.parent / LEDGER_FILE_NAME
+
     if MANIFEST_KEY in node_config:
         manifest = Path(str(node_config[MANIFEST_KEY])).expanduser()
         name = str(node_config.get(SITE_NAME_KEY, "") or manifest.parent.name or "site")
-        return SiteSpec(name=name, manifest=manifest, cache_dir=cache_dir, index=_stable_index(name))
+        return SiteSpec(name, manifest, cache_dir, _stable_index(name), ledger_for(manifest))
     if PARTITION_ID_KEY in node_config:
         try:
             index = int(node_config[PARTITION_ID_KEY])  # type: ignore[arg-type]
@@ -73,7 +84,7 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
                 f"simulated site {index} has no manifest at {manifest}; generate the synthetic hospitals first "
                 f"with `fedmammo phantoms --out {config.federation.data_dir}` (or use `fedmammo simulate`, which does)"
             )
-        return SiteSpec(name=f"site-{index}", manifest=manifest, cache_dir=cache_dir, index=index)
+        return SiteSpec(f"site-{index}", manifest, cache_dir, index, ledger_for(manifest))
     raise ConfigError(
         f"node config {dict(node_config)} names no site: start the SuperNode with "
         f'--node-config \'{MANIFEST_KEY}="/path/to/manifest.csv" {SITE_NAME_KEY}="hospital-a"\''

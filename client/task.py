@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client.budget import SiteBudget, check_round
 from client.site import SiteSpec
 from common.augment import augment_batch
 from common.config import AppConfig
 from common.metrics import ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
-from common.privacy import privacy_for_budget
+from common.privacy import planned_sampling, privacy_for_budget
 from common.site_data import SiteData, load_site
 from common.training import TrainResult, evaluate, train_local
 
@@ -77,6 +78,7 @@ def train_on_site(
     state_dict: dict[str, torch.Tensor],
     history: list[tuple[float, float, int]],
     server_round: int,
+    budget: SiteBudget | None = None,
 ) -> TrainResult:
     """Fine-tune the global weights on the site's training split, DP-SGD when privacy is on.
 
@@ -103,6 +105,10 @@ def train_on_site(
             privacy.target_epsilon,
             config.strategy.num_rounds,
         )
+    if budget is not None:
+        sample_rate, steps_per_epoch = planned_sampling(max(len(data.train), 1), config.training.batch_size)
+        planned = (privacy.noise_multiplier, sample_rate, steps_per_epoch * config.training.local_epochs)
+        check_round(budget, dp_enabled=privacy.enabled, history=history, planned=planned, accountant=privacy.accountant)
     return train_local(
         model,
         data.train,

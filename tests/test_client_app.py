@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.client_app import app
-from client.privacy_state import LEDGER_KEY
+from client.ledger import PrivacyLedger
 from common import wire
 from common.config import AppConfig, load_config
 from common.metrics import NUM_SCORE_BINS
@@ -33,11 +33,13 @@ def _config(data_dir: Path, tmp_path: Path, **overrides: object) -> AppConfig:
     return load_config(values)
 
 
-def _context(config: AppConfig, partition: int = 0) -> Context:
+def _context(config: AppConfig, partition: int = 0, **node_config: object) -> Context:
+    """A simulated node; its privacy ledger sits in the test's own folder unless ``ledger`` is given."""
+    node_config.setdefault("ledger", str(Path(config.data.cache_dir).parent / f"ledger_{partition}.json"))
     return Context(
         run_id=1,
         node_id=partition + 1,
-        node_config={"partition-id": partition, "num-partitions": 2},
+        node_config={"partition-id": partition, "num-partitions": 2, **node_config},
         state=RecordDict(),
         run_config=config.to_flat(),
     )
@@ -83,7 +85,7 @@ def test_train_reply_holds_weights_and_scalar_metrics_only(tiny_federation: Path
     _assert_only_arrays_and_scalars(reply, allowed_lists=set())
 
 
-def test_epsilon_accumulates_across_rounds_in_one_node_state(tiny_federation: Path, tmp_path: Path) -> None:
+def test_epsilon_accumulates_across_rounds_and_replays_from_the_ledger(tiny_federation: Path, tmp_path: Path) -> None:
     config = _config(tiny_federation, tmp_path)
     context = _context(config)
 
@@ -91,9 +93,47 @@ def test_epsilon_accumulates_across_rounds_in_one_node_state(tiny_federation: Pa
     second = app(_message("train", config, 2), context).content[wire.METRICS_KEY][wire.EPSILON]
 
     assert 0 < first < second
-    ledger = context.state[LEDGER_KEY]
-    history = list(zip(ledger["noise_multiplier"], ledger["sample_rate"], ledger["num_steps"], strict=True))
+    history = PrivacyLedger.open(tmp_path / "ledger_0.json").history
     assert compute_epsilon(history, delta=config.privacy.delta) == pytest.approx(second, rel=1e-9)
+
+
+def test_the_ledger_survives_a_restart_and_a_new_run(tiny_federation: Path, tmp_path: Path) -> None:
+    """A new node state (restarted SuperNode, next run) starts from the spent epsilon, not from zero."""
+    config = _config(tiny_federation, tmp_path)
+    before = app(_message("train", config, 1), _context(config)).content[wire.METRICS_KEY][wire.EPSILON]
+
+    after_restart = app(_message("train", config, 1), _context(config)).content[wire.METRICS_KEY][wire.EPSILON]
+
+    assert after_restart > before > 0
+
+
+def test_a_site_declines_a_round_past_its_own_ceiling(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path)
+    first = app(_message("train", config, 1), _context(config)).content[wire.METRICS_KEY][wire.EPSILON]
+    ledger_before = (tmp_path / "ledger_0.json").read_text()
+
+    reply = app(_message("train", config, 2), _context(config, **{"max-epsilon": first * 1.01}))
+
+    assert reply.has_error()
+    assert reply.error.reason.startswith("site-0: PrivacyBudgetExceeded: declined: this round would bring")
+    assert (tmp_path / "ledger_0.json").read_text() == ledger_before  # nothing spent on a declined round
+
+
+def test_a_site_with_a_limit_declines_a_run_without_dp(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path, **{"privacy.enabled": False})
+
+    reply = app(_message("train", config, 1), _context(config, **{"min-noise-multiplier": 0.8}))
+
+    assert reply.has_error() and "differential privacy off" in reply.error.reason
+
+
+def test_an_unreadable_ledger_stops_training(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path)
+    (tmp_path / "ledger_0.json").write_text("{not json")
+
+    reply = app(_message("train", config, 1), _context(config))
+
+    assert reply.has_error() and "privacy ledger <path> is unreadable" in reply.error.reason
 
 
 def test_privacy_off_reports_zero_epsilon(tiny_federation: Path, tmp_path: Path) -> None:

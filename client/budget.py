@@ -1,0 +1,89 @@
+"""The privacy ceiling a hospital sets for itself on its SuperNode, and the check that declines a round past it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from common.config import AppConfig
+from common.errors import ConfigError, PrivacyBudgetExceeded
+from common.privacy import compute_epsilon
+
+__all__ = ["MAX_EPSILON_KEY", "MIN_NOISE_KEY", "SiteBudget", "check_round", "site_budget"]
+
+MAX_EPSILON_KEY = "max-epsilon"
+MAX_DELTA_KEY = "max-delta"
+MIN_NOISE_KEY = "min-noise-multiplier"
+
+
+@dataclass(frozen=True)
+class SiteBudget:
+    """Limits from the site's own node config; the run config (the server's) cannot loosen them."""
+
+    max_epsilon: float | None
+    delta: float
+    min_noise_multiplier: float
+
+
+def _number(node_config: Mapping[str, object], key: str) -> float | None:
+    if key not in node_config:
+        return None
+    try:
+        value = float(node_config[key])  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"node config '{key}' = {node_config[key]!r} is not a number") from exc
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"node config '{key}' = {value!r} is invalid: it must be a finite number >= 0")
+    return value
+
+
+def site_budget(node_config: Mapping[str, object], config: AppConfig) -> SiteBudget:
+    """Read ``max-epsilon``, ``max-delta`` and ``min-noise-multiplier`` from the SuperNode's ``--node-config``."""
+    delta = _number(node_config, MAX_DELTA_KEY)
+    if delta is not None and not 0 < delta < 1:
+        raise ConfigError(f"node config '{MAX_DELTA_KEY}' = {delta!r} is invalid: it must be in (0, 1)")
+    return SiteBudget(
+        max_epsilon=_number(node_config, MAX_EPSILON_KEY),
+        delta=delta if delta is not None else config.privacy.delta,
+        min_noise_multiplier=_number(node_config, MIN_NOISE_KEY) or 0.0,
+    )
+
+
+def check_round(
+    budget: SiteBudget,
+    *,
+    dp_enabled: bool,
+    history: Sequence[tuple[float, float, int]],
+    planned: tuple[float, float, int],
+    accountant: str,
+) -> None:
+    """Decline the round (raise) if it would breach the site's own limits; ``planned`` is this round's entry.
+
+    Raises
+    ------
+    PrivacyBudgetExceeded
+        With the reason a hospital and the server's log should read: which limit, the figures, what to change.
+    """
+    limited = budget.max_epsilon is not None or budget.min_noise_multiplier > 0
+    if limited and not dp_enabled:
+        raise PrivacyBudgetExceeded(
+            "declined: this run has differential privacy off (privacy.enabled=false) and this site only trains "
+            "under DP (its node config sets a privacy limit)"
+        )
+    noise = planned[0]
+    if noise < budget.min_noise_multiplier:
+        raise PrivacyBudgetExceeded(
+            f"declined: the run's noise multiplier {noise:.3g} is below this site's minimum "
+            f"{MIN_NOISE_KEY}={budget.min_noise_multiplier:g}"
+        )
+    if budget.max_epsilon is None:
+        return
+    spent = compute_epsilon(list(history), delta=budget.delta, accountant=accountant)
+    projected = compute_epsilon([*history, planned], delta=budget.delta, accountant=accountant)
+    if projected > budget.max_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"declined: this round would bring the site's epsilon from {spent:.3g} to {projected:.3g} at delta "
+            f"{budget.delta:g}, above its ceiling {MAX_EPSILON_KEY}={budget.max_epsilon:g}; the site trains no more "
+            "on this data unless its ceiling is raised"
+        )

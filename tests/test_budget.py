@@ -1,0 +1,45 @@
+"""A hospital's own privacy limits: read from its node config, enforced before a round is trained."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.budget import SiteBudget, check_round, site_budget
+from common.config import load_config
+from common.errors import ConfigError, PrivacyBudgetExceeded
+from common.privacy import compute_epsilon
+
+PLANNED = (1.0, 0.25, 8)
+
+
+def test_node_config_sets_the_limits_and_delta_defaults_to_the_run() -> None:
+    config = load_config({"privacy.delta": 1e-5})
+
+    budget = site_budget({"max-epsilon": "3.5", "min-noise-multiplier": 0.7}, config)
+
+    assert budget == SiteBudget(max_epsilon=3.5, delta=1e-5, min_noise_multiplier=0.7)
+    assert site_budget({}, config) == SiteBudget(max_epsilon=None, delta=1e-5, min_noise_multiplier=0.0)
+
+
+@pytest.mark.parametrize(("key", "value"), [("max-epsilon", "lots"), ("max-epsilon", -1.0), ("max-delta", 2.0)])
+def test_bad_limits_name_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"node config '{key}'"):
+        site_budget({key: value}, load_config({}))
+
+
+def test_a_round_within_the_ceiling_passes_and_one_past_it_is_declined() -> None:
+    budget = SiteBudget(max_epsilon=None, delta=1e-4, min_noise_multiplier=0.0)
+    after_one = compute_epsilon([PLANNED], delta=1e-4)
+    within = SiteBudget(max_epsilon=after_one * 1.001, delta=1e-4, min_noise_multiplier=0.0)
+
+    check_round(budget, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
+    check_round(within, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
+    with pytest.raises(PrivacyBudgetExceeded, match="above its ceiling max-epsilon"):
+        check_round(within, dp_enabled=True, history=[PLANNED], planned=PLANNED, accountant="rdp")
+
+
+def test_too_little_noise_is_declined() -> None:
+    budget = SiteBudget(max_epsilon=None, delta=1e-4, min_noise_multiplier=1.5)
+
+    with pytest.raises(PrivacyBudgetExceeded, match=r"below this site.s minimum min-noise-multiplier=1\.5"):
+        check_round(budget, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
