@@ -22,6 +22,8 @@ __all__ = ["POOLED_SITE", "RecordingFedAvg", "build_strategy"]
 
 logger = logging.getLogger(__name__)
 
+DECLINED_MARK = "PrivacyBudgetExceeded"
+
 _HISTOGRAM_KEYS = (wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS)
 
 
@@ -74,6 +76,8 @@ class RecordingFedAvg(FedAvg):
                 "phase": phase,
                 "site": self._site_name(m),
                 "time": time.time(),
+                # A site refusing to spend more privacy is doing its job, not failing: mark it apart.
+                "declined": DECLINED_MARK in m.error.reason,
                 "error": m.error.reason,
             }
             for m in replies

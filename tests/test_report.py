@@ -213,3 +213,27 @@ def test_report_says_how_the_decision_threshold_was_chosen(tmp_path: Path) -> No
 
     assert "chose on its own validation split" in val_html
     assert "a fixed score threshold of 0.3" in fixed_html
+
+
+def test_declined_rounds_are_listed_apart_from_failures(tmp_path: Path) -> None:
+    from server.report import RunDirectory, build_report
+
+    run = RunDirectory(tmp_path / "run")
+    run.append_metrics(
+        [
+            {
+                "round": 2,
+                "phase": "train",
+                "site": "site-1",
+                "declined": True,
+                "error": "site-1: PrivacyBudgetExceeded",
+            },
+            {"round": 2, "phase": "train", "site": "site-2", "declined": False, "error": "site-2: ManifestError"},
+        ]
+    )
+
+    html_text = build_report(run.path).read_text()
+
+    declined_at = html_text.index("declined by a site&#x27;s privacy ceiling")
+    failed_at = html_text.index("Failed site replies")
+    assert html_text.index("PrivacyBudgetExceeded") > declined_at and html_text.index("ManifestError") > failed_at

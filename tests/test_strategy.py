@@ -105,3 +105,17 @@ def test_pooled_sensitivity_sums_the_sites_own_calls(tmp_path: Path) -> None:
 
     assert pooled["sensitivity"] == pytest.approx(2 / 3) and pooled["specificity"] == pytest.approx(1 / 2)
     assert (pooled["tp"], pooled["fp"], pooled["tn"], pooled["fn"]) == (2, 1, 1, 1)
+
+
+def test_a_declined_round_is_marked_apart_from_failures(tmp_path: Path) -> None:
+    strategy, run_dir = _strategy(tmp_path)
+    declined = Message(
+        Error(code=2, reason="site-1: PrivacyBudgetExceeded: declined: ... above its ceiling max-epsilon=8"),
+        reply_to=_query("train"),
+    )
+    broken = Message(Error(code=2, reason="site-2: ManifestError: no manifest"), reply_to=_query("train"))
+
+    strategy.aggregate_train(3, [_train_reply("a", 1.0, 5, 0.2), declined, broken])
+
+    rows = [r for r in run_dir.read_metrics() if "error" in r]
+    assert [r["declined"] for r in rows] == [True, False]

@@ -160,13 +160,16 @@ def render_page(
         if results
         else '<p class="note">No final results (summary.json is missing and no round was evaluated).</p>',
     ]
-    if failures:
-        items = "".join(
-            f"<li>round {escape(str(f.get('round')))}, {escape(str(f.get('phase')))}, site "
-            f"{escape(str(f.get('site')))}: {escape(str(f.get('error')))}</li>"
-            for f in failures
-        )
-        parts.append(f'<h2>Failed site replies</h2><ul class="warn">{items}</ul>')
+    declined = [f for f in failures if f.get("declined")]
+    failed = [f for f in failures if not f.get("declined")]
+    for title, entries in (("Rounds declined by a site's privacy ceiling", declined), ("Failed site replies", failed)):
+        if entries:
+            items = "".join(
+                f"<li>round {escape(str(f.get('round')))}, {escape(str(f.get('phase')))}, site "
+                f"{escape(str(f.get('site')))}: {escape(str(f.get('error')))}</li>"
+                for f in entries
+            )
+            parts.append(f'<h2>{escape(title)}</h2><ul class="warn">{items}</ul>')
     how_to = _HOW_TO_READ.format(threshold=threshold, target=target_specificity)
     parts.append(f'<h2>How to read this</h2><div class="howto">{how_to}</div>')
     parts.append("<h2>Plots</h2>")
