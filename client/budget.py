@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.config import AppConfig
 from common.errors import ConfigError, PrivacyBudgetExceeded
 from common.privacy import compute_epsilon
 
-__all__ = ["MAX_EPSILON_KEY", "MIN_NOISE_KEY", "SiteBudget", "check_round", "site_budget"]
+__all__ = ["LIMITS_FILE_NAME", "MAX_EPSILON_KEY", "MIN_NOISE_KEY", "SiteBudget", "check_round", "site_budget"]
+
+LIMITS_FILE_NAME = "privacy_limits.toml"
+"""Optional file in the site's folder with the same keys as the node config (node config wins)."""
 
 MAX_EPSILON_KEY = "max-epsilon"
 MAX_DELTA_KEY = "max-delta"
@@ -38,8 +43,27 @@ def _number(node_config: Mapping[str, object], key: str) -> float | None:
     return value
 
 
-def site_budget(node_config: Mapping[str, object], config: AppConfig) -> SiteBudget:
-    """Read ``max-epsilon``, ``max-delta`` and ``min-noise-multiplier`` from the SuperNode's ``--node-config``."""
+def _limits_file(site_dir: Path | None) -> dict[str, object]:
+    path = site_dir / LIMITS_FILE_NAME if site_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"privacy limits file {path} is unreadable ({exc}); fix it before this site trains") from exc
+    unknown = sorted(set(values) - {MAX_EPSILON_KEY, MAX_DELTA_KEY, MIN_NOISE_KEY})
+    if unknown:
+        raise ConfigError(f"privacy limits file {path} has unknown key(s) {unknown}")
+    return values
+
+
+def site_budget(node_config: Mapping[str, object], config: AppConfig, site_dir: Path | None = None) -> SiteBudget:
+    """The site's limits: ``max-epsilon``, ``max-delta``, ``min-noise-multiplier``.
+
+    They come from the SuperNode's ``--node-config`` or from ``privacy_limits.toml`` in the site's folder
+    (node config wins), both under the hospital's control; the run config cannot set or loosen them.
+    """
+    node_config = {**_limits_file(site_dir), **node_config}
     delta = _number(node_config, MAX_DELTA_KEY)
     if delta is not None and not 0 < delta < 1:
         raise ConfigError(f"node config '{MAX_DELTA_KEY}' = {delta!r} is invalid: it must be in (0, 1)")

@@ -43,3 +43,21 @@ def test_too_little_noise_is_declined() -> None:
 
     with pytest.raises(PrivacyBudgetExceeded, match=r"below this site.s minimum min-noise-multiplier=1\.5"):
         check_round(budget, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
+
+
+def test_a_limits_file_in_the_site_folder_applies_and_node_config_wins(tmp_path) -> None:
+    (tmp_path / "privacy_limits.toml").write_text('max-epsilon = 4.0\n"min-noise-multiplier" = 0.5\n')
+    config = load_config({})
+
+    from_file = site_budget({}, config, tmp_path)
+    overridden = site_budget({"max-epsilon": 2.0}, config, tmp_path)
+
+    assert (from_file.max_epsilon, from_file.min_noise_multiplier) == (4.0, 0.5)
+    assert (overridden.max_epsilon, overridden.min_noise_multiplier) == (2.0, 0.5)
+
+
+def test_a_bad_limits_file_names_itself(tmp_path) -> None:
+    (tmp_path / "privacy_limits.toml").write_text("max-epsilonn = 4.0\n")
+
+    with pytest.raises(ConfigError, match=r"privacy_limits\.toml has unknown key"):
+        site_budget({}, load_config({}), tmp_path)

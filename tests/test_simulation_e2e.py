@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config
+from common.privacy import compute_epsilon
 from server.report import RunDirectory
 from simulations.launcher import run_simulation
 
@@ -93,3 +94,42 @@ def test_a_broken_site_and_a_corrupt_image_do_not_stop_the_federation(
     trained = {r["site"] for r in rows if r["phase"] == "train" and "error" not in r}
     assert trained == {"site-0", "site-1", "pooled"}
     assert "not a DICOM file" in (run_dir / "flower.log").read_text()  # skipped on site-0 with its reason
+
+
+def test_a_site_declines_once_its_ceiling_is_reached_and_the_federation_finishes(
+    tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import shutil
+
+    from client.ledger import PrivacyLedger
+
+    data = tmp_path_factory.mktemp("ceiling") / "phantoms"
+    shutil.copytree(tiny_federation, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
+    # Site 1's hospital allows a little more than one round's epsilon (about 4.3 for this plan).
+    (data / "site_1" / "privacy_limits.toml").write_text("max-epsilon = 5.0\n")
+    config = load_config(
+        {
+            "federation.num_sites": 2,
+            "federation.data_dir": str(data),
+            "federation.synthetic": False,
+            "data.image_size": 32,
+            "model.name": "small_cnn",
+            "training.batch_size": 8,
+            "training.local_epochs": 1,
+            "privacy.noise_multiplier": 1.0,
+            "strategy.num_rounds": 2,
+            "strategy.min_nodes": 1,
+        }
+    )
+
+    run_dir = run_simulation(config, tmp_path_factory.mktemp("ceiling_run"))
+
+    rows = RunDirectory(run_dir).read_metrics()
+    declined = [r for r in rows if r.get("declined")]
+    assert [(r["round"], r["site"]) for r in declined] == [(2, "site-1")]
+    assert "above its ceiling max-epsilon=5" in declined[0]["error"]
+    site_1 = [r["epsilon"] for r in rows if r["site"] == "site-1" and r["phase"] == "train" and "error" not in r]
+    assert len(site_1) == 1 and site_1[0] <= 5.0
+    ledger_epsilon = compute_epsilon(PrivacyLedger.open(data / "site_1" / "privacy_ledger.json").history, delta=1e-4)
+    assert ledger_epsilon == pytest.approx(site_1[0])  # the declined round spent nothing
+    assert {(r["round"], r["site"]) for r in rows if r["phase"] == "evaluate"} >= {(2, "site-0"), (2, "pooled")}
