@@ -1,0 +1,43 @@
+"""One mapping from a node's config (real SuperNode or simulated partition) to the site it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from client.site import resolve_site
+from common.config import load_config
+from common.errors import ConfigError, ManifestError
+
+
+def test_a_real_supernode_names_its_manifest_site_and_ledger(tmp_path: Path) -> None:
+    config = load_config({})
+
+    site = resolve_site({"manifest": str(tmp_path / "a" / "m.csv"), "site-name": "hospital-a"}, config)
+    custom = resolve_site({"manifest": str(tmp_path / "a" / "m.csv"), "ledger": str(tmp_path / "l.json")}, config)
+
+    assert (site.name, site.manifest, site.ledger) == (
+        "hospital-a",
+        tmp_path / "a" / "m.csv",
+        tmp_path / "a" / "privacy_ledger.json",
+    )
+    assert custom.name == "a" and custom.ledger == tmp_path / "l.json"
+    assert site.index == resolve_site({"manifest": "x.csv", "site-name": "hospital-a"}, config).index  # stable seed
+
+
+def test_a_simulated_partition_maps_to_its_phantom_site(tmp_path: Path) -> None:
+    (tmp_path / "site_1").mkdir()
+    (tmp_path / "site_1" / "manifest.csv").write_text("image_path,label,patient_id\n")
+    config = load_config({"federation.data_dir": str(tmp_path), "data.cache_dir": str(tmp_path / "cache")})
+
+    site = resolve_site({"partition-id": 1, "num-partitions": 3}, config)
+
+    assert (site.name, site.index, site.cache_dir) == ("site-1", 1, tmp_path / "cache")
+    with pytest.raises(ManifestError, match="simulated site 2 has no manifest"):
+        resolve_site({"partition-id": 2}, config)
+
+
+def test_a_node_config_naming_no_site_says_how_to_fix_it() -> None:
+    with pytest.raises(ConfigError, match=r"names no site: start the SuperNode with --node-config 'manifest="):
+        resolve_site({"something": 1}, load_config({}))
