@@ -7,24 +7,15 @@ from typing import Any
 
 from common import wire
 from common.config import AppConfig
+from server.report import latest_rows
 
 __all__ = ["build_summary"]
 
 
-def _last_rows(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, Mapping[str, Any]]:
-    latest: dict[str, Mapping[str, Any]] = {}
-    for row in rows:
-        if row.get("phase") == phase and "error" not in row:
-            previous = latest.get(row["site"])
-            if previous is None or row["round"] >= previous["round"]:
-                latest[row["site"]] = row
-    return latest
-
-
 def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, duration_s: float) -> dict[str, Any]:
     """Final evaluation of the global model per site and pooled, each with the site's cumulative epsilon."""
-    evaluated = _last_rows(rows, "evaluate")
-    trained = _last_rows(rows, "train")
+    evaluated = latest_rows(rows, "evaluate")
+    trained = latest_rows(rows, "train")
     sites: dict[str, dict[str, Any]] = {}
     for site in sorted(set(evaluated) | set(trained)):
         entry = {k: v for k, v in evaluated.get(site, {}).items() if k not in ("phase", "site")}

@@ -119,3 +119,20 @@ def test_a_declined_round_is_marked_apart_from_failures(tmp_path: Path) -> None:
 
     rows = [r for r in run_dir.read_metrics() if "error" in r]
     assert [r["declined"] for r in rows] == [True, False]
+
+
+def test_summary_takes_each_sites_last_successful_round() -> None:
+    from server.summary import build_summary
+
+    rows = [
+        {"round": 1, "phase": "evaluate", "site": "a", "auc": 0.6},
+        {"round": 2, "phase": "evaluate", "site": "a", "auc": 0.8},
+        {"round": 3, "phase": "evaluate", "site": "a", "error": "site-a: DicomError"},
+        {"round": 2, "phase": "train", "site": "a", "epsilon": 2.5},
+        {"round": 2, "phase": "evaluate", "site": "pooled", "auc": 0.7},
+    ]
+
+    summary = build_summary(load_config({}), rows, duration_s=1.0)
+
+    assert summary["sites"]["a"]["auc"] == 0.8 and summary["sites"]["a"]["epsilon"] == 2.5
+    assert summary["pooled"]["auc"] == 0.7 and len(summary["failures"]) == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.report.builder import build_report
+from server.report.builder import build_report, latest_rows
 from server.report.plots import EPSILON_PLOT, LOSS_PLOT, METRICS_PLOT, ROC_PLOT
 from server.report.run_files import (
     CHECKPOINTS_DIR,
@@ -33,4 +33,5 @@ __all__ = [
     "RocData",
     "RunDirectory",
     "build_report",
+    "latest_rows",
 ]

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 _ALWAYS_SHOWN = frozenset({"Model", "Rounds", "Sites", "Differential privacy (DP-SGD)"})
 
 
-def _latest(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, dict[str, Any]]:
+def latest_rows(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, dict[str, Any]]:
+    """Each site's most recent successful row of ``phase`` (``pooled`` included), keyed by site."""
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row.get("phase") == phase and "error" not in row:
@@ -47,7 +48,7 @@ def _results(summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]
         if summary.get("pooled"):
             results[POOLED_SITE] = dict(summary["pooled"])
         return results
-    evaluated, trained = _latest(rows, "evaluate"), _latest(rows, "train")
+    evaluated, trained = latest_rows(rows, "evaluate"), latest_rows(rows, "train")
     results = {}
     for site in set(evaluated) | set(trained):
         results[site] = {**evaluated.get(site, {}), "epsilon": trained.get(site, {}).get("epsilon", math.nan)}
