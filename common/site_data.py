@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from common.dicom_io import read_mammogram
 from common.errors import DicomError, ManifestError
 from common.image_cache import PreprocessedImageCache
+from common.image_pipeline import ImagePipeline
 from common.manifest import SPLITS, ManifestRow, read_manifest
-from common.preprocess import preprocess, preprocess_settings
 from common.splits import split_by_patient
 
 __all__ = ["DEFAULT_CACHE_SUBDIR", "SiteData", "SkippedImage", "load_site"]
@@ -111,11 +110,12 @@ def load_site(
     rows = read_manifest(manifest_path)
     splits = split_by_patient(rows, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     root = Path(cache_dir).expanduser() if cache_dir else manifest_path.parent / DEFAULT_CACHE_SUBDIR
-    cache = PreprocessedImageCache(root, preprocess_settings(image_size))
+    pipeline = ImagePipeline(image_size=image_size, require_mg=require_mg)
+    cache = PreprocessedImageCache(root, pipeline.settings())
     ordered = [row for name in SPLITS for row in splits[name]]
     max_workers = workers or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        results = list(pool.map(lambda row: _load_one(row, cache, image_size, require_mg), ordered))
+        results = list(pool.map(lambda row: _load_one(row, cache, pipeline), ordered))
     images: dict[int, np.ndarray] = {}
     skipped: list[SkippedImage] = []
     for row, result in zip(ordered, results, strict=True):
@@ -146,15 +146,14 @@ def load_site(
     return data
 
 
-def _load_one(row: ManifestRow, cache: PreprocessedImageCache, size: int, require_mg: bool) -> np.ndarray | str:
+def _load_one(row: ManifestRow, cache: PreprocessedImageCache, pipeline: ImagePipeline) -> np.ndarray | str:
     """The preprocessed image of one row, or the reason it cannot be used."""
-
-    def compute() -> np.ndarray:
-        mammogram = read_mammogram(row.image_path, require_mg=require_mg)
-        return preprocess(mammogram.pixels, row.laterality or mammogram.laterality, size=size)
-
     try:
-        return cache.get_or_compute(row.image_path, compute, extra_key=f"laterality={row.laterality}")
+        return cache.get_or_compute(
+            row.image_path,
+            lambda: pipeline.load(row.image_path, row.laterality),
+            extra_key=f"laterality={row.laterality}",
+        )
     except (DicomError, ValueError, OSError) as exc:
         return str(exc) if isinstance(exc, DicomError) else f"{row.image_path}: {type(exc).__name__}: {exc}"
 
