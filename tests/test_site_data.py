@@ -98,9 +98,9 @@ def test_second_load_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     manifest = make_site(tmp_path, num_patients=4)
     first = load(manifest, cache_dir=tmp_path / "cache")
     calls = []
-    import common.site_data as site_data
+    import common.image_pipeline as image_pipeline
 
-    monkeypatch.setattr(site_data, "read_mammogram", lambda *a, **k: calls.append(a) or None)
+    monkeypatch.setattr(image_pipeline, "read_mammogram", lambda *a, **k: calls.append(a) or None)
     # Execute
     second = load(manifest, cache_dir=tmp_path / "cache")
     # Assert: nothing decoded again, identical tensors
