@@ -77,7 +77,7 @@ def site_budget(node_config: Mapping[str, object], config: AppConfig, site_dir: 
 def check_round(
     budget: SiteBudget,
     *,
-    dp_enabled: bool,
+    mode: str,
     history: Sequence[tuple[float, float, int]],
     planned: tuple[float, float, int],
     accountant: str,
@@ -90,9 +90,15 @@ def check_round(
         With the reason a hospital and the server's log should read: which limit, the figures, what to change.
     """
     limited = budget.max_epsilon is not None or budget.min_noise_multiplier > 0
-    if limited and not dp_enabled:
+    if limited and mode == "central":
         raise PrivacyBudgetExceeded(
-            "declined: this run has differential privacy off (privacy.enabled=false) and this site only trains "
+            "declined: this run uses central DP (privacy.mode=central): the server, not this site, adds the noise, "
+            "so this site's un-noised update would leave the hospital; this site only trains under local DP "
+            "(its node config sets a privacy limit)"
+        )
+    if limited and mode != "local":
+        raise PrivacyBudgetExceeded(
+            f"declined: this run has differential privacy off (privacy.mode={mode}) and this site only trains "
             "under DP (its node config sets a privacy limit)"
         )
     noise = planned[0]

@@ -44,8 +44,9 @@ def train(msg: Message, context: Context) -> Message:
             wire.NUM_EXAMPLES: result.num_examples,
             wire.TRAIN_LOSS: result.train_loss,
             wire.NUM_STEPS: result.num_steps,
-            wire.EPSILON: result.epsilon,
             wire.SECONDS: result.seconds,
+            # Only DP-SGD gives this site a guarantee of its own; under central DP the server accounts for all.
+            **({wire.EPSILON: result.epsilon} if config.privacy.local else {}),
         }
     )
     content = RecordDict(

@@ -91,7 +91,7 @@ def train_on_site(
     data = load_site_data(site, config)
     model = _model_with(config, state_dict)
     privacy = config.privacy
-    if privacy.enabled and privacy.target_epsilon > 0 and len(data.train) > 0:
+    if privacy.local and privacy.target_epsilon > 0 and len(data.train) > 0:
         privacy = privacy_for_budget(
             privacy,
             num_examples=len(data.train),
@@ -108,7 +108,7 @@ def train_on_site(
     if budget is not None:
         sample_rate, steps_per_epoch = planned_sampling(max(len(data.train), 1), config.training.batch_size)
         planned = (privacy.noise_multiplier, sample_rate, steps_per_epoch * config.training.local_epochs)
-        check_round(budget, dp_enabled=privacy.enabled, history=history, planned=planned, accountant=privacy.accountant)
+        check_round(budget, mode=privacy.mode, history=history, planned=planned, accountant=privacy.accountant)
     return train_local(
         model,
         data.train,

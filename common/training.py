@@ -106,7 +106,7 @@ def train_local(
 ) -> TrainResult:
     """Train ``model`` in place for ``training.local_epochs`` epochs of cross-entropy on ``dataset``.
 
-    With ``privacy.enabled`` this is DP-SGD through Opacus with Poisson sampling (per-sample clipping to
+    With ``privacy.mode == "local"`` this is DP-SGD through Opacus with Poisson sampling (per-sample clipping to
     ``max_grad_norm``, Gaussian noise), continuing ``history`` so epsilon is cumulative across rounds.
     Per-sample gradients come from ``privacy.grad_sample_mode`` (ghost mode trains through Opacus' loss
     wrapper). With DP and ``0 < training.physical_batch_size < batch_size`` each logical (Poisson) batch runs
@@ -162,7 +162,7 @@ def train_local(
     module: nn.Module = model
     criterion: Callable[[Tensor, Tensor], Any] = F.cross_entropy
     private = None
-    if privacy.enabled:
+    if privacy.local:
         private = make_private_training(model, optimizer, loader, privacy=privacy, history=history, seed=noise_seed)
         module, optimizer, loader, criterion = private.module, private.optimizer, private.data_loader, private.criterion
     physical = training.physical_batch_size
@@ -201,7 +201,7 @@ def train_local(
     else:
         new_history = prior
         if new_history:
-            logger.warning("privacy is disabled: this round's training is not differentially private")
+            logger.warning("privacy.mode=%s: this round's local training is not DP-SGD", privacy.mode)
     epsilon = compute_epsilon(new_history, delta=privacy.delta, accountant=privacy.accountant)
     train_loss = float(np.mean(losses)) if losses else math.nan
     result = TrainResult(

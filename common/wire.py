@@ -19,6 +19,7 @@ __all__ = [
     "SITE_NAME",
     "THRESHOLD",
     "TRAIN_LOSS",
+    "UNIFORM_WEIGHT",
 ]
 
 # RecordDict keys (FedAvg's own defaults for arrays/config, so its hooks need no re-keying).
@@ -36,6 +37,7 @@ SERVER_ROUND = "server-round"  # injected by Flower's strategies
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighted_by_key default
 TRAIN_LOSS = "train_loss"
 NUM_STEPS = "num_steps"
+UNIFORM_WEIGHT = "uniform-weight"  # set by the server under central DP, where FedAvg must weigh sites equally
 EPSILON = "epsilon"
 SECONDS = "seconds"
 """Wall-clock seconds the site spent on the request (training or scoring), for overhead accounting."""

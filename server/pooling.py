@@ -45,19 +45,26 @@ def pool_train_metrics(records: list[RecordDict], weight_key: str) -> MetricReco
     """FedAvg ``train_metrics_aggr_fn``: example-weighted loss, total examples, and the largest epsilon.
 
     The largest epsilon, not the mean, because a federation's privacy claim is only as strong as its
-    weakest site's guarantee.
+    weakest site's guarantee. Metrics are always weighted by examples (they describe the data), whatever
+    ``weight_key`` FedAvg weighs the models by (equal weights under central DP).
     """
+    weight_key = wire.NUM_EXAMPLES
     return MetricRecord(
         {
             weight_key: int(sum(int(_metrics(r)[weight_key]) for r in records)),
             wire.TRAIN_LOSS: _weighted_mean(records, wire.TRAIN_LOSS, weight_key),
-            wire.EPSILON: max(float(_metrics(r).get(wire.EPSILON, 0.0)) for r in records),
+            **(
+                {wire.EPSILON: max(float(_metrics(r)[wire.EPSILON]) for r in records if wire.EPSILON in _metrics(r))}
+                if any(wire.EPSILON in _metrics(r) for r in records)
+                else {}
+            ),
         }
     )
 
 
 def pool_evaluate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """FedAvg ``evaluate_metrics_aggr_fn``: metrics of all sites' test images as one population."""
+    weight_key = wire.NUM_EXAMPLES
     pooled = pool_histograms([reply_histogram(r) for r in records])
     values: dict[str, float | int] = {
         weight_key: int(sum(int(_metrics(r)[weight_key]) for r in records)),

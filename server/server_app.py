@@ -1,4 +1,4 @@
-"""The federation's Flower ServerApp: FedAvg over the sites, then the run directory and its report."""
+"""The federation's Flower ServerApp: FedAvg over the sites (central DP optional), then the run directory and report."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -42,6 +43,10 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
     run_dir = RunDirectory(Path(config.output.run_dir).expanduser())
     run_dir.write_config(config.to_nested())
     strategy = build_strategy(config, run_dir)
+    if strategy.central is not None and not config.privacy.secure_mode:
+        # Flower's DP wrappers draw their noise and noisy counts from numpy's global generator: seeding it
+        # makes a simulated run reproducible; secure_mode leaves the noise unpredictable for deployments.
+        np.random.seed(config.seed)
     started = time.monotonic()
     result = strategy.start(
         grid=grid,
@@ -55,7 +60,10 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
     torch.save(result.arrays.to_torch_state_dict(), run_dir.path / "global_model.pt")
     if strategy.latest_histograms:
         run_dir.write_roc(strategy.latest_round, strategy.latest_histograms)
-    run_dir.write_summary(build_summary(config, run_dir.read_metrics(), duration_s=duration))
+    summary = build_summary(config, run_dir.read_metrics(), duration_s=duration)
+    if strategy.central is not None:  # the noise the server used (derived when target_epsilon is set)
+        summary["privacy"]["noise_multiplier"] = strategy.central.noise_multiplier
+    run_dir.write_summary(summary)
     report = build_report(run_dir.path)
     logger.info("report written to %s", report)
     return run_dir.path

@@ -1,4 +1,4 @@
-"""FedAvg that also records every site's reply per round (metrics.jsonl, checkpoints) through Flower's hooks."""
+"""The federation's strategy: FedAvg (inside Flower's DP wrapper for central DP), recorded per site and round."""
 
 from __future__ import annotations
 
@@ -9,22 +9,24 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from common import wire
 from common.config import AppConfig
 from common.metrics import ScoreHistogram
+from server.central_dp import CentralDP, wrap_with_central_dp
 from server.pooling import pool_evaluate_metrics, pool_train_metrics, reply_histogram
 from server.report import POOLED_SITE, RunDirectory
 
-__all__ = ["POOLED_SITE", "RecordingFedAvg", "build_strategy"]
+__all__ = ["POOLED_SITE", "RecordingStrategy", "build_strategy"]
 
 logger = logging.getLogger(__name__)
 
 DECLINED_MARK = "PrivacyBudgetExceeded"
 
-_HISTOGRAM_KEYS = (wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS)
+_OMITTED_KEYS = (wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS, wire.UNIFORM_WEIGHT)
 
 
 def _reported_site_name(msg: Message) -> str | None:
@@ -35,7 +37,7 @@ def _reported_site_name(msg: Message) -> str | None:
 
 
 def _scalars(metrics: MetricRecord) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k not in _HISTOGRAM_KEYS and not isinstance(v, list)}
+    return {k: v for k, v in metrics.items() if k not in _OMITTED_KEYS and not isinstance(v, list)}
 
 
 def _row(server_round: int, phase: str, site: str, metrics: MetricRecord) -> dict[str, Any]:
@@ -44,22 +46,48 @@ def _row(server_round: int, phase: str, site: str, metrics: MetricRecord) -> dic
     return {"round": server_round, "phase": phase, "site": site, "time": time.time(), **values}
 
 
-class RecordingFedAvg(FedAvg):
-    """FedAvg whose aggregation hooks write one row per site and round, plus the pooled row.
+class RecordingStrategy(Strategy):
+    """Any strategy, plus one row per site and round (and the pooled row) in ``metrics.jsonl``.
 
-    Failed replies (a site whose round raised) are recorded with their reason and left out of the
-    aggregate, so one broken hospital never stops the federation.
+    A wrapper rather than a FedAvg subclass, in the way Flower's own DP wrappers wrap a strategy: the
+    aggregation stays the library's (which Flower's privacy accountant insists on), and the rows are
+    written from the sites' replies as they arrived, before any wrapper clips them. Failed replies (a site
+    whose round raised or declined) are recorded with their reason; one broken hospital never stops the
+    federation.
     """
 
-    def __init__(self, *, run_dir: RunDirectory, save_checkpoints: bool = True, **kwargs: Any) -> None:
-        kwargs.setdefault("train_metrics_aggr_fn", pool_train_metrics)
-        kwargs.setdefault("evaluate_metrics_aggr_fn", pool_evaluate_metrics)
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        run_dir: RunDirectory,
+        save_checkpoints: bool = True,
+        central: CentralDP | None = None,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
         self.run_dir = run_dir
         self.save_checkpoints = save_checkpoints
+        self.central = central
         self.latest_histograms: dict[str, ScoreHistogram] = {}
         self.latest_round = 0
         self._site_names: dict[int, str] = {}
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's configuration."""
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's train messages."""
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's evaluate messages."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def _site_name(self, msg: Message) -> str:
         """The name a node reported; a failed reply carries none, so use the one it sent before."""
@@ -68,6 +96,15 @@ class RecordingFedAvg(FedAvg):
         if reported is not None:
             self._site_names[node] = reported
         return self._site_names.get(node, f"node-{node}")
+
+    def _weigh_uniformly(self, replies: list[Message]) -> None:
+        """Under central DP every site's update must weigh the same, or the noise would not cover the largest
+        site's influence; the server (not the sites) sets the weight FedAvg reads."""
+        if self.central is None:
+            return
+        for reply in replies:
+            if not reply.has_error() and wire.METRICS_KEY in reply.content:
+                reply.content[wire.METRICS_KEY][wire.UNIFORM_WEIGHT] = 1
 
     def _record_failures(self, server_round: int, phase: str, replies: list[Message]) -> list[dict[str, Any]]:
         return [
@@ -87,15 +124,36 @@ class RecordingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Record each site's training reply, aggregate through the wrapped strategy, record the pooled row."""
         replies = list(replies)
-        arrays, pooled = super().aggregate_train(server_round, replies)
         rows = [
             _row(server_round, "train", self._site_name(m), m.content[wire.METRICS_KEY])
             for m in replies
             if not m.has_error()
         ]
         rows += self._record_failures(server_round, "train", replies)
-        if pooled is not None:
+        self._weigh_uniformly(replies)
+        try:
+            arrays, pooled = self.inner.aggregate_train(server_round, replies)
+        except ZeroDivisionError:
+            if self.central is None:
+                raise
+            # Flower's clipping divides by each update's norm: a site that sent the global model back unchanged
+            # (a zero update) would take the server down. The round is skipped instead, and said so.
+            reason = "central DP could not clip a zero update (a site sent the global model back unchanged)"
+            rows.append({"round": server_round, "phase": "train", "site": POOLED_SITE, "time": time.time(),
+                         "declined": False, "error": reason})  # fmt: skip
+            arrays, pooled = None, None
+        if self.central is not None:
+            if arrays is None:
+                logger.warning(
+                    "round %d: central DP releases a round only when every sampled site replies; the global "
+                    "model is unchanged this round",
+                    server_round,
+                )
+            else:
+                pooled = MetricRecord({**(pooled or {}), wire.EPSILON: self.central.released()})
+        if pooled is not None and arrays is not None:
             rows.append(_row(server_round, "train", POOLED_SITE, pooled))
         self.run_dir.append_metrics(rows)
         if arrays is not None and self.save_checkpoints:
@@ -103,8 +161,10 @@ class RecordingFedAvg(FedAvg):
         return arrays, pooled
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Record each site's evaluation and the pooled metrics of all sites' test images together."""
         replies = list(replies)
-        pooled = super().aggregate_evaluate(server_round, replies)
+        self._weigh_uniformly(replies)
+        pooled = self.inner.aggregate_evaluate(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
         rows = [_row(server_round, "evaluate", self._site_name(m), m.content[wire.METRICS_KEY]) for m in ok]
         rows += self._record_failures(server_round, "evaluate", replies)
@@ -118,18 +178,32 @@ class RecordingFedAvg(FedAvg):
         return pooled
 
 
-def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingFedAvg:
-    """The configured strategy; every site must answer (min nodes capped by the federation size)."""
+def _sites_per_round(config: AppConfig) -> int:
+    """How many sites FedAvg samples each round when the whole federation is connected."""
+    sites = config.federation.num_sites
+    return min(sites, max(int(sites * config.strategy.fraction_train), min(config.strategy.min_nodes, sites)))
+
+
+def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingStrategy:
+    """FedAvg over the sites (min nodes capped by the federation size), inside Flower's central-DP wrapper
+    when ``privacy.mode=central``, recorded per site and round."""
     min_nodes = min(config.strategy.min_nodes, config.federation.num_sites)
-    return RecordingFedAvg(
-        run_dir=run_dir,
-        save_checkpoints=config.output.save_checkpoints,
+    fedavg = FedAvg(
         fraction_train=config.strategy.fraction_train,
         fraction_evaluate=config.strategy.fraction_evaluate,
         min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes if config.strategy.fraction_evaluate > 0 else 0,
         min_available_nodes=min_nodes,
-        weighted_by_key=wire.NUM_EXAMPLES,
+        weighted_by_key=wire.UNIFORM_WEIGHT if config.privacy.central else wire.NUM_EXAMPLES,
         arrayrecord_key=wire.ARRAYS_KEY,
         configrecord_key=wire.CONFIG_KEY,
+        train_metrics_aggr_fn=pool_train_metrics,
+        evaluate_metrics_aggr_fn=pool_evaluate_metrics,
+    )
+    central = wrap_with_central_dp(fedavg, config, _sites_per_round(config)) if config.privacy.central else None
+    return RecordingStrategy(
+        central.strategy if central is not None else fedavg,
+        run_dir=run_dir,
+        save_checkpoints=config.output.save_checkpoints,
+        central=central,
     )

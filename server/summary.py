@@ -7,7 +7,7 @@ from typing import Any
 
 from common import wire
 from common.config import AppConfig
-from server.report import latest_rows
+from server.report import POOLED_SITE, latest_rows
 
 __all__ = ["build_summary"]
 
@@ -16,12 +16,16 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
     """Final evaluation of the global model per site and pooled, each with the site's cumulative epsilon."""
     evaluated = latest_rows(rows, "evaluate")
     trained = latest_rows(rows, "train")
+    # Central DP gives every site the same (site-level) guarantee: the federation's epsilon on the pooled row.
+    central_epsilon = trained.get(POOLED_SITE, {}).get(wire.EPSILON, 0.0) if config.privacy.central else None
     sites: dict[str, dict[str, Any]] = {}
     for site in sorted(set(evaluated) | set(trained)):
         entry = {k: v for k, v in evaluated.get(site, {}).items() if k not in ("phase", "site")}
-        entry["epsilon"] = trained.get(site, {}).get(wire.EPSILON, 0.0)
+        entry["epsilon"] = (
+            central_epsilon if central_epsilon is not None else trained.get(site, {}).get(wire.EPSILON, 0.0)
+        )
         sites[site] = entry
-    pooled = sites.pop("pooled", {})
+    pooled = sites.pop(POOLED_SITE, {})
     failures = [dict(row) for row in rows if "error" in row]
     return {
         "num_rounds": config.strategy.num_rounds,
@@ -31,9 +35,17 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
         "sites": sites,
         "pooled": pooled,
         "privacy": {
-            "enabled": config.privacy.enabled,
+            "mode": config.privacy.mode,
             "noise_multiplier": config.privacy.noise_multiplier,
             "max_grad_norm": config.privacy.max_grad_norm,
+            **(
+                {
+                    "central_clipping": config.privacy.central_clipping,
+                    "update_clip_norm": config.privacy.update_clip_norm,
+                }
+                if config.privacy.central
+                else {}
+            ),
             "delta": config.privacy.delta,
             "accountant": config.privacy.accountant,
         },

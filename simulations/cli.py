@@ -31,7 +31,11 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         ):
             generate_configured_federation(config.federation, seed=config.seed)
     run_dir = Path(config.output.run_dir).expanduser().resolve()
-    privacy = f"DP-SGD σ={config.privacy.noise_multiplier}" if config.privacy.enabled else "no DP"
+    privacy = {
+        "local": f"DP-SGD σ={config.privacy.noise_multiplier} per site",
+        "central": f"central DP σ={config.privacy.noise_multiplier} ({config.privacy.central_clipping} clipping)",
+        "none": "no DP",
+    }[config.privacy.mode]
     console.print(
         f"[bold]fedmammo[/] {config.federation.num_sites} sites · {config.model.name} @ {config.data.image_size}px · "
         f"{config.strategy.num_rounds} rounds · {privacy} · run dir {run_dir}"

@@ -32,17 +32,24 @@ def test_a_round_within_the_ceiling_passes_and_one_past_it_is_declined() -> None
     after_one = compute_epsilon([PLANNED], delta=1e-4)
     within = SiteBudget(max_epsilon=after_one * 1.001, delta=1e-4, min_noise_multiplier=0.0)
 
-    check_round(budget, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
-    check_round(within, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
+    check_round(budget, mode="local", history=[], planned=PLANNED, accountant="rdp")
+    check_round(within, mode="local", history=[], planned=PLANNED, accountant="rdp")
     with pytest.raises(PrivacyBudgetExceeded, match="above its ceiling max-epsilon"):
-        check_round(within, dp_enabled=True, history=[PLANNED], planned=PLANNED, accountant="rdp")
+        check_round(within, mode="local", history=[PLANNED], planned=PLANNED, accountant="rdp")
+
+
+def test_a_limited_site_declines_central_dp_its_update_would_leave_unnoised() -> None:
+    budget = SiteBudget(max_epsilon=8.0, delta=1e-4, min_noise_multiplier=0.0)
+
+    with pytest.raises(PrivacyBudgetExceeded, match=r"central DP .* un-noised update would leave the hospital"):
+        check_round(budget, mode="central", history=[], planned=PLANNED, accountant="rdp")
 
 
 def test_too_little_noise_is_declined() -> None:
     budget = SiteBudget(max_epsilon=None, delta=1e-4, min_noise_multiplier=1.5)
 
     with pytest.raises(PrivacyBudgetExceeded, match=r"below this site.s minimum min-noise-multiplier=1\.5"):
-        check_round(budget, dp_enabled=True, history=[], planned=PLANNED, accountant="rdp")
+        check_round(budget, mode="local", history=[], planned=PLANNED, accountant="rdp")
 
 
 def test_a_limits_file_in_the_site_folder_applies_and_node_config_wins(tmp_path) -> None:

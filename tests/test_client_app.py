@@ -26,7 +26,7 @@ def _config(data_dir: Path, tmp_path: Path, **overrides: object) -> AppConfig:
         "data.cache_dir": str(tmp_path / "cache"),
         "model.name": "small_cnn",
         "training.batch_size": 8,
-        "privacy.enabled": True,
+        "privacy.mode": "local",
         "privacy.noise_multiplier": 1.0,
     }
     values.update(overrides)
@@ -120,7 +120,7 @@ def test_a_site_declines_a_round_past_its_own_ceiling(tiny_federation: Path, tmp
 
 
 def test_a_site_with_a_limit_declines_a_run_without_dp(tiny_federation: Path, tmp_path: Path) -> None:
-    config = _config(tiny_federation, tmp_path, **{"privacy.enabled": False})
+    config = _config(tiny_federation, tmp_path, **{"privacy.mode": "none"})
 
     reply = app(_message("train", config, 1), _context(config, **{"min-noise-multiplier": 0.8}))
 
@@ -136,12 +136,15 @@ def test_an_unreadable_ledger_stops_training(tiny_federation: Path, tmp_path: Pa
     assert reply.has_error() and "privacy ledger <path> is unreadable" in reply.error.reason
 
 
-def test_privacy_off_reports_zero_epsilon(tiny_federation: Path, tmp_path: Path) -> None:
-    config = _config(tiny_federation, tmp_path, **{"privacy.enabled": False})
+@pytest.mark.parametrize("mode", ["none", "central"])
+def test_without_local_dp_a_site_claims_no_epsilon(tiny_federation: Path, tmp_path: Path, mode: str) -> None:
+    """No DP-SGD, no site guarantee: an epsilon of 0 would read as perfect privacy (central ε is the server's)."""
+    config = _config(tiny_federation, tmp_path, **{"privacy.mode": mode})
 
     reply = app(_message("train", config, 1), _context(config))
 
-    assert reply.content[wire.METRICS_KEY][wire.EPSILON] == 0.0
+    assert not reply.has_error()
+    assert wire.EPSILON not in reply.content[wire.METRICS_KEY]
 
 
 def test_evaluate_reply_holds_metrics_and_fixed_size_histograms(tiny_federation: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def test_dotted_and_nested_keys_give_the_same_config() -> None:
 
 
 def test_flat_round_trip() -> None:
-    config = load_config({"seed": 3, "data.image_size": 32, "privacy.enabled": False})
+    config = load_config({"seed": 3, "data.image_size": 32, "privacy.mode": "none"})
 
     assert load_config(config.to_flat()) == config
 
@@ -67,7 +67,7 @@ def test_hydra_defaults_compose_to_a_valid_config() -> None:
     config, resources = compose_simulation(["model=small_cnn", "privacy=none", "strategy.num_rounds=2"])
 
     assert config.model.name == "small_cnn"
-    assert config.privacy.enabled is False
+    assert config.privacy.mode == "none"
     assert config.strategy.num_rounds == 2
     assert config.output.run_dir.startswith("runs")
     assert resources.cpus_per_site >= 1

@@ -13,7 +13,7 @@ from simulations.launcher import APP_DIR, write_run_config
 
 def test_run_config_toml_round_trips_through_the_schema(tmp_path: Path) -> None:
     config = load_config(
-        {"federation.data_dir": 'C:\\odd "quoted" dir', "privacy.delta": 1e-6, "privacy.enabled": False, "seed": 9}
+        {"federation.data_dir": 'C:\\odd "quoted" dir', "privacy.delta": 1e-6, "privacy.mode": "none", "seed": 9}
     )
 
     path = write_run_config(config, tmp_path / "run_config.toml")

@@ -197,7 +197,7 @@ def test_privacy_for_budget_replaces_only_the_noise_and_only_when_asked() -> Non
     assert resolved.noise_multiplier != 0.5
     assert dataclasses.replace(resolved, noise_multiplier=0.5) == budget
     assert privacy_for_budget(PrivacyConfig(), num_examples=40, batch_size=8, epochs_total=6) == PrivacyConfig()
-    off = PrivacyConfig(enabled=False, target_epsilon=3.0)
+    off = PrivacyConfig(mode="none", target_epsilon=3.0)
     assert privacy_for_budget(off, num_examples=40, batch_size=8, epochs_total=6) is off
 
 

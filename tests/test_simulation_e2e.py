@@ -133,3 +133,34 @@ def test_a_site_declines_once_its_ceiling_is_reached_and_the_federation_finishes
     ledger_epsilon = compute_epsilon(PrivacyLedger.open(data / "site_1" / "privacy_ledger.json").history, delta=1e-4)
     assert ledger_epsilon == pytest.approx(site_1[0])  # the declined round spent nothing
     assert {(r["round"], r["site"]) for r in rows if r["phase"] == "evaluate"} >= {(2, "site-0"), (2, "pooled")}
+
+
+def test_central_dp_federation_accounts_one_epsilon_for_all_sites(
+    tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    config = load_config(
+        {
+            "federation.num_sites": 2,
+            "federation.data_dir": str(tiny_federation),
+            "data.image_size": 32,
+            "model.name": "small_cnn",
+            "training.batch_size": 8,
+            "training.local_epochs": 1,
+            "privacy.mode": "central",
+            "privacy.noise_multiplier": 1.5,
+            "privacy.update_clip_norm": 5.0,
+            "strategy.num_rounds": 2,
+            "strategy.min_nodes": 2,
+        }
+    )
+
+    run_dir = run_simulation(config, tmp_path_factory.mktemp("central_run"))
+
+    rows = RunDirectory(run_dir).read_metrics()
+    assert not [r for r in rows if "error" in r]
+    pooled = [r["epsilon"] for r in rows if r["phase"] == "train" and r["site"] == "pooled"]
+    assert pooled == pytest.approx([compute_epsilon([(1.5, 1.0, n)], delta=1e-4) for n in (1, 2)], rel=0.02)
+    assert all("epsilon" not in r for r in rows if r["phase"] == "train" and r["site"] != "pooled")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {s["epsilon"] for s in summary["sites"].values()} == {pooled[-1]}
+    assert "central: the server clips" in (run_dir / "report.html").read_text()

@@ -17,8 +17,8 @@ from common.models import build_model
 from common.privacy import compute_epsilon, history_from_lists, history_to_lists, privacy_for_budget
 from common.training import EvalResult, TrainResult, evaluate, train_local
 
-DP = PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
-NO_DP = PrivacyConfig(enabled=False)
+DP = PrivacyConfig(mode="local", noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
+NO_DP = PrivacyConfig(mode="none")
 EXACT = PrivacyConfig(noise_multiplier=0.0, max_grad_norm=1e6, poisson_sampling=False)
 """DP plumbing with no noise and no effective clipping: must give plain SGD's update exactly."""
 

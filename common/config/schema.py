@@ -82,12 +82,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Local differential privacy (Opacus DP-SGD) settings of every site."""
+    """Differential privacy of the federation: per-site DP-SGD (``local``), server-side noise (``central``), or none.
 
+    ``local`` protects each image against everyone outside the hospital, the server included (Opacus
+    DP-SGD on each site, accounted per site). ``central`` protects each whole site against anyone who sees the
+    global model, but the server sees every site's raw update: Flower's server-side DP wrappers clip each
+    site's update to ``update_clip_norm`` (fixed, or adapted towards ``target_clipped_quantile``) and add
+    Gaussian noise (``noise_multiplier`` x clip / sites) to the aggregate, accounted once for the federation.
+    """
+
+    MODES: ClassVar[tuple[str, ...]] = ("local", "central", "none")
     GRAD_SAMPLE_MODES: ClassVar[tuple[str, ...]] = ("hooks", "ew", "functorch", "ghost")
     """Opacus per-sample gradient implementations ``privacy.grad_sample_mode`` accepts."""
+    CENTRAL_CLIPPING: ClassVar[tuple[str, ...]] = ("fixed", "adaptive")
 
-    enabled: bool = True
+    mode: str = "local"
     noise_multiplier: float = 2.0
     max_grad_norm: float = 1.0
     delta: float = 1e-4
@@ -98,8 +107,47 @@ class PrivacyConfig:
     epsilon (at ``delta``) over the whole plan (``strategy.num_rounds`` x ``training.local_epochs``)."""
     grad_sample_mode: str = "hooks"
     secure_mode: bool = False
+    central_clipping: str = "fixed"
+    """``central`` only: Flower's server-side ``fixed`` or ``adaptive`` (Andrew et al. 2019) update clipping."""
+    update_clip_norm: float = 1.0
+    """``central`` only: L2 bound of one site's whole model update (the start value when adaptive)."""
+    target_clipped_quantile: float = 0.5
+    """``central`` adaptive only: the share of site updates the clip norm adapts to clip."""
+    clip_norm_lr: float = 0.2
+    """``central`` adaptive only: geometric learning rate of the clip norm."""
+
+    @property
+    def local(self) -> bool:
+        """Whether each site trains with DP-SGD (and keeps a privacy ledger)."""
+        return self.mode == "local"
+
+    @property
+    def central(self) -> bool:
+        """Whether the server clips site updates and noises the aggregate."""
+        return self.mode == "central"
 
     def __post_init__(self) -> None:
+        _check(self.mode in self.MODES, "privacy.mode", self.mode, " or ".join(repr(m) for m in self.MODES))
+        _check(
+            self.central_clipping in self.CENTRAL_CLIPPING,
+            "privacy.central_clipping",
+            self.central_clipping,
+            "'fixed' or 'adaptive'",
+        )
+        _check(self.update_clip_norm > 0.0, "privacy.update_clip_norm", self.update_clip_norm, "> 0")
+        _check(
+            0.0 <= self.target_clipped_quantile <= 1.0,
+            "privacy.target_clipped_quantile",
+            self.target_clipped_quantile,
+            "in [0, 1]",
+        )
+        _check(self.clip_norm_lr > 0.0, "privacy.clip_norm_lr", self.clip_norm_lr, "> 0")
+        _check(
+            not (self.central and self.noise_multiplier <= 0 and self.target_epsilon <= 0),
+            "privacy.noise_multiplier",
+            self.noise_multiplier,
+            "> 0 with privacy.mode=central (or set privacy.target_epsilon)",
+        )
         _check(self.noise_multiplier >= 0.0, "privacy.noise_multiplier", self.noise_multiplier, ">= 0")
         _check(self.target_epsilon >= 0.0, "privacy.target_epsilon", self.target_epsilon, ">= 0 (0 = off)")
         _check(
@@ -214,6 +262,20 @@ class AppConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        if self.privacy.central:
+            # Flower's wrapper noises every array it aggregates: frozen BatchNorm statistics would come back
+            # noised (a variance can turn negative); GroupNorm has no statistics to spoil.
+            _check(
+                self.model.norm == "groupnorm", "model.norm", self.model.norm, "'groupnorm' with privacy.mode=central"
+            )
+            _check(
+                self.privacy.accountant == "rdp",
+                "privacy.accountant",
+                self.privacy.accountant,
+                "'rdp' with privacy.mode=central (Flower's server-side accountant is RDP)",
+            )
 
     def to_nested(self) -> dict[str, Any]:
         """Plain nested dict (for config.yaml and Hydra)."""

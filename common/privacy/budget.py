@@ -132,7 +132,7 @@ def privacy_for_budget(
     -------
     PrivacyConfig
     """
-    if not privacy.enabled or privacy.target_epsilon <= 0:
+    if not privacy.local or privacy.target_epsilon <= 0:
         return privacy
     sample_rate, steps = planned_sampling(num_examples, batch_size)
     sigma = noise_multiplier_for_budget(

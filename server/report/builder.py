@@ -27,7 +27,12 @@ __all__ = ["build_report"]
 
 logger = logging.getLogger(__name__)
 
-_ALWAYS_SHOWN = frozenset({"Model", "Rounds", "Sites", "Differential privacy (DP-SGD)"})
+_ALWAYS_SHOWN = frozenset({"Model", "Rounds", "Sites", "Differential privacy"})
+_MODE_TEXT = {
+    "local": "local: DP-SGD on each site (ε per site, per image)",
+    "central": "central: the server clips each site's update and noises the aggregate (ε per federation, per site)",
+    "none": "off",
+}
 
 
 def latest_rows(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, dict[str, Any]]:
@@ -56,9 +61,13 @@ def _results(summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]
 
 
 def _privacy(summary: Mapping[str, Any] | None, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's privacy settings with a ``mode`` (runs recorded before ``privacy.mode`` had ``enabled``)."""
     for source in (summary, config):
         if source and isinstance(source.get("privacy"), Mapping):
-            return dict(source["privacy"])
+            privacy = dict(source["privacy"])
+            if "mode" not in privacy and "enabled" in privacy:
+                privacy["mode"] = "local" if privacy["enabled"] else "none"
+            return privacy
     return {}
 
 
@@ -92,17 +101,24 @@ def _settings(
     summary, config = summary or {}, config or {}
     section = lambda name: config.get(name) if isinstance(config.get(name), Mapping) else {}  # noqa: E731
     duration = summary.get("duration_s")
-    enabled = privacy.get("enabled")
+    mode = privacy.get("mode")
     settings = [
         ("Model", _text(summary.get("model", section("model").get("name")))),
         ("Strategy", _text(summary.get("strategy", section("strategy").get("name")))),
         ("Rounds", _text(summary.get("num_rounds", section("strategy").get("num_rounds")))),
         ("Sites", ", ".join(sites) if sites else "n/a"),
         ("Image size (pixels)", _text(summary.get("image_size", section("data").get("image_size")))),
-        ("Differential privacy (DP-SGD)", _text(enabled)),
+        ("Differential privacy", _MODE_TEXT.get(str(mode), _text(mode))),
     ]
     settings = [(name, value) for name, value in settings if value != "n/a" or name in _ALWAYS_SHOWN]
-    if enabled is not False:
+    if mode == "central":
+        settings += [
+            ("Noise multiplier (on the aggregate)", _text(privacy.get("noise_multiplier"))),
+            ("Update clipping", _text(privacy.get("central_clipping"))),
+            ("Update clip norm (start value when adaptive)", _text(privacy.get("update_clip_norm"))),
+            ("δ (delta)", _text(privacy.get("delta"))),
+        ]
+    elif mode is not None and mode != "none":
         settings += [
             ("Noise multiplier", _text(privacy.get("noise_multiplier"))),
             ("Max gradient norm (clipping)", _text(privacy.get("max_grad_norm"))),
@@ -138,9 +154,9 @@ def _plots(
         (ROC_PLOT, roc is not None, "", lambda p: plot_roc_per_site(roc.sites, roc.pooled, p)),
         (METRICS_PLOT, has("evaluate", "auc"), "No evaluation rounds recorded: no metrics plot.",
          lambda p: plot_metrics_per_round(rows, p)),
-        (EPSILON_PLOT, privacy.get("enabled") is not False and has("train", "epsilon"),
+        (EPSILON_PLOT, privacy.get("mode") != "none" and has("train", "epsilon"),
          "Differential privacy was off for this run: there is no privacy guarantee (ε is unbounded), so no ε plot."
-         if privacy.get("enabled") is False else "No training rounds with ε recorded: no ε plot.",
+         if privacy.get("mode") == "none" else "No training rounds with ε recorded: no ε plot.",
          lambda p: plot_epsilon_per_round(rows, privacy.get("delta"), p)),
         (LOSS_PLOT, has("train", "train_loss"), "No training rounds recorded: no loss plot.",
          lambda p: plot_loss_per_round(rows, p)),
@@ -150,7 +166,10 @@ def _plots(
         "split and pooled; curves further to the top left are better.",
         METRICS_PLOT: "AUC, sensitivity and specificity of the global model per round (sensitivity and "
         "specificity at each site's decision threshold).",
-        EPSILON_PLOT: "Cumulative privacy loss ε per site after each round (smaller is more private).",
+        EPSILON_PLOT: "Cumulative privacy loss ε of the federation after each round, accounted by the server for "
+        "whole sites (central DP; smaller is more private)."
+        if privacy.get("mode") == "central"
+        else "Cumulative privacy loss ε per site after each round (smaller is more private).",
         LOSS_PLOT: "Training loss per site per round (and the global model's test loss when reported).",
     }
     for name, available, note, draw in wanted:
@@ -192,7 +211,7 @@ def build_report(run_dir: str | Path) -> Path:
         title=f"fedmammo run report: {folder.path.name}",
         settings=_settings(summary, config, privacy, sites),
         results=results,
-        privacy_enabled=privacy.get("enabled") is not False,
+        privacy_enabled=privacy.get("mode") != "none",
         plots=plots,
         notes=[n for n in (roc_note, *notes) if n],
         rows=rows,

@@ -46,7 +46,9 @@ images as one population (computed from score histograms; no image or score left
 <p><b>ε (epsilon)</b> measures how much the trained model could reveal about any one patient in a site's
 training data (differential privacy): <b>smaller ε means stronger privacy</b>; it only grows as rounds
 are added. The guarantee holds except with probability <b>δ (delta)</b>, which should be much smaller than
-one over the number of patients. Without differential privacy there is no such guarantee.</p>
+one over the number of patients. Without differential privacy there is no such guarantee. Under <b>central</b>
+DP the server adds the noise instead: ε then bounds what the model reveals about a whole site's data, and is the
+same for every site, but the server itself saw each site's un-noised update.</p>
 <p>n/a means a value is undefined for that test set (for example AUC when a site has only benign cases).</p>
 """
 

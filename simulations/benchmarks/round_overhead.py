@@ -71,7 +71,7 @@ def measure_step_times(config: AppConfig, *, arch: str = "resnet18", repeats: in
     private = build_model(arch, num_classes=2, in_channels=1, norm=config.model.norm)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01)
     loader = DataLoader(TensorDataset(images, labels), batch_size=batch)
-    no_poisson = type(config.privacy)(**{**config.privacy.__dict__, "poisson_sampling": False, "enabled": True})
+    no_poisson = type(config.privacy)(**{**config.privacy.__dict__, "poisson_sampling": False, "mode": "local"})
     module, dp_opt, _, _ = make_private(
         private, torch.optim.SGD(private.parameters(), lr=0.01), loader, privacy=no_poisson, history=None, seed=0
     )
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = measure_step_times(config, repeats=args.repeats)
 
     print(f"demo: {config.federation.num_sites} sites, {config.model.name} @ {config.data.image_size}px, "
-          f"{config.strategy.num_rounds} rounds, privacy {'on' if config.privacy.enabled else 'off'}")  # fmt: skip
+          f"{config.strategy.num_rounds} rounds, privacy {config.privacy.mode}")  # fmt: skip
     print(f"{'round':>5} {'wall s':>8} {'site work s':>12} {'outside share':>14}")
     for r in rounds["rounds"]:
         print(f"{r['round']:>5} {r['wall_s']:>8.2f} {r['site_work_s']:>12.2f} {r['outside_share']:>14.1%}")
