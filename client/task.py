@@ -14,6 +14,7 @@ from client.budget import SiteBudget, check_round
 from client.site import SiteSpec
 from common.augment import augment_batch
 from common.config import AppConfig
+from common.image_pipeline import ImagePipeline
 from common.metrics import ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.privacy import planned_sampling, privacy_for_budget
@@ -60,6 +61,7 @@ def load_site_data(site: SiteSpec, config: AppConfig) -> SiteData:
         val_fraction=config.data.val_fraction,
         test_fraction=config.data.test_fraction,
         seed=config.seed,
+        pipeline=ImagePipeline.from_config(config.data),  # spacing, presentation intent: the run's data settings
     )
     if data.skipped:
         logger.warning("site %s: %d image(s) skipped (reasons logged above)", site.name, len(data.skipped))

@@ -88,7 +88,7 @@ def test_a_zero_update_skips_the_round_instead_of_crashing_the_server(tmp_path: 
     arrays, _ = _round(strategy, 1, [np.zeros(SIZE), _spike(1, 1.0)], sizes=[5, 5])
 
     assert arrays is None and strategy.central.accountant.num_releases == 0
-    assert "zero update" in [r for r in run_dir.read_metrics() if "error" in r][0]["error"]
+    assert "zero update" in next(r for r in run_dir.read_metrics() if "error" in r)["error"]
 
 
 def test_federation_epsilon_is_recorded_and_replays_independently(tmp_path: Path) -> None:
