@@ -10,11 +10,13 @@ import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, get_decoder
 
+from common.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, intent_matches, read_header
+from common.dicom_windows import apply_display_transform
 from common.errors import DicomError
 
-__all__ = ["IMAGE_SUFFIXES", "MIN_SIDE", "Mammogram", "read_mammogram"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "DicomHeader", "Mammogram", "read_header", "read_mammogram"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +26,24 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".pgm", ".jpg", ".jpeg", ".tif", ".ti
 MIN_SIDE = 16
 """Images smaller than this in either dimension are rejected as degenerate."""
 
+MAX_PIXELS = 64 * 2**20
+"""Larger images (the biggest mammography detectors give ~30 M pixels) are refused before decoding: a corrupt
+Rows/Columns would otherwise make a decoder allocate gigabytes."""
+
+_PLUGINS = "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls"
 _PLUGIN_HINT = (
-    "install a pixel-data plugin for it (e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
-    "or `pip install python-gdcm`), or convert the file to Explicit VR Little Endian"
+    f"install pydicom's pixel-data plugins (`pip install {_PLUGINS}`, all in fedmammo's dependencies) "
+    "or convert the file to Explicit VR Little Endian (e.g. `dcmdjpeg`/`gdcmconv --raw`)"
 )
 
 
 @dataclass(frozen=True)
 class Mammogram:
-    """One decoded image: ``pixels`` is float32 2-D in [0, 1] with bright = dense tissue (MONOCHROME2 sense)."""
+    """One decoded image: ``pixels`` is float32 2-D in [0, 1] with bright = dense tissue (MONOCHROME2 sense).
+
+    ``display_transform`` says how stored values became grey levels (``voi-lut``, ``window``,
+    ``log-robust``, ``robust-min-max``; ``""`` for plain image files), so sites can compare pipelines.
+    """
 
     pixels: np.ndarray
     laterality: str
@@ -42,14 +53,18 @@ class Mammogram:
     pixel_spacing_mm: tuple[float, float] | None
     presentation_intent: str
     manufacturer: str
+    model: str = ""
+    display_transform: str = ""
 
 
-def read_mammogram(path: str | Path, *, require_mg: bool = True) -> Mammogram:
+def read_mammogram(path: str | Path, *, require_mg: bool = True, presentation_intent: str = "any") -> Mammogram:
     """Read a DICOM or plain image file as a normalised mammogram.
 
     DICOM is decoded only through ``pydicom.pixels`` in the order the standard prescribes:
-    modality LUT (rescale), then VOI LUT or the first window (min-max of the image when there is
-    neither), then MONOCHROME1 inversion, so every site's images share one intensity sense.
+    modality LUT (rescale), then the display transform of :func:`common.dicom_windows.apply_display_transform`
+    (VOI LUT, first window, or log + robust window for raw "for processing" data), then MONOCHROME1
+    inversion, so every site's images share one intensity sense. Compressed transfer syntaxes (JPEG,
+    JPEG-LS, JPEG 2000, RLE) decode through pydicom's installed pixel-data plugins.
 
     Parameters
     ----------
@@ -58,6 +73,9 @@ def read_mammogram(path: str | Path, *, require_mg: bool = True) -> Mammogram:
     require_mg : bool
         Reject DICOM whose (0008,0060) Modality is present and not ``MG``; ``False`` admits other
         modalities (e.g. pydicom's CT/MR test files).
+    presentation_intent : str
+        ``"any"``, ``"for_presentation"`` or ``"for_processing"``: reject DICOM whose (0008,0068)
+        Presentation Intent Type (or SOP Class) declares the other intent. Files that do not say are kept.
 
     Returns
     -------
@@ -67,10 +85,12 @@ def read_mammogram(path: str | Path, *, require_mg: bool = True) -> Mammogram:
     Raises
     ------
     DicomError
-        For a missing, unreadable, non-DICOM, pixel-less, undecodable, multi-frame, colour, non-MG
-        or degenerate file; the message names the file, the problem and the fix. Unexpected
+        For a missing, unreadable, non-DICOM, pixel-less, undecodable, multi-frame, colour, non-MG,
+        wrong-intent or degenerate file; the message names the file, the problem and the fix. Unexpected
         exceptions from pydicom or numpy are wrapped too, so a bad file never crashes a caller.
     """
+    if presentation_intent not in INTENT_CHOICES:
+        raise DicomError(f"presentation_intent {presentation_intent!r} is not one of {sorted(INTENT_CHOICES)}")
     path = Path(path).expanduser()
     if not path.exists():
         raise DicomError(f"image file {path} does not exist; check the manifest's image_path column")
@@ -79,34 +99,81 @@ def read_mammogram(path: str | Path, *, require_mg: bool = True) -> Mammogram:
     try:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return _read_plain_image(path)
-        return _read_dicom(path, require_mg=require_mg)
+        return _read_dicom(path, require_mg=require_mg, wanted_intent=presentation_intent)
     except DicomError:
         raise
-    except Exception as exc:  # any library failure on a file becomes a typed, named error
+    except MemoryError as exc:  # a corrupt header asking for gigabytes is the file's fault
+        raise DicomError(f"{path}: decoding needs more memory than available; the header may be corrupt") from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # any library failure (even a Rust plugin panic) becomes a named error
         raise DicomError(f"{path}: could not be read as a mammogram ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_dicom(path: Path, *, require_mg: bool) -> Mammogram:
+def _read_dicom(path: Path, *, require_mg: bool, wanted_intent: str) -> Mammogram:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise DicomError(
             f"{path} is not a DICOM file ({exc}); give a DICOM Part 10 file or a .png/.pgm/.jpg/.tif image"
         ) from exc
-    modality = str(ds.get("Modality", "") or "").upper()
-    if require_mg and modality and modality != "MG":
+    header = header_from_dataset(ds)
+    _check_header(path, header, require_mg=require_mg, wanted_intent=wanted_intent)
+    stored = _decode(path, ds)
+    _check_shape(path, stored)
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if values.ndim != 2 or not np.isfinite(values).all() or values.max() == values.min():
+        raise DicomError(f"{path}: image is constant or not finite after the modality LUT; it holds no tissue")
+    pixels, transform = apply_display_transform(path, values, ds, intent=header.presentation_intent)
+    if header.photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    return Mammogram(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        laterality=header.laterality,
+        view=header.view,
+        photometric=header.photometric,
+        bits_stored=header.bits_stored,
+        pixel_spacing_mm=header.pixel_spacing_mm,
+        presentation_intent=header.presentation_intent,
+        manufacturer=header.manufacturer,
+        model=header.model,
+        display_transform=transform,
+    )
+
+
+def _check_header(path: Path, header: DicomHeader, *, require_mg: bool, wanted_intent: str) -> None:
+    """Reject what the header alone shows to be unusable, before any pixel is decoded."""
+    if require_mg and header.modality and header.modality != "MG":
         raise DicomError(
-            f"{path}: (0008,0060) Modality is {modality!r}, not 'MG'; only mammograms are accepted "
+            f"{path}: (0008,0060) Modality is {header.modality!r}, not 'MG'; only mammograms are accepted "
             "(pass require_mg=False to read other modalities)"
         )
-    if "PixelData" not in ds:
-        raise DicomError(f"{path} has no Pixel Data (7FE0,0010); it is not an image (maybe a structured report)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
+    if not intent_matches(header.presentation_intent, wanted_intent):
         raise DicomError(
-            f"{path}: (0028,0008) Number of Frames is {frames}; multi-frame images (tomosynthesis) are not "
+            f"{path}: (0008,0068) Presentation Intent Type is {header.presentation_intent!r} but "
+            f"data.presentation_intent is {wanted_intent!r}; skipped (set it to 'any' to use both kinds)"
+        )
+    if not header.has_pixel_data:
+        raise DicomError(f"{path} has no Pixel Data (7FE0,0010); it is not an image (maybe a structured report)")
+    if header.frames > 1:
+        raise DicomError(
+            f"{path}: (0028,0008) Number of Frames is {header.frames}; multi-frame images (tomosynthesis) are not "
             "supported, give a single-frame 2-D mammogram"
         )
+    if header.rows is not None and header.columns is not None and min(header.rows, header.columns) < MIN_SIDE:
+        raise DicomError(
+            f"{path}: image is {header.rows}x{header.columns} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE} "
+            "(a header whose pixels were stripped?)"
+        )
+    if header.rows is not None and header.columns is not None and header.rows * header.columns > MAX_PIXELS:
+        raise DicomError(
+            f"{path}: image is {header.rows}x{header.columns} pixels, more than the maximum {MAX_PIXELS}; "
+            "(0028,0010) Rows or (0028,0011) Columns is probably corrupt"
+        )
+
+
+def _decode(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """The stored pixel values, through ``pydicom.pixels`` and whichever plugin handles the syntax."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         raise DicomError(f"{path}: (0028,0002) Samples per Pixel is {samples}; a mammogram must be grayscale (1)")
@@ -116,56 +183,24 @@ def _read_dicom(path: Path, *, require_mg: bool) -> Mammogram:
             f"{path}: (0028,0004) Photometric Interpretation is {photometric!r}; it must be MONOCHROME1 or MONOCHROME2"
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+    if syntax is not None and syntax.is_compressed:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError as exc:
+            raise DicomError(f"{path}: pydicom has no decoder for transfer syntax {name}; {_PLUGIN_HINT}") from exc
+        if not decoder.is_available:
+            missing = "; ".join(decoder.missing_dependencies) or "no plugin installed"
+            raise DicomError(
+                f"{path}: no pixel-data plugin is installed for transfer syntax {name} ({missing}); {_PLUGIN_HINT}"
+            )
     try:
-        stored = ds.pixel_array
-    except Exception as exc:  # every decoder failure is reported the same way
-        name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+        return ds.pixel_array
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # Rust plugins (pylibjpeg-rle) panic with a BaseException
         hint = _PLUGIN_HINT if syntax is not None and syntax.is_compressed else "the file may be truncated or corrupt"
         raise DicomError(f"{path}: pixel data could not be decoded (transfer syntax {name}): {exc}; {hint}") from exc
-    _check_shape(path, stored)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    if not np.isfinite(values).all() or values.max() == values.min():
-        raise DicomError(f"{path}: image is constant or not finite after the modality LUT; it holds no tissue")
-    pixels = _apply_voi_and_normalise(path, values, ds)
-    if photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
-    return Mammogram(
-        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-        laterality=_laterality(ds),
-        view=str(ds.get("ViewPosition", "") or "").upper(),
-        photometric=photometric,
-        bits_stored=int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
-        pixel_spacing_mm=_spacing(ds),
-        presentation_intent=str(ds.get("PresentationIntentType", "") or ""),
-        manufacturer=str(ds.get("Manufacturer", "") or ""),
-    )
-
-
-def _apply_voi_and_normalise(path: Path, values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Apply the first VOI LUT / window and map its output range to [0, 1]; min-max when there is none."""
-    lut_items = ds.get("VOILUTSequence") or []
-    has_lut = bool(lut_items) and "LUTDescriptor" in lut_items[0] and "LUTData" in lut_items[0]
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
-    if not (has_lut or has_window):
-        low, high = float(values.min()), float(values.max())
-        return (values - low) / (high - low)
-    if has_lut:
-        # A LUT indexes integer values; its output range is the span of its entries.
-        descriptor = lut_items[0].LUTDescriptor
-        entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
-        voi = np.asarray(apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0), dtype=np.float64)
-        probe = np.arange(first, first + entries, dtype=np.int64)
-    else:
-        voi = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        probe = np.array([-1e300, 1e300], dtype=np.float64)  # far outside any window: gives its output ends
-    with np.errstate(over="ignore"):
-        ends = np.asarray(apply_voi_lut(probe, ds, index=0), dtype=np.float64)
-    low, high = float(ends.min()), float(ends.max())
-    if not high > low:
-        low, high = float(voi.min()), float(voi.max())
-    if not high > low:
-        raise DicomError(f"{path}: the VOI LUT / window maps the whole image to one value; it holds no tissue")
-    return np.clip((voi - low) / (high - low), 0.0, 1.0)
 
 
 def _read_plain_image(path: Path) -> Mammogram:
@@ -211,19 +246,3 @@ def _check_shape(path: Path, array: np.ndarray) -> None:
         raise DicomError(
             f"{path}: image is {array.shape[0]}x{array.shape[1]} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}"
         )
-
-
-def _laterality(ds: pydicom.Dataset) -> str:
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(keyword, "") or "").strip().upper()
-        if value in ("L", "R"):
-            return value
-    return ""
-
-
-def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2:
-            return float(value[0]), float(value[1])
-    return None

@@ -9,16 +9,19 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-__all__ = ["PREPROCESS_VERSION", "preprocess", "preprocess_settings"]
+__all__ = ["MAX_RESAMPLED_SIDE", "PREPROCESS_VERSION", "preprocess", "preprocess_settings", "resample_to_spacing"]
 
-PREPROCESS_VERSION = "preprocess-v1"
+PREPROCESS_VERSION = "preprocess-v2"
 """Bump when the output of :func:`preprocess` changes, so every cached image is recomputed."""
 
 _MASK_SIDE = 512  # the breast mask is found on a copy no larger than this (speed on 3000x4000 images)
 _OTSU_BINS = 256
+_LABEL_MARGIN = 2  # mask-grid pixels added around a removed label, to take its anti-aliased edge too
+MAX_RESAMPLED_SIDE = 8192
+"""Resampling to a physical spacing never produces a side longer than this (a corrupt spacing would)."""
 
 
-def preprocess_settings(size: int) -> dict[str, object]:
+def preprocess_settings(size: int, target_spacing_mm: float = 0.0) -> dict[str, object]:
     """Describe what :func:`preprocess` does, for cache keys and run records.
 
     Any change to these values (or to :data:`PREPROCESS_VERSION`) changes the key of every cached
@@ -27,26 +30,39 @@ def preprocess_settings(size: int) -> dict[str, object]:
     return {
         "version": PREPROCESS_VERSION,
         "size": int(size),
+        "target_spacing_mm": float(target_spacing_mm),
+        "resample": "bilinear-antialias-before-crop",
         "orientation": "chest-wall-left",
         "threshold": "otsu",
         "crop": "largest-component-bbox",
+        "labels": "other-components-zeroed",
         "pad": "square-zero",
         "resize": "bilinear-antialias",
         "dtype": "float32-[0,1]",
     }
 
 
-def preprocess(pixels: np.ndarray, laterality: str, *, size: int) -> np.ndarray:
+def preprocess(
+    pixels: np.ndarray,
+    laterality: str,
+    *,
+    size: int,
+    spacing_mm: tuple[float, float] | None = None,
+    target_spacing_mm: float = 0.0,
+) -> np.ndarray:
     """Turn a normalised mammogram into a ``size x size`` float32 image in [0, 1].
 
     The same breast must look the same whichever side it was imaged from and however much
     background surrounds it, so the CNN spends its capacity on tissue, not on layout:
 
+    0. when ``target_spacing_mm`` > 0 and the file's ``spacing_mm`` is known: resample to that
+       physical pixel size (so the crop's mask and the anti-aliasing see the same scale at every site);
     1. orientation: chest wall on the LEFT. ``"R"`` images are flipped, ``"L"`` kept (the DICOM
        display convention puts a right breast's chest wall on the image's right); for ``""`` the
        side holding more intensity is taken to be the chest wall;
     2. crop to the bounding box of the largest bright region (Otsu threshold), which drops the
-       background and burnt-in labels that do not touch the breast;
+       background and burnt-in labels that do not touch the breast; bright regions left inside the box
+       that are not part of the (hole-filled) breast, such as a label beside the nipple, are zeroed;
     3. zero-pad to a square (keeping the aspect ratio, breast against the left edge, centred vertically);
     4. resize with anti-aliasing (bilinear, ``antialias=True``).
 
@@ -58,6 +74,10 @@ def preprocess(pixels: np.ndarray, laterality: str, *, size: int) -> np.ndarray:
         ``"L"``, ``"R"`` or ``""`` (unknown: detected from the image).
     size : int
         Output side in pixels.
+    spacing_mm : tuple of float or None
+        The image's (row, column) pixel spacing; ``None`` (unknown) skips resampling.
+    target_spacing_mm : float
+        Physical pixel size to resample to before cropping; 0 turns resampling off.
 
     Returns
     -------
@@ -67,7 +87,8 @@ def preprocess(pixels: np.ndarray, laterality: str, *, size: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``pixels`` is not 2-D, ``size`` < 1, or ``laterality`` is not L/R/empty.
+        If ``pixels`` is not 2-D, ``size`` < 1, ``laterality`` is not L/R/empty, or resampling would
+        exceed :data:`MAX_RESAMPLED_SIDE`.
     """
     image = np.asarray(pixels, dtype=np.float32)
     if image.ndim != 2 or min(image.shape) < 1:
@@ -78,10 +99,11 @@ def preprocess(pixels: np.ndarray, laterality: str, *, size: int) -> np.ndarray:
     if side not in ("L", "R", ""):
         raise ValueError(f"laterality must be 'L', 'R' or '', got {laterality!r}")
     image = np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0)
+    if target_spacing_mm > 0 and spacing_mm is not None:
+        image = resample_to_spacing(image, spacing_mm, target_spacing_mm)
     if side == "R" or (side == "" and _chest_wall_on_right(image)):
         image = image[:, ::-1]
-    top, bottom, left, right = _breast_box(image)
-    image = _pad_square(image[top:bottom, left:right])
+    image = _pad_square(_crop_breast(image))
     tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
     resized = F.interpolate(tensor, size=(int(size), int(size)), mode="bilinear", antialias=True, align_corners=False)
     return np.clip(resized[0, 0].numpy(), 0.0, 1.0).astype(np.float32, copy=False)
@@ -107,21 +129,57 @@ def _otsu_threshold(values: np.ndarray) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def _breast_box(image: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (top, bottom, left, right; exclusive ends) of the largest above-Otsu region."""
+def _crop_breast(image: np.ndarray) -> np.ndarray:
+    """Crop to the largest above-Otsu region's box and zero the other bright regions left inside it.
+
+    The mask is found on a strided copy (at most ``_MASK_SIDE`` a side) and mapped back by the stride.
+    Regions inside the breast's filled outline (dense islands in fat) are kept: only what lies outside
+    the breast, like burnt-in text or markers, is removed.
+    """
     height, width = image.shape
     stride = max(1, math.ceil(max(height, width) / _MASK_SIDE))
     small = image[::stride, ::stride]
     mask = small > _otsu_threshold(small)
     labels, count = ndimage.label(mask)
     if count == 0:
-        return 0, height, 0, width
+        return image
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    rows, cols = np.nonzero(labels == int(np.argmax(sizes)))
+    breast = labels == int(np.argmax(sizes))
+    rows, cols = np.nonzero(breast)
     top, bottom = int(rows.min()) * stride, min(height, (int(rows.max()) + 1) * stride)
     left, right = int(cols.min()) * stride, min(width, (int(cols.max()) + 1) * stride)
-    return top, bottom, left, right
+    others = mask & ~ndimage.binary_fill_holes(breast)
+    if count > 1 and others.any():
+        others = ndimage.binary_dilation(others, iterations=_LABEL_MARGIN) & ~breast
+        full = np.repeat(np.repeat(others, stride, axis=0), stride, axis=1)[:height, :width]
+        image = np.where(full, np.float32(0.0), image)
+    return image[top:bottom, left:right]
+
+
+def resample_to_spacing(image: np.ndarray, spacing_mm: tuple[float, float], target_spacing_mm: float) -> np.ndarray:
+    """Resample ``image`` from its (row, column) ``spacing_mm`` to square ``target_spacing_mm`` pixels.
+
+    Raises
+    ------
+    ValueError
+        If a spacing is not positive, or the result would be longer than :data:`MAX_RESAMPLED_SIDE`.
+    """
+    row_mm, col_mm = (float(v) for v in spacing_mm)
+    if not (row_mm > 0 and col_mm > 0 and target_spacing_mm > 0):
+        raise ValueError(f"pixel spacings must be > 0, got {spacing_mm} -> {target_spacing_mm}")
+    rows = max(1, round(image.shape[0] * row_mm / target_spacing_mm))
+    cols = max(1, round(image.shape[1] * col_mm / target_spacing_mm))
+    if max(rows, cols) > MAX_RESAMPLED_SIDE:
+        raise ValueError(
+            f"resampling {image.shape} from {spacing_mm} mm to {target_spacing_mm} mm gives {rows}x{cols}, "
+            f"longer than {MAX_RESAMPLED_SIDE}; raise data.pixel_spacing_mm or check the header's spacing"
+        )
+    if (rows, cols) == image.shape:
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    out = F.interpolate(tensor, size=(rows, cols), mode="bilinear", antialias=True, align_corners=False)
+    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
 
 
 def _pad_square(image: np.ndarray) -> np.ndarray:

@@ -84,7 +84,7 @@ def bundled(name: str) -> str:
     """A file bundled with pydicom (never downloaded: only names shipped in pydicom/data/test_files)."""
     from pydicom.data import get_testdata_file
 
-    found = get_testdata_file(name)
+    found = get_testdata_file(name, download=False)
     if found is None:
         pytest.skip(f"pydicom test file {name} is not available")
     return str(found)
@@ -333,3 +333,44 @@ def test_library_failure_is_wrapped_naming_the_file(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(DicomError, match=r"w0\.dcm: could not be read as a mammogram \(ValueError: .*Window Width"):
         read_mammogram(path)
+
+
+def test_corrupt_huge_dimensions_are_refused_before_decoding(tmp_path: Path) -> None:
+    # Prepare: Rows/Columns claiming a 20000 x 20000 image (a flipped bit would do this)
+    path = write_mg(tmp_path / "huge.dcm", breast_pixels())
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 20000
+    ds.save_as(path)
+    # Execute / Assert
+    with pytest.raises(DicomError, match=r"huge\.dcm: image is 20000x20000 pixels, more than the maximum"):
+        read_mammogram(path)
+
+
+@pytest.mark.parametrize(("window", "transform"), [(None, "robust-min-max"), ((2000, 4000), "window")])
+def test_display_transform_and_model_are_recorded(
+    tmp_path: Path, window: tuple[int, int] | None, transform: str
+) -> None:
+    # Prepare
+    path = write_mg(tmp_path / "t.dcm", breast_pixels(), window=window)
+    ds = pydicom.dcmread(path)
+    ds.ManufacturerModelName = "Phantom 1"
+    ds.save_as(path)
+    # Execute
+    mammogram = read_mammogram(path)
+    # Assert
+    assert (mammogram.display_transform, mammogram.model) == (transform, "Phantom 1")
+
+
+def test_robust_min_max_ignores_a_few_hot_pixels(tmp_path: Path) -> None:
+    # Prepare: a ramp 0..1000 with three dead-hot pixels at 4095
+    stored = np.tile(np.linspace(0, 1000, 64).astype(np.uint16), (64, 1))
+    hot = stored.copy()
+    hot[0, :3] = 4095
+    # Execute
+    clean, noisy = (
+        read_mammogram(write_mg(tmp_path / "c.dcm", stored)),
+        read_mammogram(write_mg(tmp_path / "h.dcm", hot)),
+    )
+    # Assert: the ramp keeps (nearly) its full contrast; plain min-max would squeeze it to a quarter
+    assert noisy.pixels[10].max() > 0.95 and noisy.pixels[10].min() < 0.05
+    np.testing.assert_allclose(noisy.pixels[10:], clean.pixels[10:], atol=0.02)

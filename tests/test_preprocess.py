@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.preprocess import PREPROCESS_VERSION, preprocess, preprocess_settings
+from common.preprocess import PREPROCESS_VERSION, preprocess, preprocess_settings, resample_to_spacing
 
 
 def phantom(height: int = 80, width: int = 60, *, chest_wall: str = "left") -> np.ndarray:
@@ -99,3 +99,52 @@ def test_settings_change_with_size_and_carry_version() -> None:
     assert preprocess_settings(64)["version"] == PREPROCESS_VERSION
     assert preprocess_settings(64) != preprocess_settings(128)
     assert preprocess_settings(64) == preprocess_settings(64)
+
+
+def test_label_inside_the_crop_box_is_removed_and_breast_kept() -> None:
+    # Prepare: a label in the breast's bounding box (top-right corner, off the half-ellipse), and a
+    # dense island inside a fatty hole of the breast, which must survive
+    image = phantom(120, 90)
+    image[14:20, 38:50] = 1.0  # burnt-in "L CC" marker
+    image[55:65, 20:30] = 0.0  # fatty hole ...
+    image[58:62, 23:27] = 0.9  # ... holding a dense island (its own component)
+    clean = phantom(120, 90)
+    clean[55:65, 20:30] = 0.0
+    clean[58:62, 23:27] = 0.9
+    # Execute
+    out, expected = preprocess(image, "L", size=60), preprocess(clean, "L", size=60)
+    # Assert: same as the label-free image; the island is still there (it differs from an empty hole)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    clean[58:62, 23:27] = 0.0
+    assert np.abs(out - preprocess(clean, "L", size=60)).max() > 0.3
+
+
+@pytest.mark.parametrize("spacing", [(0.05, 0.05), (0.1, 0.1), (0.2, 0.1)])
+def test_resample_to_spacing_keeps_physical_size(spacing: tuple[float, float]) -> None:
+    # Prepare: a 40 x 30 mm field sampled at ``spacing``
+    image = np.ones((round(40 / spacing[0]), round(30 / spacing[1])), dtype=np.float32) * 0.5
+    # Execute
+    out = resample_to_spacing(image, spacing, 0.1)
+    # Assert
+    assert out.shape == (400, 300) and np.allclose(out, 0.5)
+
+
+def test_resampling_before_crop_matches_across_resolutions() -> None:
+    # Prepare: one breast imaged at 0.1 mm and at 0.05 mm (twice the pixels)
+    coarse = phantom(80, 60)
+    fine = np.kron(coarse, np.ones((2, 2), dtype=np.float32))
+    # Execute
+    a = preprocess(coarse, "L", size=32, spacing_mm=(0.1, 0.1), target_spacing_mm=0.1)
+    b = preprocess(fine, "L", size=32, spacing_mm=(0.05, 0.05), target_spacing_mm=0.1)
+    # Assert
+    np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_resampling_refuses_absurd_sizes() -> None:
+    with pytest.raises(ValueError, match=r"longer than 8192; raise data\.pixel_spacing_mm"):
+        resample_to_spacing(np.zeros((100, 100), dtype=np.float32), (5.0, 5.0), 0.01)
+
+
+def test_settings_carry_target_spacing() -> None:
+    assert preprocess_settings(64, 0.1) != preprocess_settings(64, 0.0)
+    assert preprocess_settings(64, 0.1)["target_spacing_mm"] == 0.1

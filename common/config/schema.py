@@ -59,9 +59,22 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     augment: bool = True
+    pixel_spacing_mm: float = 0.0
+    """Physical pixel size (mm) every image is resampled to before cropping; 0 keeps each file's own."""
+    presentation_intent: str = "any"
+    """Which DICOM (0008,0068) intent a site uses: ``any``, ``for_presentation`` or ``for_processing``."""
+
+    PRESENTATION_INTENTS: ClassVar[tuple[str, ...]] = ("any", "for_presentation", "for_processing")
 
     def __post_init__(self) -> None:
         _check(16 <= self.image_size <= 1024, "data.image_size", self.image_size, "in [16, 1024]")
+        _check(0.0 <= self.pixel_spacing_mm <= 5.0, "data.pixel_spacing_mm", self.pixel_spacing_mm, "0 or in (0, 5]")
+        _check(
+            self.presentation_intent in self.PRESENTATION_INTENTS,
+            "data.presentation_intent",
+            self.presentation_intent,
+            f"one of {self.PRESENTATION_INTENTS}",
+        )
         _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", self.val_fraction, "in [0, 0.5)")
         _check(0.0 < self.test_fraction < 0.6, "data.test_fraction", self.test_fraction, "in (0, 0.6)")
 
