@@ -1,4 +1,4 @@
-"""On-disk cache of preprocessed images, so each file is decoded and preprocessed once per site and settings."""
+"""Per-site cache of preprocessed images: one memory-mapped uint16 file per site and settings, plus its index."""
 
 from __future__ import annotations
 
@@ -7,127 +7,236 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PreprocessedImageCache"]
+try:  # POSIX: serialise writers of one store; elsewhere a lost race only costs a re-decode
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["INDEX_FORMAT", "SiteImageCache", "dequantise", "quantise"]
 
 logger = logging.getLogger(__name__)
 
-_SCALE = 65535.0  # images in [0, 1] are stored as uint16: 1/65535 resolution, a quarter of float32's size
+INDEX_FORMAT = 1
+"""Bump when the index or data layout changes; an index of another format is ignored (rebuilt)."""
+
+_SCALE = 65535.0  # images in [0, 1] are stored as uint16: 1/65535 resolution, half of float32's size
+_COMPACT_BELOW = 0.5  # rewrite the data file when fewer than this share of its slots are still referenced
 
 
-class PreprocessedImageCache:
-    """Store one quantised ``.npy`` per (image file, preprocessing settings) under ``cache_dir``.
+def quantise(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as the uint16 the cache stores (NaN -> 0, clipped)."""
+    values = np.asarray(image, dtype=np.float64)
+    return np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * _SCALE).astype(np.uint16)
 
-    The key is the sha256 of the resolved path, the file's size and modification time (ns), the
-    settings (JSON, sorted keys) and an optional per-image ``extra_key``, so editing or replacing
-    a file, or changing the pipeline, silently recomputes. File names are hashes: no patient
-    identifiers or paths appear in the cache directory. Writes are atomic (temporary file +
-    ``os.replace``), so concurrent workers and crashes never leave a half-written entry, and an
-    unreadable entry is recomputed rather than fatal.
+
+def dequantise(stored: np.ndarray) -> np.ndarray:
+    """The float32 image in [0, 1] of a stored uint16 array (any leading dimensions)."""
+    return (np.asarray(stored).astype(np.float32) / np.float32(_SCALE)).astype(np.float32, copy=False)
+
+
+class SiteImageCache:
+    """Preprocessed images of one site under one set of preprocessing settings, in one file.
+
+    Layout in ``cache_dir`` (names are hashes: no patient identifier or path appears):
+    ``<store>.index.json`` maps each image key to a slot and a CRC32, and names the data file
+    ``<store>.<generation>.u16`` that holds the slots back to back (``slots x H x W`` uint16, read
+    through a memory map). ``<store>`` hashes the site (its manifest's resolved path), the settings
+    and the image shape; an image key hashes the file's resolved path, size, mtime (ns) and a per-image
+    ``extra`` (e.g. the manifest's laterality), so a changed file or setting misses and only that image
+    is decoded again.
+
+    Crash safety: new slots are only appended past the slots the index references, and the data is
+    fsync'ed before the index is replaced atomically (temporary file + ``os.replace``); compaction
+    writes a new generation and switches the index to it. A crash at any point leaves the previous
+    index and the slots it references intact, and every slot is checked against its CRC before use.
 
     Parameters
     ----------
     cache_dir : Path
-        Folder for the entries; created on first write.
+        Folder of the cache; created on first write.
     settings : Mapping
-        JSON-serialisable description of the preprocessing (see
-        :func:`common.preprocess.preprocess_settings`).
+        JSON-serialisable description of the preprocessing (:meth:`ImagePipeline.settings`).
+    site : str
+        Identity of the site (e.g. its manifest's resolved path); hashed, never written as is.
+    image_shape : tuple of int
+        ``(H, W)`` of every stored image.
     """
 
-    def __init__(self, cache_dir: str | Path, settings: Mapping[str, object]) -> None:
+    def __init__(
+        self, cache_dir: str | Path, settings: Mapping[str, object], *, site: str, image_shape: tuple[int, int]
+    ):
         self.cache_dir = Path(cache_dir).expanduser()
-        self._settings_json = json.dumps(dict(settings), sort_keys=True, default=str)
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        identity = json.dumps(
+            {"site": site, "settings": dict(settings), "shape": self.image_shape}, sort_keys=True, default=str
+        )
+        self.store = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
+        self.index_path = self.cache_dir / f"{self.store}.index.json"
+        self._slot_items = self.image_shape[0] * self.image_shape[1]
+        self._entries: dict[str, tuple[int, int]] = {}  # key -> (slot, crc32)
+        self._data_name = ""
+        self._used = 0
+        self._pixels: np.ndarray = np.zeros((0, *self.image_shape), dtype=np.uint16)
 
-    def key(self, path: str | Path, extra_key: str = "") -> str | None:
-        """Return the cache key of ``path`` as it is now, or ``None`` if the file cannot be stat'ed."""
+    @staticmethod
+    def item_key(path: str | Path, extra: str = "") -> str | None:
+        """The key of ``path`` as it is now (identity, size, mtime, ``extra``); ``None`` if it cannot be stat'ed."""
         try:
             resolved = Path(path).expanduser().resolve()
             stat = resolved.stat()
         except OSError:
             return None
-        identity = json.dumps(
-            {
-                "path": str(resolved),
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-                "settings": self._settings_json,
-                "extra": extra_key,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(identity.encode("utf-8")).hexdigest()
+        identity = json.dumps([str(resolved), stat.st_size, stat.st_mtime_ns, extra])
+        return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
 
-    def get_or_compute(self, path: str | Path, compute: Callable[[], np.ndarray], *, extra_key: str = "") -> np.ndarray:
-        """Return the cached image for ``path``, computing and storing it on a miss.
-
-        Parameters
-        ----------
-        path : str or Path
-            The source image file; its identity (path, size, mtime) is part of the key.
-        compute : callable
-            Produces the preprocessed float image in [0, 1] on a miss. Its exceptions propagate
-            (nothing is cached), so a bad file is reported by the caller, not hidden here.
-        extra_key : str
-            Anything else the result depends on that is per-image (e.g. the manifest's laterality).
-
-        Returns
-        -------
-        numpy.ndarray
-            float32 image in [0, 1]. Hits and misses return the same quantised values, so a
-            run is reproducible whether or not the cache was warm.
-        """
-        key = self.key(path, extra_key)
-        if key is None:  # missing file: let compute() raise its own, clearer error
-            return _dequantise(_quantise(compute()))
-        entry = self.cache_dir / f"{key}.npy"
-        cached = self._load(entry)
-        if cached is not None:
-            return _dequantise(cached)
-        stored = _quantise(compute())
-        self._store(entry, stored)
-        return _dequantise(stored)
-
-    def _load(self, entry: Path) -> np.ndarray | None:
-        if not entry.is_file():
-            return None
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's writer lock (blocking), so two processes building one site never interleave."""
         try:
-            array = np.load(entry, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            logger.warning("cache entry %s is unreadable (%s); recomputing it", entry.name, exc)
-            return None
-        if array.dtype != np.uint16 or array.ndim != 2:
-            logger.warning(
-                "cache entry %s has dtype %s and %d dims; recomputing it", entry.name, array.dtype, array.ndim
-            )
-            return None
-        return array
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.cache_dir / f"{self.store}.lock", "a+b")  # noqa: SIM115 - held for the block
+        except OSError as exc:
+            logger.warning("cache folder %s is not writable (%s); building without a lock", self.cache_dir, exc)
+            yield
+            return
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            yield
+        finally:
+            handle.close()  # closing releases the lock
 
-    def _store(self, entry: Path, array: np.ndarray) -> None:
+    def open(self) -> None:
+        """Read the index and map its data file; anything inconsistent means an empty cache (rebuilt, never trusted)."""
+        self._entries, self._data_name, self._used = {}, "", 0
+        self._pixels = np.zeros((0, *self.image_shape), dtype=np.uint16)
+        try:
+            index = json.loads(self.index_path.read_text(encoding="utf-8"))
+            if index.get("format") != INDEX_FORMAT or tuple(index.get("shape", ())) != self.image_shape:
+                return
+            data_name, used = str(index["data"]), int(index["slots"])
+            if not re.fullmatch(rf"{self.store}\.\d+\.u16", data_name):
+                raise ValueError(f"the index names a data file {data_name!r} that is not this store's")
+            entries = {str(k): (int(v[0]), int(v[1])) for k, v in index["entries"].items()}
+            data_path = self.cache_dir / data_name
+            if any(not 0 <= slot < used for slot, _ in entries.values()) or data_path.stat().st_size < self._bytes(
+                used
+            ):
+                raise ValueError("the index references slots beyond the data file")
+            pixels = self._map(data_path, used)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("preprocessed-image cache %s is unreadable (%s); rebuilding it", self.index_path.name, exc)
+            return
+        self._entries, self._data_name, self._used, self._pixels = entries, data_name, used, pixels
+
+    def lookup(self, key: str | None) -> np.ndarray | None:
+        """The stored uint16 image of ``key``, or ``None`` on a miss or a slot that fails its CRC."""
+        if key is None or key not in self._entries:
+            return None
+        slot, crc = self._entries[key]
+        image = np.array(self._pixels[slot])  # a copy: the map may be replaced by a later compaction
+        if zlib.crc32(image.tobytes()) != crc:
+            logger.warning("cache slot %d of %s fails its checksum; decoding the image again", slot, self.store)
+            return None
+        return image
+
+    def commit(self, keep: Iterable[str], new: Mapping[str, np.ndarray]) -> None:
+        """Make the index hold exactly ``keep`` (cached keys still wanted) plus ``new`` (uint16 images to store).
+
+        Keys not kept (files changed or gone from the manifest) are dropped; their slots are reclaimed
+        by compaction once most of the file is dead. Failures to write are logged, not raised: the
+        images are then simply decoded again next time. Call under :meth:`locked`.
+        """
+        entries = {key: self._entries[key] for key in keep if key in self._entries}
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            compact = self._used > 0 and len(entries) < _COMPACT_BELOW * self._used
+            if compact or not self._data_name:
+                entries = self._rewrite(entries)
+            entries.update(self._append(new))
+            self._write_index(entries)
+            self._remove_orphans()
+        except OSError as exc:
+            logger.warning("could not write the preprocessed-image cache in %s (%s); continuing", self.cache_dir, exc)
+        self.open()
+
+    def _rewrite(self, entries: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        """Copy the live slots into a new generation file; the index switches to it on the next write."""
+        generation = int(self._data_name.rsplit(".", 2)[1]) + 1 if self._data_name else 0
+        name = f"{self.store}.{generation}.u16"
+        moved: dict[str, tuple[int, int]] = {}
+        with open(self.cache_dir / name, "wb") as handle:
+            for new_slot, (key, (slot, crc)) in enumerate(entries.items()):
+                handle.write(np.ascontiguousarray(self._pixels[slot]).tobytes())
+                moved[key] = (new_slot, crc)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._data_name, self._used = name, len(moved)
+        return moved
+
+    def _append(self, new: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+        """Write ``new`` after the referenced slots (overwriting any unreferenced tail) and fsync."""
+        added: dict[str, tuple[int, int]] = {}
+        if not new:
+            return added
+        with open(self.cache_dir / self._data_name, "r+b") as handle:
+            handle.truncate(self._bytes(self._used))
+            handle.seek(self._bytes(self._used))
+            for key, image in new.items():
+                data = np.ascontiguousarray(image, dtype=np.uint16)
+                if data.shape != self.image_shape:
+                    raise ValueError(f"image of shape {data.shape} does not fit a cache of shape {self.image_shape}")
+                raw = data.tobytes()
+                handle.write(raw)
+                added[key] = (self._used, zlib.crc32(raw))
+                self._used += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        return added
+
+    def _write_index(self, entries: Mapping[str, tuple[int, int]]) -> None:
+        index = {
+            "format": INDEX_FORMAT,
+            "shape": list(self.image_shape),
+            "data": self._data_name,
+            "slots": self._used,
+            "entries": {key: list(value) for key, value in entries.items()},
+        }
         temp_name = None
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=entry.parent, prefix=".tmp-", suffix=".npy", delete=False) as handle:
+            with tempfile.NamedTemporaryFile("w", dir=self.cache_dir, prefix=".tmp-", delete=False) as handle:
                 temp_name = handle.name
-                np.save(handle, array, allow_pickle=False)
-            os.replace(temp_name, entry)
+                json.dump(index, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, self.index_path)
             temp_name = None
-        except OSError as exc:
-            logger.warning("could not write cache entry in %s (%s); continuing without caching", self.cache_dir, exc)
         finally:
             if temp_name is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(temp_name)
 
+    def _remove_orphans(self) -> None:
+        """Delete this store's data files the index no longer names (left by compaction or a crash)."""
+        for path in self.cache_dir.glob(f"{self.store}.*.u16"):
+            if path.name != self._data_name:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
-def _quantise(image: np.ndarray) -> np.ndarray:
-    values = np.asarray(image, dtype=np.float64)
-    return np.rint(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * _SCALE).astype(np.uint16)
+    def _map(self, path: Path, used: int) -> np.ndarray:
+        if used == 0:
+            return np.zeros((0, *self.image_shape), dtype=np.uint16)
+        return np.memmap(path, dtype=np.uint16, mode="r", shape=(used, *self.image_shape))
 
-
-def _dequantise(stored: np.ndarray) -> np.ndarray:
-    return (stored.astype(np.float32) / np.float32(_SCALE)).astype(np.float32, copy=False)
+    def _bytes(self, slots: int) -> int:
+        return slots * self._slot_items * 2

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
+import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,17 +14,29 @@ import torch
 from torch.utils.data import TensorDataset
 
 from common.errors import DicomError, ManifestError
-from common.image_cache import PreprocessedImageCache
+from common.image_cache import SiteImageCache, dequantise
 from common.image_pipeline import ImagePipeline
 from common.manifest import SPLITS, ManifestRow, read_manifest
+from common.parallel_decode import decode_rows
 from common.splits import split_by_patient
 
-__all__ = ["DEFAULT_CACHE_SUBDIR", "SiteData", "SkippedImage", "load_site"]
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "DEFAULT_CACHE_SUBDIR",
+    "SiteData",
+    "SkippedImage",
+    "cache_root",
+    "load_site",
+    "preprocess_site",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SUBDIR = Path(".cache") / "preprocessed"
 """Where preprocessed images are cached, relative to the manifest's folder, when no cache dir is given."""
+
+CHECKPOINT_SECONDS = 30.0
+"""While decoding, what is done is committed to the cache this often, so a crash loses at most this much work."""
 
 
 @dataclass
@@ -70,6 +82,8 @@ def load_site(
     seed: int,
     require_mg: bool = True,
     workers: int | None = None,
+    pipeline: ImagePipeline | None = None,
+    progress: bool | None = None,
 ) -> SiteData:
     """Read a site's manifest and turn its images into train/val/test tensors.
 
@@ -94,6 +108,11 @@ def load_site(
         Reject DICOM files whose Modality is not MG.
     workers : int or None
         Threads decoding in parallel; ``None`` uses up to 4 (bounded by the CPU count).
+    pipeline : ImagePipeline or None
+        The preprocessing (e.g. :meth:`ImagePipeline.from_config`); ``None`` builds one from
+        ``image_size`` and ``require_mg``.
+    progress : bool or None
+        Show a progress bar while decoding; ``None`` shows it only when stderr is a terminal.
 
     Returns
     -------
@@ -109,21 +128,10 @@ def load_site(
     manifest_path = Path(manifest_path).expanduser()
     rows = read_manifest(manifest_path)
     splits = split_by_patient(rows, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    root = Path(cache_dir).expanduser() if cache_dir else manifest_path.parent / DEFAULT_CACHE_SUBDIR
-    pipeline = ImagePipeline(image_size=image_size, require_mg=require_mg)
-    cache = PreprocessedImageCache(root, pipeline.settings())
-    ordered = [row for name in SPLITS for row in splits[name]]
-    max_workers = workers or max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        results = list(pool.map(lambda row: _load_one(row, cache, pipeline), ordered))
-    images: dict[int, np.ndarray] = {}
-    skipped: list[SkippedImage] = []
-    for row, result in zip(ordered, results, strict=True):
-        if isinstance(result, str):
-            skipped.append(SkippedImage(row.row_number, result))
-        else:
-            images[row.row_number] = result
-    skipped.sort(key=lambda item: item.row_number)
+    pipeline = pipeline or ImagePipeline(image_size=image_size, require_mg=require_mg)
+    images, skipped = preprocess_site(
+        manifest_path, rows, pipeline, cache_root(manifest_path, cache_dir), workers=workers, progress=progress
+    )
     for item in skipped:
         logger.warning("manifest %s line %d skipped: %s", manifest_path.name, item.row_number, item.reason)
     if not images:
@@ -132,7 +140,7 @@ def load_site(
             f"manifest {manifest_path}: none of its {len(rows)} image(s) could be used; first reasons:\n  {reasons}"
         )
     usable = {name: [row for row in splits[name] if row.row_number in images] for name in SPLITS}
-    datasets = {name: _tensors(usable[name], images, image_size) for name in SPLITS}
+    datasets = {name: _tensors(usable[name], images, pipeline.image_size) for name in SPLITS}
     patients = {name: len({row.patient_id for row in usable[name]}) for name in SPLITS}
     counts = {name: len(datasets[name]) for name in SPLITS}
     for name in ("train", "test"):
@@ -146,21 +154,98 @@ def load_site(
     return data
 
 
-def _load_one(row: ManifestRow, cache: PreprocessedImageCache, pipeline: ImagePipeline) -> np.ndarray | str:
-    """The preprocessed image of one row, or the reason it cannot be used."""
-    try:
-        return cache.get_or_compute(
-            row.image_path,
-            lambda: pipeline.load(row.image_path, row.laterality),
-            extra_key=f"laterality={row.laterality}",
-        )
-    except (DicomError, ValueError, OSError) as exc:
-        return str(exc) if isinstance(exc, DicomError) else f"{row.image_path}: {type(exc).__name__}: {exc}"
+def cache_root(manifest_path: str | Path, cache_dir: str | Path | None) -> Path:
+    """The cache folder of a site: ``cache_dir``, or ``<manifest dir>/.cache/preprocessed`` when it is empty."""
+    return Path(cache_dir).expanduser() if cache_dir else Path(manifest_path).expanduser().parent / DEFAULT_CACHE_SUBDIR
+
+
+def preprocess_site(
+    manifest_path: str | Path,
+    rows: Sequence[ManifestRow],
+    pipeline: ImagePipeline,
+    cache_dir: str | Path,
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    collect: bool = True,
+) -> tuple[dict[int, np.ndarray], list[SkippedImage]]:
+    """Preprocess every row through the site's cache: decode only what the cache lacks, in parallel threads.
+
+    Decoded images are committed to the cache every :data:`CHECKPOINT_SECONDS` and at the end, under
+    the store's lock (a second process building the same site waits, then finds everything cached).
+
+    Parameters
+    ----------
+    manifest_path : str or Path
+        The site's manifest; its resolved path names the site's cache store (hashed).
+    rows : sequence of ManifestRow
+        The images to preprocess.
+    pipeline : ImagePipeline
+        The preprocessing; its settings key the cache.
+    cache_dir : str or Path
+        The cache folder (see :func:`cache_root`).
+    workers : int or None
+        Decoding threads; ``None`` uses up to 4 (bounded by the CPU count).
+    progress : bool or None
+        Progress bar on stderr; ``None`` shows it only when stderr is a terminal (quiet in tests and logs).
+    collect : bool
+        Return the images; ``False`` only fills the cache and reports bad rows (e.g. ``check-data``).
+
+    Returns
+    -------
+    images : dict
+        uint16 ``S x S`` image per usable row number (see :func:`common.image_cache.dequantise`).
+    skipped : list of SkippedImage
+        The rows that could not be used, by line number, with the reason (it may name the file).
+    """
+    size = pipeline.image_size
+    site = str(Path(manifest_path).expanduser().resolve())
+    cache = SiteImageCache(cache_dir, pipeline.settings(), site=site, image_shape=(size, size))
+    images: dict[int, np.ndarray] = {}
+    first_of: dict[str, int] = {}  # key -> the row decoded for it (a file listed twice is decoded once)
+    todo: list[ManifestRow] = []
+    with cache.locked():
+        cache.open()
+        keys = {row.row_number: cache.item_key(row.image_path, f"laterality={row.laterality}") for row in rows}
+        for row in rows:
+            key, hit = keys[row.row_number], cache.lookup(keys[row.row_number])
+            if hit is not None:
+                images[row.row_number] = hit
+            elif key is None or first_of.setdefault(key, row.row_number) == row.row_number:
+                todo.append(row)
+        wanted = [key for key in keys.values() if key is not None]
+        pending: dict[str, np.ndarray] = {}
+        last_commit = time.monotonic()
+
+        def store(number: int, result: np.ndarray | str) -> None:
+            nonlocal last_commit
+            if keys[number] is not None and not isinstance(result, str):
+                pending[str(keys[number])] = result
+            if time.monotonic() - last_commit >= CHECKPOINT_SECONDS:
+                cache.commit(wanted, pending)
+                pending.clear()
+                last_commit = time.monotonic()
+
+        decoded = decode_rows(todo, pipeline, workers=workers, progress=progress, on_result=store)
+        cache.commit(wanted, pending)
+    skipped: list[SkippedImage] = []
+    for row in rows:
+        key = keys[row.row_number]
+        result = images.get(row.row_number)
+        if result is None:
+            result = decoded[row.row_number if key is None else first_of[key]]
+        if isinstance(result, str):
+            skipped.append(SkippedImage(row.row_number, result))
+        elif collect:
+            images[row.row_number] = result
+    if not collect:
+        images.clear()
+    return images, sorted(skipped, key=lambda item: item.row_number)
 
 
 def _tensors(rows: list[ManifestRow], images: dict[int, np.ndarray], size: int) -> TensorDataset:
     if not rows:
         return TensorDataset(torch.empty((0, 1, size, size), dtype=torch.float32), torch.empty(0, dtype=torch.int64))
-    stacked = np.stack([images[row.row_number] for row in rows]).astype(np.float32, copy=False)
+    stacked = dequantise(np.stack([images[row.row_number] for row in rows]))
     labels = torch.tensor([row.label for row in rows], dtype=torch.int64)
     return TensorDataset(torch.from_numpy(stacked).unsqueeze(1), labels)

@@ -106,7 +106,7 @@ def test_second_load_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # Assert: nothing decoded again, identical tensors
     assert calls == []
     torch.testing.assert_close(first.train.tensors[0], second.train.tensors[0])
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 8
+    assert len(list((tmp_path / "cache").glob("*.u16"))) == 1 and len(list((tmp_path / "cache").glob("*.json"))) == 1
 
 
 def test_nothing_usable_fails_clearly(tmp_path: Path) -> None:
@@ -138,3 +138,94 @@ def test_wrong_modality_is_skipped_not_fatal(tmp_path: Path) -> None:
     assert [item.row_number for item in data.skipped] == [2]
     assert "Modality is 'CT'" in data.skipped[0].reason
     assert np.isfinite(data.train.tensors[0].numpy()).all()
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every file the pipeline decodes (and still decode it)."""
+    import common.image_pipeline as image_pipeline
+
+    names: list[str] = []
+    real = image_pipeline.read_mammogram
+
+    def reading(path: Path, **kwargs: object) -> object:
+        names.append(Path(path).name)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(image_pipeline, "read_mammogram", reading)
+    return names
+
+
+def test_only_changed_images_are_decoded_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a warm cache, then one file rewritten with other pixels
+    manifest = make_site(tmp_path, num_patients=4)
+    load(manifest)
+    write_mg(tmp_path / "images" / "anon01_R.dcm", breast_pixels(side="R", seed=99), laterality="R")
+    reads = count_reads(monkeypatch)
+    # Execute
+    data = load(manifest)
+    # Assert: that file alone was decoded, and the cache still holds one data file
+    assert reads == ["anon01_R.dcm"] and data.skipped == []
+    assert len(list((tmp_path / ".cache" / "preprocessed").glob("*.u16"))) == 1
+
+
+def test_new_settings_decode_everything_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = make_site(tmp_path, num_patients=4, with_split=True)
+    load(manifest)
+    reads = count_reads(monkeypatch)
+    data = load(manifest, image_size=2 * SIZE)
+    assert len(reads) == 8 and data.train.tensors[0].shape[-1] == 2 * SIZE
+
+
+def test_bad_files_are_retried_and_still_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a bad file is never cached, so a fixed file is picked up on the next load
+    manifest = make_site(tmp_path, num_patients=4)
+    (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
+    load(manifest)
+    reads = count_reads(monkeypatch)
+    # Execute
+    data = load(manifest)
+    # Assert
+    assert reads == ["anon01_L.dcm"] and [item.row_number for item in data.skipped] == [4]
+
+
+def test_preprocess_site_decodes_a_file_listed_twice_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    from common.image_pipeline import ImagePipeline
+    from common.manifest import read_manifest
+    from common.site_data import preprocess_site
+
+    manifest = make_site(tmp_path, num_patients=1)
+    rows = read_manifest(manifest)
+    rows = [*rows, type(rows[0])(**{**rows[0].__dict__, "row_number": 99})]
+    reads = count_reads(monkeypatch)
+    # Execute
+    images, skipped = preprocess_site(manifest, rows, ImagePipeline(SIZE), tmp_path / "cache", progress=False)
+    # Assert
+    assert sorted(reads) == ["anon00_L.dcm", "anon00_R.dcm"] and skipped == []
+    np.testing.assert_array_equal(images[2], images[99])
+
+
+def test_a_crash_mid_build_keeps_what_was_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: checkpoint after every image; the third decode is interrupted
+    import common.image_pipeline as image_pipeline
+    import common.site_data as site_data
+
+    manifest = make_site(tmp_path, num_patients=4)
+    monkeypatch.setattr(site_data, "CHECKPOINT_SECONDS", 0.0)
+    real, calls = image_pipeline.read_mammogram, []
+
+    def interrupted(path: Path, **kwargs: object) -> object:
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(image_pipeline, "read_mammogram", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load(manifest, workers=1)
+    monkeypatch.setattr(image_pipeline, "read_mammogram", real)
+    reads = count_reads(monkeypatch)
+    # Execute
+    data = load(manifest, workers=1)
+    # Assert: the two images decoded before the crash came from the cache
+    assert len(reads) == 6 and len(data.train) + len(data.val) + len(data.test) == 8

@@ -1,0 +1,105 @@
+"""`fedmammo check-data`: check one site's manifest, or a folder of them, and show the result as tables or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from common.config import DataConfig
+from common.errors import ConfigError
+
+if TYPE_CHECKING:  # the checker imports torch; `fedmammo --help` should not wait for it
+    from client.check_data import SiteCheck
+
+__all__ = ["add_check_data_parser", "find_manifests", "render_check", "run_check_data"]
+
+
+def add_check_data_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the ``check-data`` subcommand on the ``fedmammo`` parser."""
+    data = DataConfig()
+    parser = commands.add_parser(
+        "check-data",
+        help="count a site's images, patients, labels, views, vendors, sizes, and list every unusable file",
+        description="Exit status 1 only when a site has no usable image (or its manifest is invalid).",
+    )
+    parser.add_argument("manifest", nargs="?", help="the site's manifest CSV")
+    parser.add_argument("--data-dir", help="a folder of site manifests (*.csv and */manifest.csv)")
+    parser.add_argument("--image-size", type=int, default=data.image_size, help=f"pipeline size ({data.image_size})")
+    parser.add_argument("--cache-dir", default=data.cache_dir, help="preprocessed-image cache (default: beside it)")
+    parser.add_argument("--any-modality", action="store_true", help="admit DICOM whose Modality is not MG")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
+    parser.add_argument("--json", action="store_true", help="print JSON for machines instead of tables")
+    parser.set_defaults(handler=run_check_data)
+
+
+def find_manifests(manifest: str | None, data_dir: str | None) -> list[Path]:
+    """The manifests named by the arguments: one file, or every ``*.csv`` and ``*/manifest.csv`` of a folder."""
+    if bool(manifest) == bool(data_dir):
+        raise ConfigError("check-data needs exactly one of a manifest path or --data-dir FOLDER")
+    if manifest:
+        return [Path(manifest).expanduser()]
+    folder = Path(str(data_dir)).expanduser()
+    found = sorted({*folder.glob("*.csv"), *folder.glob("*/manifest.csv")})
+    if not found:
+        raise ConfigError(f"--data-dir {folder} holds no *.csv or */manifest.csv; give a folder of site manifests")
+    return found
+
+
+def run_check_data(args: argparse.Namespace, console: Console) -> int:
+    """Check every named site; exit status 1 when any of them has no usable image."""
+    from client.check_data import check_site
+    from common.image_pipeline import ImagePipeline
+
+    pipeline = ImagePipeline.from_config(
+        DataConfig(image_size=args.image_size, cache_dir=args.cache_dir), require_mg=not args.any_modality
+    )
+    checks = [
+        check_site(path, pipeline, cache_dir=args.cache_dir or None, workers=args.workers, progress=not args.json)
+        for path in find_manifests(args.manifest, args.data_dir)
+    ]
+    if args.json:
+        text = json.dumps({"sites": [check.to_dict() for check in checks]}, indent=2)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        for check in checks:
+            render_check(check, console)
+    return 0 if all(check.usable for check in checks) else 1
+
+
+def render_check(check: SiteCheck, console: Console) -> None:
+    """Print one site's counts and its bad files as tables."""
+    summary = Table(title=f"site {check.manifest}", show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("images", f"{check.images} listed, {check.usable} usable, {len(check.bad_files)} bad")
+    summary.add_row("patients", f"{check.patients} listed, {check.usable_patients} with a usable image")
+    for name, counts in (
+        ("labels (listed)", check.labels),
+        ("labels (usable)", check.usable_labels),
+        ("views", check.views),
+        ("lateralities", check.lateralities),
+        ("vendors", check.vendors),
+        ("photometric", check.photometric),
+        ("presentation intent", check.presentation_intent),
+    ):
+        summary.add_row(name, ", ".join(f"{key}: {value}" for key, value in counts.items()) or "-")
+    for name, spread in (("rows (px)", check.rows_px), ("columns (px)", check.columns_px), ("bits", check.bits_stored)):
+        text = f"min {spread['min']:g} / median {spread['median']:g} / max {spread['max']:g}" if spread else "-"
+        summary.add_row(name, text)
+    console.print(summary)
+    if not check.bad_files:
+        console.print("[green]no bad files[/]")
+        return
+    bad = Table(title=f"{len(check.bad_files)} bad file(s), skipped in training", title_justify="left")
+    for column in ("line", "file", "reason"):
+        bad.add_column(column, overflow="fold")
+    for item in check.bad_files:
+        bad.add_row(str(item.line), item.file, item.reason)
+    console.print(bad)
+    if not check.usable:
+        console.print("[bold red]no usable image: this site cannot join a federation[/]")

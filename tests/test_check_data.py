@@ -1,0 +1,111 @@
+"""Tests of client.check_data and `fedmammo check-data`: counts, bad files with reasons, exit status, real data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from client.check_data import UNKNOWN, check_site
+from common.image_pipeline import ImagePipeline
+from common.manifest import write_manifest
+from simulations.benchmarks.data_throughput import mini_mias_manifest
+from simulations.cli import main
+from tests.conftest import SHARED_DATA
+from tests.test_site_data import SIZE, make_site
+
+DATA = Path(os.environ.get("FEDMAMMO_SHARED_DATA", SHARED_DATA))
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    status = main(["check-data", *args, "--json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_counts_and_bad_files_of_a_site(tmp_path: Path) -> None:
+    # Prepare: 8 patients x 2 images; one file corrupt, one missing
+    manifest = make_site(tmp_path)
+    (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
+    (tmp_path / "images" / "anon02_R.dcm").unlink()
+    # Execute
+    check = check_site(manifest, ImagePipeline(SIZE), progress=False)
+    # Assert
+    assert (check.images, check.usable, check.patients, check.usable_patients) == (16, 14, 8, 8)
+    assert check.labels == {"0": 13, "1": 3} and check.usable_labels == {"0": 11, "1": 3}
+    assert check.lateralities == {"L": 8, "R": 8} and check.views == {"CC": 14, UNKNOWN: 2}
+    assert check.photometric == {"MONOCHROME2": 14, UNKNOWN: 2}
+    assert check.bits_stored == {"min": 12.0, "median": 12.0, "max": 12.0}
+    assert [(bad.line, bad.file) for bad in check.bad_files] == [(4, "anon01_L.dcm"), (7, "anon02_R.dcm")]
+    assert "is not a DICOM file" in check.bad_files[0].reason and "does not exist" in check.bad_files[1].reason
+    assert not any(str(tmp_path) in bad.reason or "images/" in bad.reason for bad in check.bad_files)
+
+
+def test_the_counts_carry_no_patient_identifier(tmp_path: Path) -> None:
+    manifest = make_site(tmp_path, num_patients=4)
+    check = check_site(manifest, ImagePipeline(SIZE), progress=False).to_dict()
+    check.pop("manifest")
+    assert check["bad_files"] == [] and "anon" not in json.dumps(check)
+
+
+def test_cli_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: one good site, one with no readable image
+    good = make_site(tmp_path / "good", num_patients=2)
+    dead = make_site(tmp_path / "dead", num_patients=1)
+    for path in (tmp_path / "dead" / "images").iterdir():
+        path.write_bytes(b"garbage")
+    # Execute
+    good_status, good_out = run_json(capsys, str(good))
+    dead_status, dead_out = run_json(capsys, str(dead))
+    # Assert
+    assert good_status == 0 and good_out["sites"][0]["usable"] == 4
+    assert dead_status == 1 and [bad["line"] for bad in dead_out["sites"][0]["bad_files"]] == [2, 3]
+
+
+def test_cli_tables_list_the_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = make_site(tmp_path, num_patients=2)
+    (tmp_path / "images" / "anon00_R.dcm").write_text("not a dicom")
+    status = main(["check-data", str(manifest)])
+    out = capsys.readouterr().out
+    assert status == 0 and "4 usable" not in out and "3 usable, 1 bad" in out and "anon00_R.dcm" in out
+
+
+def test_cli_needs_a_manifest_or_a_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-data"]) == 1
+    assert "needs exactly one of a manifest path or --data-dir" in capsys.readouterr().out
+
+
+def test_data_dir_checks_every_phantom_site(tiny_federation: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    status, out = run_json(capsys, "--data-dir", str(tiny_federation), "--image-size", str(SIZE))
+    # Assert: both phantom sites, every image usable, the phantom scanners' headers counted
+    assert status == 0 and len(out["sites"]) == 2
+    for site in out["sites"]:
+        assert site["images"] == site["usable"] == 24 and site["bad_files"] == []
+        assert sum(site["vendors"].values()) == 24 and UNKNOWN not in site["vendors"]
+        assert set(site["views"]) == {"CC", "MLO"} and site["rows_px"]["min"] > 0
+
+
+@pytest.mark.skipif(not (DATA / "mini_mias" / "labels_per_image.csv").is_file(), reason="no shared mini-MIAS data")
+def test_mini_mias_pngs_are_all_usable(tmp_path: Path) -> None:
+    manifest = mini_mias_manifest(DATA / "mini_mias", tmp_path, 12)
+    check = check_site(manifest, ImagePipeline(SIZE), progress=False)
+    assert (check.images, check.usable, check.patients) == (12, 12, 6) and check.bad_files == []
+    assert check.rows_px == {"min": 1024.0, "median": 1024.0, "max": 1024.0} and check.bits_stored["max"] == 8.0
+    assert check.vendors == {UNKNOWN: 12}
+
+
+@pytest.mark.skipif(not (DATA / "openrem_mg_header_fixtures").is_dir(), reason="no shared OpenREM headers")
+def test_openrem_headers_without_pixels_are_all_bad(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    files = sorted((DATA / "openrem_mg_header_fixtures").glob("*.dcm"))
+    rows = [{"image_path": str(path), "label": 0, "patient_id": f"p{i}"} for i, path in enumerate(files)]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    # Execute
+    status, out = run_json(capsys, str(manifest), "--cache-dir", str(tmp_path / "cache"))
+    # Assert: nothing usable, each file named with a reason about its pixels; the vendors still counted
+    site = out["sites"][0]
+    assert status == 1 and site["usable"] == 0 and len(site["bad_files"]) == len(files) == 5
+    assert all("pixel" in bad["reason"].lower() for bad in site["bad_files"])
+    assert {"GE MEDICAL SYSTEMS", "HOLOGIC, Inc."} <= set(site["vendors"])

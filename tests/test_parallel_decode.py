@@ -1,0 +1,33 @@
+"""Tests of common.parallel_decode: every row decoded or given a reason, callbacks, and the progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.image_pipeline import ImagePipeline
+from common.manifest import read_manifest
+from common.parallel_decode import decode_rows
+from tests.test_site_data import SIZE, make_site
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_rows_decode_to_uint16_or_a_reason(tmp_path: Path, progress: bool) -> None:
+    # Prepare
+    rows = read_manifest(make_site(tmp_path, num_patients=2))
+    (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
+    seen: list[int] = []
+    # Execute
+    pipeline = ImagePipeline(SIZE)
+    results = decode_rows(rows, pipeline, workers=2, progress=progress, on_result=lambda n, _r: seen.append(n))
+    # Assert
+    assert sorted(results) == sorted(seen) == [2, 3, 4, 5]
+    assert isinstance(results[4], str) and "is not a DICOM file" in results[4]
+    good = results[2]
+    assert isinstance(good, np.ndarray) and good.dtype == np.uint16 and good.shape == (SIZE, SIZE)
+
+
+def test_no_rows_no_work() -> None:
+    assert decode_rows([], ImagePipeline(SIZE)) == {}
