@@ -10,6 +10,7 @@ from pathlib import Path
 from client.ledger import LEDGER_FILE_NAME
 from common.config import AppConfig
 from common.errors import ConfigError, ManifestError
+from common.manifest_federation import FEDERATION_INDEX, site_manifest
 
 __all__ = ["SiteSpec", "phantom_site_dir", "resolve_site"]
 
@@ -46,17 +47,29 @@ def _stable_index(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
 
 
+def _is_prepared(config: AppConfig, index: int) -> bool:
+    """A non-synthetic folder with a ``federation.json``, or without the phantom ``site_<i>`` layout."""
+    root = Path(config.federation.data_dir).expanduser()
+    if config.federation.synthetic:
+        return False
+    return (root / FEDERATION_INDEX).is_file() or not phantom_site_dir(root, index).is_dir()
+
+
 def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSpec:
     """Describe the site this node serves.
 
     A real SuperNode is started with ``--node-config 'manifest="/data/site.csv" site-name="hospital-a"'``
-    (optionally ``cache-dir``); a simulated node only knows its ``partition-id``, which selects
-    ``<federation.data_dir>/site_<id>/manifest.csv``.
+    (optionally ``cache-dir``); a simulated node only knows its ``partition-id``. In the phantom layout
+    it selects ``<federation.data_dir>/site_<id>/manifest.csv`` (site ``site-<id>``); in a prepared
+    folder (``federation.synthetic=false`` and a ``federation.json`` written by ``fedmammo prepare``,
+    or named site folders) the ``id``-th site listed by the index (else in natural order), named
+    after its folder.
 
     Raises
     ------
     ConfigError
-        If the node config names neither a manifest nor a partition.
+        If the node config names neither a manifest nor a partition, or a prepared federation holds
+        a different number of sites than ``federation.num_sites``.
     ManifestError
         If a simulated site's manifest is missing (the fix: generate phantoms first).
     """
@@ -78,6 +91,9 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
             raise ConfigError(
                 f"node config '{PARTITION_ID_KEY}' = {node_config[PARTITION_ID_KEY]!r} is not an integer"
             ) from exc
+        if _is_prepared(config, index):
+            name, manifest = site_manifest(config.federation.data_dir, index, config.federation.num_sites)
+            return SiteSpec(name, manifest, cache_dir, index, ledger_for(manifest))
         manifest = phantom_site_dir(config.federation.data_dir, index) / "manifest.csv"
         if not manifest.is_file():
             raise ManifestError(

@@ -1,15 +1,41 @@
-"""Site manifests: the CSV that lists a hospital's images, labels and patients, validated row by row."""
+"""Site manifests: the CSV that lists a hospital's images, labels and patients, validated row by row.
+
+A manifest is a UTF-8 CSV with a header row; one row per image. It stays on the hospital's disk:
+only counts and metrics derived from it ever leave the site, so it may hold the real patient id.
+
+==================  ========  ==================================================================
+column              required  meaning
+==================  ========  ==================================================================
+image_path          yes       DICOM, PNG, PGM or JPEG file; absolute, or relative to the manifest's folder
+label               yes       integer class: 0 benign/normal, 1 malignant (more classes through config)
+patient_id          yes       any stable per-patient key; splits are by patient, never by image
+study_id            no        exam key (e.g. StudyInstanceUID)
+laterality          no        L, R or empty
+view                no        CC, MLO, ML, LM, XCCL or empty
+split               no        train, val or test on every row (a curated split), or empty on every row
+finding             no        normal, benign, malignant or empty (finer than ``label``)
+lesion_row/_col     no        lesion centre in pixels (row from the top, column from the left)
+lesion_radius_px    no        radius of the lesion circle in pixels
+lesion_x0/y0/x1/y1  no        lesion bounding box in pixels (x = column, y = row; x0 < x1, y0 < y1),
+                              all four or none
+mask_path           no        lesion mask image (non-zero = lesion); absolute or relative like image_path
+==================  ========  ==================================================================
+
+Unknown extra columns are ignored, so a site may keep its own bookkeeping columns. Every problem in a
+file is collected and reported once, each naming the line, the column, the value and the rule.
+"""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ManifestError
 
 __all__ = [
+    "BOX_COLUMNS",
     "FINDINGS",
     "MANIFEST_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -34,8 +60,16 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "lesion_row",
     "lesion_col",
     "lesion_radius_px",
+    "lesion_x0",
+    "lesion_y0",
+    "lesion_x1",
+    "lesion_y1",
+    "mask_path",
 )
 """All columns we read, in the order we write them. Unknown extra columns are ignored."""
+
+BOX_COLUMNS: tuple[str, ...] = ("lesion_x0", "lesion_y0", "lesion_x1", "lesion_y1")
+"""The optional lesion bounding box, in pixels; all four or none."""
 
 SPLITS = ("train", "val", "test")
 FINDINGS = ("normal", "benign", "malignant")
@@ -59,6 +93,9 @@ class ManifestRow:
     lesion_row: float | None = None
     lesion_col: float | None = None
     lesion_radius_px: float | None = None
+    lesion_box: tuple[float, float, float, float] | None = None
+    """Lesion bounding box ``(x0, y0, x1, y1)`` in pixels, x the column and y the row."""
+    mask_path: Path | None = None
 
 
 def _optional_float(text: str, column: str, problems: list[str], where: str) -> float | None:
@@ -69,6 +106,32 @@ def _optional_float(text: str, column: str, problems: list[str], where: str) -> 
     except ValueError:
         problems.append(f"{where}: column '{column}' = {text!r} is not a number")
         return None
+
+
+def _lesion_box(get: Callable[[str], str], problems: list[str], where: str) -> tuple[float, float, float, float] | None:
+    """All four box columns or none; pixels are non-negative and the box has positive width and height."""
+    texts = {c: get(c) for c in BOX_COLUMNS}
+    given = [c for c, t in texts.items() if t]
+    if not given:
+        return None
+    if len(given) < len(BOX_COLUMNS):
+        missing = ", ".join(c for c in BOX_COLUMNS if c not in given)
+        problems.append(
+            f"{where}: lesion box is partial ({missing} empty); fill all of {', '.join(BOX_COLUMNS)} or none"
+        )
+        return None
+    start = len(problems)
+    values = [_optional_float(texts[c], c, problems, where) for c in BOX_COLUMNS]
+    if len(problems) > start:
+        return None
+    x0, y0, x1, y1 = (float(v or 0.0) for v in values)
+    if min(x0, y0) < 0 or x1 <= x0 or y1 <= y0:
+        problems.append(
+            f"{where}: lesion box (x0={x0:g}, y0={y0:g}, x1={x1:g}, y1={y1:g}) must have 0 <= x0 < x1 and "
+            "0 <= y0 < y1 (pixels, x = column, y = row)"
+        )
+        return None
+    return (x0, y0, x1, y1)
 
 
 def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], where: str) -> ManifestRow | None:
@@ -105,9 +168,12 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
     if finding not in (*FINDINGS, ""):
         problems.append(f"{where}: column 'finding' = {finding!r} must be normal, benign, malignant or empty")
     lesion = [_optional_float(get(c), c, problems, where) for c in ("lesion_row", "lesion_col", "lesion_radius_px")]
+    box = _lesion_box(get, problems, where)
+    mask_text = get("mask_path")
     if len(problems) > start:
         return None
     path = Path(path_text)
+    mask = Path(mask_text) if mask_text else None
     return ManifestRow(
         image_path=path if path.is_absolute() else root / path,
         label=label,
@@ -121,6 +187,8 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
         lesion_row=lesion[0],
         lesion_col=lesion[1],
         lesion_radius_px=lesion[2],
+        lesion_box=box,
+        mask_path=None if mask is None else (mask if mask.is_absolute() else root / mask),
     )
 
 

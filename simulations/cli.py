@@ -1,4 +1,4 @@
-"""The `fedmammo` command: simulate a federation, generate phantom hospitals, rebuild a report."""
+"""The `fedmammo` command: simulate a federation, make phantom hospitals, prepare site manifests, rebuild a report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from client.check_data_cli import add_check_data_parser
 from common.config import AppConfig, FederationConfig
 from common.errors import FedMammoError
+from simulations.cli_prepare import add_prepare_parser
 
 __all__ = ["main"]
 
@@ -30,6 +32,10 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
             f"preparing {config.federation.num_sites} synthetic hospitals in {config.federation.data_dir}"
         ):
             generate_configured_federation(config.federation, seed=config.seed)
+    else:  # a prepared federation (`fedmammo prepare`): fail now, not inside every simulated client
+        from client.site import PARTITION_ID_KEY, resolve_site
+
+        resolve_site({PARTITION_ID_KEY: 0}, config)
     run_dir = Path(config.output.run_dir).expanduser().resolve()
     privacy = {
         "local": f"DP-SGD σ={config.privacy.noise_multiplier} per site",
@@ -120,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--seed", type=int, default=seed)
     phantoms.add_argument("--lesion-contrast", type=float, default=federation.lesion_contrast, help="lower is harder")
     phantoms.set_defaults(handler=_phantoms)
+
+    add_prepare_parser(commands)
+    add_check_data_parser(commands)
 
     report = commands.add_parser("report", help="rebuild report.html and plots from a run directory")
     report.add_argument("run_dir")

@@ -63,3 +63,38 @@ def test_header_only_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(ManifestError, match="no image rows"):
         read_manifest(path)
+
+
+def test_lesion_box_and_mask_path_are_read_and_resolved(tmp_path: Path) -> None:
+    rows = [
+        {"image_path": "a.png", "label": 1, "patient_id": "P1", "lesion_x0": 10, "lesion_y0": 20, "lesion_x1": 30,
+         "lesion_y1": 45.5, "mask_path": "masks/a.png"},
+        {"image_path": "b.png", "label": 0, "patient_id": "P2"},
+    ]  # fmt: skip
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+
+    read = read_manifest(manifest)
+
+    assert read[0].lesion_box == (10.0, 20.0, 30.0, 45.5)
+    assert read[0].mask_path == tmp_path / "masks" / "a.png"
+    assert read[1].lesion_box is None and read[1].mask_path is None
+
+
+def test_bad_lesion_boxes_are_all_reported_with_their_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "m.csv",
+        "image_path,label,patient_id,lesion_x0,lesion_y0,lesion_x1,lesion_y1\n"
+        "a.png,1,P1,10,20,,\n"  # partial
+        "b.png,1,P2,30,20,10,40\n"  # x1 < x0
+        "c.png,1,P3,1,2,x,4\n"  # not a number
+        "d.png,0,P4,,,,\n",  # no box: fine
+    )
+
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(path)
+
+    message = str(caught.value)
+    assert "3 problem(s)" in message
+    assert "line 2: lesion box is partial (lesion_x1, lesion_y1 empty)" in message
+    assert "line 3: lesion box (x0=30, y0=20, x1=10, y1=40) must have 0 <= x0 < x1" in message
+    assert "line 4: column 'lesion_x1' = 'x' is not a number" in message

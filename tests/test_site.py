@@ -41,3 +41,34 @@ def test_a_simulated_partition_maps_to_its_phantom_site(tmp_path: Path) -> None:
 def test_a_node_config_naming_no_site_says_how_to_fix_it() -> None:
     with pytest.raises(ConfigError, match=r"names no site: start the SuperNode with --node-config 'manifest="):
         resolve_site({"something": 1}, load_config({}))
+
+
+def test_a_prepared_federation_maps_partitions_to_named_sites(tmp_path: Path) -> None:
+    from common.manifest_federation import write_federation_index
+
+    for name in ("fatty", "dense"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.csv").write_text("image_path,label,patient_id\n")
+    write_federation_index(tmp_path, ["fatty", "dense"])
+    config = load_config({"federation.data_dir": str(tmp_path), "federation.synthetic": False,
+                          "federation.num_sites": 2})  # fmt: skip
+    wrong = load_config({"federation.data_dir": str(tmp_path), "federation.synthetic": False})
+
+    site = resolve_site({"partition-id": 1, "num-partitions": 2}, config)
+
+    assert (site.name, site.index, site.manifest) == ("dense", 1, tmp_path / "dense" / "manifest.csv")
+    assert site.ledger == tmp_path / "dense" / "privacy_ledger.json"
+    with pytest.raises(ConfigError, match=r"federation.num_sites = 3 but .* holds 2 site"):
+        resolve_site({"partition-id": 0}, wrong)
+
+
+def test_named_site_folders_without_an_index_are_taken_in_natural_order(tmp_path: Path) -> None:
+    for name in ("b_hospital", "a_hospital"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.csv").write_text("image_path,label,patient_id\n")
+    config = load_config({"federation.data_dir": str(tmp_path), "federation.synthetic": False,
+                          "federation.num_sites": 2})  # fmt: skip
+
+    names = [resolve_site({"partition-id": i}, config).name for i in (0, 1)]
+
+    assert names == ["a_hospital", "b_hospital"]
