@@ -72,6 +72,7 @@ def _print_summary(run_dir: Path, console: Console) -> None:
         return "n/a" if value is None or value != value else f"{float(value):.{digits}f}"  # NaN != NaN
 
     rows = [*summary["sites"].items(), ("pooled", summary["pooled"])]
+    private = summary.get("privacy", {}).get("mode", "local") != "none"  # no DP: no guarantee, not epsilon 0
     for site, values in rows:
         auc = f"{fmt(values.get('auc'))} ({fmt(values.get('auc_ci_low'), 2)}-{fmt(values.get('auc_ci_high'), 2)})"
         table.add_row(
@@ -80,7 +81,7 @@ def _print_summary(run_dir: Path, console: Console) -> None:
             auc,
             fmt(values.get("sensitivity")),
             fmt(values.get("specificity")),
-            fmt(values.get("epsilon"), 2),
+            fmt(values.get("epsilon"), 2) if private else "off",
         )
     console.print(table)
 
