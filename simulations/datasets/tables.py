@@ -22,7 +22,7 @@ def _read_excel(path: Path) -> list[dict[str, str]]:
     except ImportError as exc:
         raise ManifestError(
             f"{path} is an Excel file and pandas is not installed; export it as CSV next to it "
-            f"({path.with_suffix('.csv').name}) or `pip install pandas openpyxl xlrd`"
+            f"({path.with_suffix('.csv').name}) or install the Excel readers: `pip install 'fedmammo[datasets]'`"
         ) from exc
     frame = pd.read_excel(path, dtype=str).fillna("")
     return [{normalise_header(str(k)): str(v).strip() for k, v in row.items()} for row in frame.to_dict("records")]
