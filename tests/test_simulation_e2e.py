@@ -7,25 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config
+from common.config import AppConfig, load_config
 from common.privacy import compute_epsilon
 from server.report import RunDirectory
 from simulations.launcher import run_simulation
 
 
+def tiny_config(data_dir: Path, **overrides: object) -> AppConfig:
+    """The e2e runs' shared plan (2 rounds, small_cnn at 32 px) with each test's own changes."""
+    values: dict[str, object] = {
+        "federation.num_sites": 2,
+        "federation.data_dir": str(data_dir),
+        "data.image_size": 32,
+        "model.name": "small_cnn",
+        "training.batch_size": 8,
+        "strategy.num_rounds": 2,
+        "strategy.min_nodes": 2,
+    }
+    return load_config(values | {key.replace("__", "."): value for key, value in overrides.items()})
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = load_config(
-        {
-            "federation.num_sites": 2,
-            "federation.data_dir": str(tiny_federation),
-            "data.image_size": 32,
-            "model.name": "small_cnn",
-            "training.batch_size": 8,
-            "strategy.num_rounds": 2,
-            "strategy.min_nodes": 2,
-        }
-    )
+    config = tiny_config(tiny_federation)
     lines: list[str] = []
     run_dir = run_simulation(config, tmp_path_factory.mktemp("run"), on_output=lines.append)
     assert any("Strategy execution finished" in line for line in lines)
@@ -72,18 +76,7 @@ def test_a_broken_site_and_a_corrupt_image_do_not_stop_the_federation(
     corrupt = sorted((data / "site_0" / "images").glob("*.dcm"))[0]
     corrupt.write_bytes(b"not a DICOM file")
     (data / "site_2").mkdir()  # a third site whose hospital never wrote its manifest
-    config = load_config(
-        {
-            "federation.num_sites": 3,
-            "federation.data_dir": str(data),
-            "federation.synthetic": False,
-            "data.image_size": 32,
-            "model.name": "small_cnn",
-            "training.batch_size": 8,
-            "strategy.num_rounds": 1,
-            "strategy.min_nodes": 2,
-        }
-    )
+    config = tiny_config(data, federation__num_sites=3, federation__synthetic=False, strategy__num_rounds=1)
 
     run_dir = run_simulation(config, tmp_path_factory.mktemp("broken_run"))
 
@@ -107,19 +100,12 @@ def test_a_site_declines_once_its_ceiling_is_reached_and_the_federation_finishes
     shutil.copytree(tiny_federation, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
     # Site 1's hospital allows a little more than one round's epsilon (about 4.3 for this plan).
     (data / "site_1" / "privacy_limits.toml").write_text("max-epsilon = 5.0\n")
-    config = load_config(
-        {
-            "federation.num_sites": 2,
-            "federation.data_dir": str(data),
-            "federation.synthetic": False,
-            "data.image_size": 32,
-            "model.name": "small_cnn",
-            "training.batch_size": 8,
-            "training.local_epochs": 1,
-            "privacy.noise_multiplier": 1.0,
-            "strategy.num_rounds": 2,
-            "strategy.min_nodes": 1,
-        }
+    config = tiny_config(
+        data,
+        federation__synthetic=False,
+        training__local_epochs=1,
+        privacy__noise_multiplier=1.0,
+        strategy__min_nodes=1,
     )
 
     run_dir = run_simulation(config, tmp_path_factory.mktemp("ceiling_run"))
@@ -138,20 +124,12 @@ def test_a_site_declines_once_its_ceiling_is_reached_and_the_federation_finishes
 def test_central_dp_federation_accounts_one_epsilon_for_all_sites(
     tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    config = load_config(
-        {
-            "federation.num_sites": 2,
-            "federation.data_dir": str(tiny_federation),
-            "data.image_size": 32,
-            "model.name": "small_cnn",
-            "training.batch_size": 8,
-            "training.local_epochs": 1,
-            "privacy.mode": "central",
-            "privacy.noise_multiplier": 1.5,
-            "privacy.update_clip_norm": 5.0,
-            "strategy.num_rounds": 2,
-            "strategy.min_nodes": 2,
-        }
+    config = tiny_config(
+        tiny_federation,
+        training__local_epochs=1,
+        privacy__mode="central",
+        privacy__noise_multiplier=1.5,
+        privacy__update_clip_norm=5.0,
     )
 
     run_dir = run_simulation(config, tmp_path_factory.mktemp("central_run"))
