@@ -140,22 +140,41 @@ class SiteImageCache:
         self._entries, self._data_name, self._used, self._pixels = entries, data_name, used, pixels
 
     def lookup(self, key: str | None) -> np.ndarray | None:
-        """The stored uint16 image of ``key``, or ``None`` on a miss or a slot that fails its CRC."""
-        if key is None or key not in self._entries:
-            return None
-        slot, crc = self._entries[key]
-        image = np.array(self._pixels[slot])  # a copy: the map may be replaced by a later compaction
-        if zlib.crc32(image.tobytes()) != crc:
-            logger.warning("cache slot %d of %s fails its checksum; decoding the image again", slot, self.store)
-            return None
-        return image
+        """A copy of the stored uint16 image of ``key``, or ``None`` on a miss or a slot that fails its CRC."""
+        return np.array(self.view(key)) if key is not None and self.verify(key) else None
 
-    def commit(self, keep: Iterable[str], new: Mapping[str, np.ndarray]) -> None:
+    def verify(self, key: str | None) -> bool:
+        """Whether ``key`` is stored and its slot passes its CRC (reads the slot, copies nothing)."""
+        if key is None or key not in self._entries:
+            return False
+        slot, crc = self._entries[key]
+        if zlib.crc32(np.ascontiguousarray(self._pixels[slot])) == crc:
+            return True
+        logger.warning("cache slot %d of %s fails its checksum; decoding the image again", slot, self.store)
+        return False
+
+    def view(self, key: str) -> np.ndarray | None:
+        """The stored image of ``key`` as a read-only view of the memory map (no copy, no CRC: :meth:`verify` first).
+
+        The view stays valid after a later commit or compaction, even by another process: slots are
+        never rewritten in place, and a replaced data file stays mapped until its last view is gone.
+        So a site far larger than memory trains from the page cache rather than from RAM.
+        """
+        if key not in self._entries:
+            return None
+        return self._pixels[self._entries[key][0]]
+
+    def commit(self, keep: Iterable[str], new: Mapping[str, np.ndarray]) -> bool:
         """Make the index hold exactly ``keep`` (cached keys still wanted) plus ``new`` (uint16 images to store).
 
         Keys not kept (files changed or gone from the manifest) are dropped; their slots are reclaimed
         by compaction once most of the file is dead. Failures to write are logged, not raised: the
         images are then simply decoded again next time. Call under :meth:`locked`.
+
+        Returns
+        -------
+        bool
+            Whether ``new`` was written; ``False`` means the caller must keep those images itself.
         """
         entries = {key: self._entries[key] for key in keep if key in self._entries}
         try:
@@ -168,7 +187,10 @@ class SiteImageCache:
             self._remove_orphans()
         except OSError as exc:
             logger.warning("could not write the preprocessed-image cache in %s (%s); continuing", self.cache_dir, exc)
+            self.open()
+            return False
         self.open()
+        return True
 
     def _rewrite(self, entries: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
         """Copy the live slots into a new generation file; the index switches to it on the next write."""

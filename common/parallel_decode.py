@@ -32,6 +32,7 @@ def decode_rows(
     workers: int | None = None,
     progress: bool | None = None,
     on_result: Callable[[int, np.ndarray | str], None] | None = None,
+    keep_images: bool = True,
 ) -> dict[int, np.ndarray | str]:
     """Run every row's image through ``pipeline`` in a thread pool.
 
@@ -52,12 +53,16 @@ def decode_rows(
         Show a progress bar on stderr; ``None`` shows it only when stderr is a terminal (quiet in tests and logs).
     on_result : callable or None
         Called in the calling thread with ``(row_number, result)`` as each image finishes (e.g. to checkpoint).
+    keep_images : bool
+        Keep the images in the returned dict; ``False`` keeps only the reasons, so a site larger than
+        memory can be built when ``on_result`` stores each image away.
 
     Returns
     -------
     dict
         Per row number, the quantised uint16 image (:func:`common.image_cache.quantise`) or, for a file
-        that cannot be used, the reason (it may name the file: keep it on site).
+        that cannot be used, the reason (it may name the file: keep it on site). Without
+        ``keep_images``, only the reasons.
     """
     results: dict[int, np.ndarray | str] = {}
     if not rows:
@@ -69,10 +74,11 @@ def decode_rows(
         futures = {pool.submit(_decode_one, row, pipeline): row.row_number for row in rows}
         try:
             for future in as_completed(futures):
-                number = futures[future]
-                results[number] = future.result()
+                number, result = futures.pop(future), future.result()
+                if keep_images or isinstance(result, str):
+                    results[number] = result
                 if on_result is not None:
-                    on_result(number, results[number])
+                    on_result(number, result)
                 advance()
         except BaseException:  # Ctrl-C or a failing callback: do not wait for the rest of the site
             pool.shutdown(wait=True, cancel_futures=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
 from common.errors import DicomError, ManifestError
 from common.image_cache import SiteImageCache, dequantise
@@ -24,6 +24,7 @@ __all__ = [
     "CHECKPOINT_SECONDS",
     "DEFAULT_CACHE_SUBDIR",
     "SiteData",
+    "SiteImages",
     "SkippedImage",
     "cache_root",
     "load_site",
@@ -47,13 +48,57 @@ class SkippedImage:
     reason: str
 
 
+class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """One split of a site: items ``(1 x S x S float32 in [0, 1], int64 label)``, read from the cache on demand.
+
+    The images stay uint16 in the site's memory-mapped cache (or, when the cache cannot be written,
+    in memory as uint16) and become float tensors one item at a time. A hospital's archive of tens
+    of thousands of full-field images then trains from the page cache instead of needing its float32
+    copy in RAM (20,000 images at 512 px would be 21 GB).
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        ``S x S`` uint16 images (see :func:`common.image_cache.quantise`), e.g. views of the cache's map.
+    labels : sequence of int
+        One label per image.
+    size : int
+        ``S``, so that an empty split still knows its item shape.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int], size: int):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self._images = list(images)
+        self.labels = torch.tensor(list(labels), dtype=torch.int64)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(dequantise(self._images[index])).unsqueeze(0)
+        return image, self.labels[index]
+
+    @property
+    def bytes_in_memory(self) -> int:
+        """Bytes of images held in RAM rather than mapped from the cache (0 when the cache holds them all)."""
+        return sum(image.nbytes for image in self._images if not isinstance(image, np.memmap))
+
+    def stacked(self) -> torch.Tensor:
+        """Every image as one ``N x 1 x S x S`` tensor: for small splits and inspection, not for training."""
+        if not self._images:
+            return torch.empty((0, 1, self.size, self.size), dtype=torch.float32)
+        return torch.from_numpy(dequantise(np.stack(self._images))).unsqueeze(1)
+
+
 @dataclass
 class SiteData:
-    """A site's images as tensors (``N x 1 x S x S`` float32 in [0, 1]) and labels (``N`` int64) per split."""
+    """A site's splits, each a :class:`SiteImages` (images read from the cache as they are needed)."""
 
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
+    train: SiteImages
+    val: SiteImages
+    test: SiteImages
     skipped: list[SkippedImage] = field(default_factory=list)
     num_patients: dict[str, int] = field(default_factory=dict)
 
@@ -61,7 +106,7 @@ class SiteData:
         """Counts per split and label, and the number skipped: safe to log or send (no ids, no paths)."""
         out: dict[str, object] = {}
         for name in SPLITS:
-            labels = getattr(self, name).tensors[1].tolist()
+            labels = getattr(self, name).labels.tolist()
             counts = Counter(int(label) for label in labels)
             out[name] = {
                 "images": len(labels),
@@ -85,7 +130,7 @@ def load_site(
     pipeline: ImagePipeline | None = None,
     progress: bool | None = None,
 ) -> SiteData:
-    """Read a site's manifest and turn its images into train/val/test tensors.
+    """Read a site's manifest and turn its images into train/val/test datasets.
 
     A hospital archive always holds a few bad files; one of them must not stop the site. So an
     image that cannot be read (missing, not DICOM, no pixels, undecodable, wrong modality...) is
@@ -129,6 +174,7 @@ def load_site(
     rows = read_manifest(manifest_path)
     splits = split_by_patient(rows, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     pipeline = pipeline or ImagePipeline(image_size=image_size, require_mg=require_mg)
+    size = pipeline.image_size
     images, skipped = preprocess_site(
         manifest_path, rows, pipeline, cache_root(manifest_path, cache_dir), workers=workers, progress=progress
     )
@@ -140,7 +186,10 @@ def load_site(
             f"manifest {manifest_path}: none of its {len(rows)} image(s) could be used; first reasons:\n  {reasons}"
         )
     usable = {name: [row for row in splits[name] if row.row_number in images] for name in SPLITS}
-    datasets = {name: _tensors(usable[name], images, pipeline.image_size) for name in SPLITS}
+    datasets = {
+        name: SiteImages([images[row.row_number] for row in usable[name]], [row.label for row in usable[name]], size)
+        for name in SPLITS
+    }
     patients = {name: len({row.patient_id for row in usable[name]}) for name in SPLITS}
     counts = {name: len(datasets[name]) for name in SPLITS}
     for name in ("train", "test"):
@@ -150,7 +199,8 @@ def load_site(
                 f"{len(skipped)} skipped); add patients or readable images, or fix the manifest's 'split' column"
             )
     data = SiteData(datasets["train"], datasets["val"], datasets["test"], skipped, patients)
-    logger.info("site loaded: %s", data.summary())
+    held = sum(split.bytes_in_memory for split in (data.train, data.val, data.test))
+    logger.info("site loaded: %s; %.1f MB of images held in memory", data.summary(), held / 1e6)
     return data
 
 
@@ -194,58 +244,62 @@ def preprocess_site(
     Returns
     -------
     images : dict
-        uint16 ``S x S`` image per usable row number (see :func:`common.image_cache.dequantise`).
+        uint16 ``S x S`` image per usable row number: a read-only view of the cache's memory map, or an
+        array in memory where the cache could not be written (see :func:`common.image_cache.dequantise`).
     skipped : list of SkippedImage
         The rows that could not be used, by line number, with the reason (it may name the file).
     """
     size = pipeline.image_size
     site = str(Path(manifest_path).expanduser().resolve())
     cache = SiteImageCache(cache_dir, pipeline.settings(), site=site, image_shape=(size, size))
-    images: dict[int, np.ndarray] = {}
+    in_memory: dict[str, np.ndarray] = {}  # images the cache could not take (unwritable folder, file not stat'able)
     first_of: dict[str, int] = {}  # key -> the row decoded for it (a file listed twice is decoded once)
     todo: list[ManifestRow] = []
     with cache.locked():
         cache.open()
         keys = {row.row_number: cache.item_key(row.image_path, f"laterality={row.laterality}") for row in rows}
         for row in rows:
-            key, hit = keys[row.row_number], cache.lookup(keys[row.row_number])
-            if hit is not None:
-                images[row.row_number] = hit
-            elif key is None or first_of.setdefault(key, row.row_number) == row.row_number:
+            key = keys[row.row_number]
+            if cache.verify(key):
+                continue
+            if key is None or first_of.setdefault(key, row.row_number) == row.row_number:
                 todo.append(row)
         wanted = [key for key in keys.values() if key is not None]
         pending: dict[str, np.ndarray] = {}
         last_commit = time.monotonic()
 
+        def checkpoint() -> None:
+            if not cache.commit(wanted, pending):
+                in_memory.update(pending)
+            pending.clear()
+
         def store(number: int, result: np.ndarray | str) -> None:
             nonlocal last_commit
-            if keys[number] is not None and not isinstance(result, str):
-                pending[str(keys[number])] = result
+            if isinstance(result, str):
+                return
+            key = keys[number]
+            if key is None:
+                in_memory[f"row {number}"] = result
+            else:
+                pending[key] = result
             if time.monotonic() - last_commit >= CHECKPOINT_SECONDS:
-                cache.commit(wanted, pending)
-                pending.clear()
+                checkpoint()
                 last_commit = time.monotonic()
 
-        decoded = decode_rows(todo, pipeline, workers=workers, progress=progress, on_result=store)
-        cache.commit(wanted, pending)
-    skipped: list[SkippedImage] = []
-    for row in rows:
-        key = keys[row.row_number]
-        result = images.get(row.row_number)
-        if result is None:
-            result = decoded[row.row_number if key is None else first_of[key]]
-        if isinstance(result, str):
-            skipped.append(SkippedImage(row.row_number, result))
-        elif collect:
-            images[row.row_number] = result
-    if not collect:
-        images.clear()
-    return images, sorted(skipped, key=lambda item: item.row_number)
-
-
-def _tensors(rows: list[ManifestRow], images: dict[int, np.ndarray], size: int) -> TensorDataset:
-    if not rows:
-        return TensorDataset(torch.empty((0, 1, size, size), dtype=torch.float32), torch.empty(0, dtype=torch.int64))
-    stacked = dequantise(np.stack([images[row.row_number] for row in rows]))
-    labels = torch.tensor([row.label for row in rows], dtype=torch.int64)
-    return TensorDataset(torch.from_numpy(stacked).unsqueeze(1), labels)
+        reasons = decode_rows(todo, pipeline, workers=workers, progress=progress, on_result=store, keep_images=False)
+        checkpoint()
+        images: dict[int, np.ndarray] = {}
+        skipped: list[SkippedImage] = []
+        for row in rows:
+            key = keys[row.row_number]
+            stored_as = f"row {row.row_number}" if key is None else key
+            reason = reasons.get(row.row_number if key is None else first_of.get(key, row.row_number))
+            if reason is not None:
+                skipped.append(SkippedImage(row.row_number, str(reason)))
+            elif collect:
+                image = in_memory.get(stored_as)
+                image = cache.view(stored_as) if image is None else image
+                if image is None:  # pragma: no cover - every usable row was either cached or kept in memory
+                    raise RuntimeError(f"manifest line {row.row_number}: preprocessed image lost from the cache")
+                images[row.row_number] = image
+    return images, skipped

@@ -31,3 +31,15 @@ def test_rows_decode_to_uint16_or_a_reason(tmp_path: Path, progress: bool) -> No
 
 def test_no_rows_no_work() -> None:
     assert decode_rows([], ImagePipeline(SIZE)) == {}
+
+
+def test_without_keep_images_only_reasons_come_back(tmp_path: Path) -> None:
+    # Prepare: a callback that stores the images away (as the site cache does)
+    rows = read_manifest(make_site(tmp_path, num_patients=2))
+    (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
+    stored: dict[int, np.ndarray | str] = {}
+    # Execute
+    results = decode_rows(rows, ImagePipeline(SIZE), workers=2, on_result=stored.__setitem__, keep_images=False)
+    # Assert: the caller got every image through the callback; the result holds only the bad file's reason
+    assert list(results) == [4] and "is not a DICOM file" in str(results[4])
+    assert sorted(stored) == [2, 3, 4, 5] and all(isinstance(stored[n], np.ndarray) for n in (2, 3, 5))

@@ -46,12 +46,48 @@ def test_loads_every_image_into_split_tensors(tmp_path: Path) -> None:
     # Assert
     sizes = [len(data.train), len(data.val), len(data.test)]
     assert sum(sizes) == 16 and all(sizes)
-    images, labels = data.train.tensors
+    images, labels = data.train.stacked(), data.train.labels
     assert images.dtype == torch.float32 and images.shape[1:] == (1, SIZE, SIZE)
     assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
     assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     assert data.skipped == [] and sum(data.num_patients.values()) == 8
     assert (tmp_path / ".cache" / "preprocessed").is_dir()
+
+
+def test_items_are_read_from_the_cache_map_not_held_in_memory(tmp_path: Path) -> None:
+    # Prepare / Execute: a cold load, which decodes, and a warm one, which only maps the cache
+    manifest = make_site(tmp_path)
+    cold, warm = load(manifest), load(manifest)
+    # Assert: no split holds a copy; each item is the float image of its mapped uint16 slot
+    for data in (cold, warm):
+        assert [split.bytes_in_memory for split in (data.train, data.val, data.test)] == [0, 0, 0]
+    image, label = warm.train[3]
+    assert image.shape == (1, SIZE, SIZE) and image.dtype == torch.float32 and label.dtype == torch.int64
+    torch.testing.assert_close(image, cold.train.stacked()[3])
+    loader = torch.utils.data.DataLoader(warm.train, batch_size=4)
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 1, SIZE, SIZE) and labels.tolist() == warm.train.labels[:4].tolist()
+
+
+def test_an_unwritable_cache_keeps_the_images_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: every write to the cache fails (a read-only share, a full disk)
+    import common.image_cache as image_cache
+
+    manifest = make_site(tmp_path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(image_cache.SiteImageCache, "_append", refuse)
+    # Execute
+    data = load(manifest)
+    # Assert: the site still loads, from memory, and says why
+    assert len(data.train) + len(data.val) + len(data.test) == 16 and data.skipped == []
+    assert data.train.bytes_in_memory == len(data.train) * SIZE * SIZE * 2
+    assert "could not write the preprocessed-image cache" in caplog.text
+    assert float(data.train.stacked().max()) > 0.5
 
 
 def test_left_and_right_images_of_a_patient_match_after_flip(tmp_path: Path) -> None:
@@ -60,7 +96,7 @@ def test_left_and_right_images_of_a_patient_match_after_flip(tmp_path: Path) -> 
     # Execute
     data = load(manifest)
     # Assert: rows come in L, R order per patient; both are oriented alike
-    images = data.train.tensors[0]
+    images = data.train.stacked()
     torch.testing.assert_close(images[0], images[1])
 
 
@@ -105,7 +141,7 @@ def test_second_load_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     second = load(manifest, cache_dir=tmp_path / "cache")
     # Assert: nothing decoded again, identical tensors
     assert calls == []
-    torch.testing.assert_close(first.train.tensors[0], second.train.tensors[0])
+    torch.testing.assert_close(first.train.stacked(), second.train.stacked())
     assert len(list((tmp_path / "cache").glob("*.u16"))) == 1 and len(list((tmp_path / "cache").glob("*.json"))) == 1
 
 
@@ -137,7 +173,7 @@ def test_wrong_modality_is_skipped_not_fatal(tmp_path: Path) -> None:
     data = load(manifest)
     assert [item.row_number for item in data.skipped] == [2]
     assert "Modality is 'CT'" in data.skipped[0].reason
-    assert np.isfinite(data.train.tensors[0].numpy()).all()
+    assert np.isfinite(data.train.stacked().numpy()).all()
 
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -173,7 +209,7 @@ def test_new_settings_decode_everything_again(tmp_path: Path, monkeypatch: pytes
     load(manifest)
     reads = count_reads(monkeypatch)
     data = load(manifest, image_size=2 * SIZE)
-    assert len(reads) == 8 and data.train.tensors[0].shape[-1] == 2 * SIZE
+    assert len(reads) == 8 and data.train.stacked().shape[-1] == 2 * SIZE
 
 
 def test_bad_files_are_retried_and_still_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
