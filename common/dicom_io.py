@@ -13,7 +13,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 
 from common.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, intent_matches, read_header
-from common.dicom_windows import apply_display_transform
+from common.dicom_windows import apply_display_transform, robust_window
 from common.errors import DicomError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "DicomHeader", "Mammogram", "read_header", "read_mammogram"]
@@ -121,7 +121,7 @@ def _read_dicom(path: Path, *, require_mg: bool, wanted_intent: str) -> Mammogra
     _check_header(path, header, require_mg=require_mg, wanted_intent=wanted_intent)
     stored = _decode(path, ds)
     _check_shape(path, stored)
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    values = _modality_values(path, stored, ds)
     if values.ndim != 2 or not np.isfinite(values).all() or values.max() == values.min():
         raise DicomError(f"{path}: image is constant or not finite after the modality LUT; it holds no tissue")
     pixels, transform = apply_display_transform(path, values, ds, intent=header.presentation_intent)
@@ -139,6 +139,14 @@ def _read_dicom(path: Path, *, require_mg: bool, wanted_intent: str) -> Mammogra
         model=header.model,
         display_transform=transform,
     )
+
+
+def _modality_values(path: Path, stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """The modality LUT's output; an empty Rescale Slope/Intercept (seen in anonymised exports) means identity."""
+    if any(keyword in ds and ds[keyword].value in (None, "") for keyword in ("RescaleSlope", "RescaleIntercept")):
+        logger.warning("%s: empty Rescale Slope/Intercept; using the stored values as they are", path)
+        return stored.astype(np.float64)
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
 
 
 def _check_header(path: Path, header: DicomHeader, *, require_mg: bool, wanted_intent: str) -> None:
@@ -223,8 +231,10 @@ def _read_plain_image(path: Path) -> Mammogram:
     elif mode == "F":
         low, high = float(array.min()), float(array.max())
         bits, pixels = None, (array.astype(np.float64) - low) / ((high - low) or 1.0)
-    else:  # I;16 variants and I (16-bit data held in 32-bit ints)
-        bits, pixels = 16, np.clip(array.astype(np.float64) / 65535.0, 0.0, 1.0)
+    else:  # I;16 variants and I: often 10-14-bit detector data in a 16-bit container, so /65535 would be dark
+        if not np.isfinite(array).all():
+            raise DicomError(f"{path}: image is not finite; it holds no tissue")
+        bits, pixels = 16, robust_window(path, array.astype(np.float64))
     if not np.isfinite(pixels).all() or pixels.max() == pixels.min():
         raise DicomError(f"{path}: image is constant or not finite; it holds no tissue")
     return Mammogram(

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_voi_lut
 
 from common.dicom_header import FOR_PROCESSING
 from common.errors import DicomError
 
-__all__ = ["ROBUST_PERCENTILES", "VOI_LOG_ROBUST", "VOI_LUT", "VOI_ROBUST", "VOI_WINDOW", "apply_display_transform"]
+__all__ = [
+    "ROBUST_PERCENTILES",
+    "VOI_LOG_ROBUST",
+    "VOI_LUT",
+    "VOI_ROBUST",
+    "VOI_WINDOW",
+    "apply_display_transform",
+    "robust_window",
+]
+
+logger = logging.getLogger(__name__)
 
 ROBUST_PERCENTILES = (0.1, 99.9)
 """Where the fallback window is cut: ignores a few dead/hot pixels without saturating calcifications."""
@@ -42,6 +54,10 @@ def apply_display_transform(
        (without their proprietary contrast equalisation); MONOCHROME1 inversion then makes tissue bright;
     4. no VOI otherwise: robust min-max (the same percentiles) on the values.
 
+    A VOI the file gets wrong (a window narrower than 1, an unknown VOI LUT Function, a LUT pydicom
+    cannot read) is logged and skipped to the next rule: the image is still usable, only its vendor
+    display tuning is lost.
+
     Parameters
     ----------
     path : Path
@@ -65,14 +81,38 @@ def apply_display_transform(
         If the chosen transform maps the whole image to one value.
     """
     lut_items = ds.get("VOILUTSequence") or []
-    if lut_items and "LUTDescriptor" in lut_items[0] and "LUTData" in lut_items[0]:
-        return _scaled_voi(path, values, ds, lut_items[0]), VOI_LUT
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        return _scaled_voi(path, values, ds, None), VOI_WINDOW
+    try:
+        if lut_items and "LUTDescriptor" in lut_items[0] and "LUTData" in lut_items[0]:
+            return _scaled_voi(path, values, _as_16_bit_lut(ds, lut_items[0]), lut_items[0]), VOI_LUT
+        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            return _scaled_voi(path, values, ds, None), VOI_WINDOW
+    except (ValueError, TypeError, NotImplementedError, AttributeError, IndexError, KeyError) as exc:
+        logger.warning("%s: its VOI LUT/window cannot be applied (%s); using a robust window instead", path, exc)
     if intent == FOR_PROCESSING:
         offset = 0.0 if values.min() >= 1.0 else 1.0 - float(values.min())  # log needs positive values
-        return _robust(path, np.log(values + offset)), VOI_LOG_ROBUST
-    return _robust(path, values), VOI_ROBUST
+        return robust_window(path, np.log(values + offset)), VOI_LOG_ROBUST
+    return robust_window(path, values), VOI_ROBUST
+
+
+def _as_16_bit_lut(ds: pydicom.Dataset, item: pydicom.Dataset) -> pydicom.Dataset:
+    """The dataset to hand pydicom for ``item``: an 8-bit LUT re-described as 16-bit, which it reads alike.
+
+    pydicom 3.0 indexes an 8-bit LUT with a uint8 array, so every input past 255 entries wraps
+    (a linear 4096-entry LUT gives a saw-tooth). Entries are read one per value either way (US or
+    OW words), so only the descriptor's bit depth changes.
+    """
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    if len(descriptor) != 3 or descriptor[2] != 8:
+        return ds
+    patched_item = Dataset()
+    patched_item.LUTDescriptor = [descriptor[0], descriptor[1], 16]
+    patched_item.add(item["LUTData"])
+    patched = Dataset()
+    patched.VOILUTSequence = [patched_item]
+    if hasattr(ds, "file_meta"):
+        patched.file_meta = ds.file_meta
+    patched.set_original_encoding(*ds.original_encoding, character_encoding=ds.original_character_set)
+    return patched
 
 
 def _scaled_voi(path: Path, values: np.ndarray, ds: pydicom.Dataset, lut: pydicom.Dataset | None) -> np.ndarray:
@@ -96,8 +136,12 @@ def _scaled_voi(path: Path, values: np.ndarray, ds: pydicom.Dataset, lut: pydico
     return np.clip((voi - low) / (high - low), 0.0, 1.0)
 
 
-def _robust(path: Path, values: np.ndarray) -> np.ndarray:
-    """Window at the :data:`ROBUST_PERCENTILES` of the values (plain min-max when they coincide)."""
+def robust_window(path: Path, values: np.ndarray) -> np.ndarray:
+    """Window at the :data:`ROBUST_PERCENTILES` of the values (plain min-max when they coincide).
+
+    Used wherever an image says nothing about how to display it (no VOI, a 16-bit PNG holding
+    12-bit data), so every site's images land on the same [0, 1] scale.
+    """
     low, high = (float(v) for v in np.percentile(values, ROBUST_PERCENTILES))
     if not high > low:
         low, high = float(values.min()), float(values.max())

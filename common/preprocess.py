@@ -11,7 +11,7 @@ from scipy import ndimage
 
 __all__ = ["MAX_RESAMPLED_SIDE", "PREPROCESS_VERSION", "preprocess", "preprocess_settings", "resample_to_spacing"]
 
-PREPROCESS_VERSION = "preprocess-v2"
+PREPROCESS_VERSION = "preprocess-v3"  # v3: 16-bit plain images robust-windowed; 8-bit VOI LUTs; VOI fallback
 """Bump when the output of :func:`preprocess` changes, so every cached image is recomputed."""
 
 _MASK_SIDE = 512  # the breast mask is found on a copy no larger than this (speed on 3000x4000 images)

@@ -182,7 +182,19 @@ def test_plain_images_are_read(tmp_path: Path) -> None:
     # Assert
     np.testing.assert_allclose(a.pixels, eight / 255.0, atol=1e-6)
     assert a.laterality == "" and a.bits_stored == 8
-    assert b.bits_stored == 16 and b.pixels.max() == pytest.approx(3800 * 16 / 65535, abs=1e-4)
+    assert b.bits_stored == 16 and b.pixels.max() == 1.0  # 12-bit data in 16 bits: windowed, not left dark
+    assert np.corrcoef(a.pixels.ravel(), b.pixels.ravel())[0, 1] > 0.99
+
+
+def test_a_16_bit_png_reads_the_same_whatever_its_bit_depth_inside(tmp_path: Path) -> None:
+    # Prepare: one film exported as 16-bit PNG holding its 12-bit values, and shifted up to 16 bits
+    Image.fromarray(breast_pixels().astype(np.uint16)).save(tmp_path / "twelve.png")
+    Image.fromarray(breast_pixels().astype(np.uint16) * 16).save(tmp_path / "sixteen.png")
+    # Execute
+    twelve, sixteen = read_mammogram(tmp_path / "twelve.png"), read_mammogram(tmp_path / "sixteen.png")
+    # Assert: same image, full contrast (dividing by 65535 gave a maximum of 0.058 for the 12-bit export)
+    np.testing.assert_allclose(twelve.pixels, sixteen.pixels, atol=1e-6)
+    assert twelve.pixels.max() == 1.0
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
@@ -327,11 +339,56 @@ def test_voi_lut_sequence_is_applied_and_scaled_by_its_range(tmp_path: Path) -> 
     np.testing.assert_allclose(pixels, expected, atol=1e-6)
 
 
-def test_library_failure_is_wrapped_naming_the_file(tmp_path: Path) -> None:
-    # Prepare: a LINEAR window of width 0 makes pydicom raise ValueError
+def test_an_8_bit_voi_lut_is_applied_without_wrapping(tmp_path: Path) -> None:
+    # Prepare: an 8-bit LUT over 4096 entries (PS3.3 allows 8); pydicom 3.0 alone wraps its indices at 256
+    stored = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (20, 1))
+    path = write_mg(tmp_path / "lut8.dcm", stored)
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 8])
+    item.add_new(0x00283006, "US", [v // 16 for v in range(4096)])
+    ds.VOILUTSequence = [item]
+    ds.save_as(path, enforce_file_format=True)
+    # Execute
+    mammogram = read_mammogram(path)
+    # Assert: a clean ramp, not a saw-tooth
+    assert mammogram.display_transform == "voi-lut"
+    np.testing.assert_allclose(mammogram.pixels[0], (stored[0] // 16) / 255, atol=1e-6)
+    assert np.all(np.diff(mammogram.pixels[0]) >= 0)
+
+
+def test_an_unusable_window_falls_back_to_the_robust_window(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: a LINEAR window of width 0, which pydicom refuses
     path = write_mg(tmp_path / "w0.dcm", breast_pixels(), window=(100, 0))
+    # Execute
+    mammogram = read_mammogram(path)
+    # Assert: the image is kept, and the log says why its window was not used
+    assert mammogram.display_transform == "robust-min-max" and mammogram.pixels.max() == 1.0
+    assert "w0.dcm: its VOI LUT/window cannot be applied" in caplog.text
+
+
+def test_an_empty_rescale_slope_means_identity(tmp_path: Path) -> None:
+    # Prepare: an anonymiser blanked Rescale Slope and Intercept
+    path = write_mg(tmp_path / "r.dcm", breast_pixels())
+    reference = read_mammogram(path).pixels
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept = "", ""
+    ds.save_as(path)
     # Execute / Assert
-    with pytest.raises(DicomError, match=r"w0\.dcm: could not be read as a mammogram \(ValueError: .*Window Width"):
+    np.testing.assert_array_equal(read_mammogram(path).pixels, reference)
+
+
+def test_library_failure_is_wrapped_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: pydicom failing inside the modality LUT
+    import common.dicom_io as dicom_io
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("unsupported LUT")
+
+    monkeypatch.setattr(dicom_io, "apply_modality_lut", broken)
+    path = write_mg(tmp_path / "m.dcm", breast_pixels())
+    # Execute / Assert
+    with pytest.raises(DicomError, match=r"m\.dcm: could not be read as a mammogram \(ValueError: unsupported LUT"):
         read_mammogram(path)
 
 
