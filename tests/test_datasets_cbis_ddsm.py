@@ -48,6 +48,17 @@ def test_lesions_merge_per_image_and_the_worst_pathology_wins(tmp_path: Path) ->
     assert by_key[("P_00038", "R", "MLO")]["group"] == "density_2"
 
 
+def test_a_density_outside_birads_1_to_4_is_unknown(tmp_path: Path) -> None:
+    # Prepare: the real tables hold one patient with breast density 0
+    (tmp_path / "mass_case_description_train_set.csv").write_text(
+        _MASS.replace("P_00004,RIGHT,CC,2", "P_00004,RIGHT,CC,0")
+    )
+    # Execute
+    rows = read_cbis_ddsm(tmp_path, locate_images=False)
+    # Assert
+    assert {r["patient_id"]: r["group"] for r in rows} == {"P_00001": "density_3", "P_00004": "density_unknown"}
+
+
 def test_subject_folder_follows_the_tcia_naming() -> None:
     assert subject_folder("calc_case_description_test_set.csv", "P_1", "LEFT", "CC") == "Calc-Test_P_1_LEFT_CC"
     assert subject_folder("mass_case_description_train_set.csv", "P_2", "RIGHT", "MLO") == (

@@ -88,3 +88,20 @@ def test_simulate_on_a_missing_prepared_federation_says_how_to_prepare_it(
 
     assert code == 1
     assert "does not exist; prepare it first" in _said(capsys)
+
+
+def test_a_natural_group_too_small_to_train_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: two groups of 3 patients, and one of a single patient (two films)
+    from simulations.datasets.prepare import split_sites
+
+    rows = [
+        {"patient_id": f"{group}{n}", "group": group, "image_path": f"{group}{n}_{side}.png", "label": 0}
+        for group, patients in (("a", 3), ("b", 3), ("c", 1))
+        for n in range(patients)
+        for side in "LR"
+    ]
+    # Execute
+    sites = split_sites(rows, "density", grouping="density")
+    # Assert
+    assert sorted(sites) == ["a", "b"] and all(len(site) == 6 for site in sites.values())
+    assert "density group c has 1 patient(s), fewer than the 3 a site needs" in caplog.text

@@ -97,7 +97,7 @@ def read_cbis_ddsm(source: str | Path, *, locate_images: bool = True) -> list[di
                     "patient_id": patient,
                     "laterality": _SIDES[side],
                     "view": view,
-                    "group": f"density_{raw.get('breast_density', '') or 'unknown'}",
+                    "group": _density_group(raw.get("breast_density", "")),
                 }
     if problems:
         listed = "\n  ".join(problems)
@@ -110,3 +110,9 @@ def read_cbis_ddsm(source: str | Path, *, locate_images: bool = True) -> list[di
         }
         for key in sorted(images)
     ]
+
+
+def _density_group(value: str) -> str:
+    """``density_1`` ... ``density_4`` (BI-RADS breast density); anything else (CBIS has a 0) is ``density_unknown``."""
+    value = value.strip()
+    return f"density_{value}" if value in ("1", "2", "3", "4") else "density_unknown"

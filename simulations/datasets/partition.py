@@ -8,7 +8,10 @@ import numpy as np
 
 from common.errors import ConfigError
 
-__all__ = ["DIRICHLET", "IID", "QUANTITY", "SCHEMES", "partition_patients"]
+__all__ = ["DIRICHLET", "IID", "MIN_SITE_PATIENTS", "QUANTITY", "SCHEMES", "partition_patients"]
+
+MIN_SITE_PATIENTS = 3
+"""Fewest patients a site may have: at least one each for its train, val and test splits."""
 
 IID = "iid"
 """Patients dealt at random: every site sees about the same size and label mix."""
@@ -57,7 +60,7 @@ def partition_patients(
     scheme: str = IID,
     alpha: float = 0.5,
     seed: int = 42,
-    min_patients: int = 3,
+    min_patients: int = MIN_SITE_PATIENTS,
 ) -> list[list[dict[str, object]]]:
     """Rows of each of ``num_sites`` sites; a patient's images always land in one site.
 

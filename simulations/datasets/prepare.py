@@ -16,7 +16,7 @@ from simulations.datasets.cmmd import read_cmmd
 from simulations.datasets.inbreast import read_inbreast
 from simulations.datasets.labels import BENIGN_VS_MALIGNANT, NORMAL_VS_ABNORMAL, apply_task
 from simulations.datasets.mini_mias import read_mini_mias
-from simulations.datasets.partition import IID, partition_patients
+from simulations.datasets.partition import IID, MIN_SITE_PATIENTS, partition_patients
 from simulations.datasets.vindr import read_vindr
 
 __all__ = ["ADAPTERS", "POOLED", "PreparedSite", "prepare_dataset", "prepare_partition", "split_sites", "write_sites"]
@@ -71,7 +71,8 @@ def split_sites(
 ) -> dict[str, list[dict[str, object]]]:
     """Rows per site name: ``pooled``, the dataset's natural ``grouping`` (e.g. ``tissue``), or ``N`` sites.
 
-    A natural grouping puts each patient wholly in the group of their first image; ``N`` sites are
+    A natural grouping puts each patient wholly in the group of their first image, and leaves out (with a
+    warning) a group of fewer than :data:`MIN_SITE_PATIENTS` patients, which could never train; ``N`` sites are
     drawn by :func:`simulations.datasets.partition.partition_patients` and named ``site_0`` ... ``site_<N-1>``.
 
     Raises
@@ -87,6 +88,19 @@ def split_sites(
         for row in rows:
             group = first.setdefault(str(row["patient_id"]), str(row["group"]))
             out.setdefault(group, []).append(row)
+        for group, members in list(out.items()):
+            patients = len({row["patient_id"] for row in members})
+            if patients < MIN_SITE_PATIENTS:  # it could not split into train/val/test: a site that never trains
+                logger.warning(
+                    "%s group %s has %d patient(s), fewer than the %d a site needs for its own splits; left out",
+                    grouping,
+                    group,
+                    patients,
+                    MIN_SITE_PATIENTS,
+                )
+                del out[group]
+        if not out:
+            raise ConfigError(f"no {grouping} group has {MIN_SITE_PATIENTS} patients; use --sites N or {POOLED}")
         return dict(sorted(out.items()))
     if sites.isdigit() and int(sites) >= 1:
         parts = partition_patients(rows, int(sites), scheme=scheme, alpha=alpha, seed=seed)
