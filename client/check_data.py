@@ -26,10 +26,13 @@ _PLAIN_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "I;16": 16,
 
 @dataclass(frozen=True)
 class BadFile:
-    """A manifest line whose image cannot be used. ``file`` is the file's name only (folders may carry ids)."""
+    """A manifest line whose image cannot be used, and why; the line, not the file's name, says which.
+
+    File and folder names are left out because in hospitals they often carry identifiers (patient ids
+    in folder names, the SOP Instance UID as file name in PACS exports); the manifest's line finds it.
+    """
 
     line: int
-    file: str
     reason: str
 
 
@@ -146,7 +149,7 @@ def _header_facts(path: Path) -> dict[str, object]:
                     "bits_stored": _PLAIN_BITS.get(image.mode),
                     "photometric": f"{path.suffix.lower().lstrip('.')} ({image.mode})",
                 }
-        except (OSError, ValueError):
+        except Exception:  # e.g. Pillow's DecompressionBombError; decoding gives the reason
             return {}
     try:
         header = read_header(path)
@@ -172,8 +175,9 @@ def _spread(values: list[object]) -> dict[str, float]:
 
 
 def _bad_file(row: ManifestRow, reason: str) -> BadFile:
-    """The reason with the file's folders cut away: folder names in hospitals often carry patient ids."""
+    """The reason with the file's path and name replaced by ``<file>`` (see :class:`BadFile`)."""
     path = Path(row.image_path)
-    for spelled in sorted({str(path), str(path.expanduser()), str(path.resolve())}, key=len, reverse=True):
-        reason = reason.replace(spelled, path.name)
-    return BadFile(row.row_number, path.name, reason)
+    spellings = {str(path), str(path.expanduser()), str(path.resolve()), path.name}
+    for spelled in sorted(spellings, key=len, reverse=True):
+        reason = reason.replace(spelled, "<file>")
+    return BadFile(row.row_number, reason)

@@ -25,12 +25,26 @@ def add_check_data_parser(commands: argparse._SubParsersAction) -> None:  # type
     parser = commands.add_parser(
         "check-data",
         help="count a site's images, patients, labels, views, vendors, sizes, and list every unusable file",
-        description="Exit status 1 only when a site has no usable image (or its manifest is invalid).",
+        description="Exit status 1 only when a site has no usable image (or its manifest is invalid). Give the "
+        "run's data settings (image size, presentation intent, pixel spacing) so the verdicts and the warmed "
+        "cache are the ones training will use.",
     )
     parser.add_argument("manifest", nargs="?", help="the site's manifest CSV")
     parser.add_argument("--data-dir", help="a folder of site manifests (*.csv and */manifest.csv)")
     parser.add_argument("--image-size", type=int, default=data.image_size, help=f"pipeline size ({data.image_size})")
     parser.add_argument("--cache-dir", default=data.cache_dir, help="preprocessed-image cache (default: beside it)")
+    parser.add_argument(
+        "--presentation-intent",
+        default=data.presentation_intent,
+        choices=DataConfig.PRESENTATION_INTENTS,
+        help=f"which DICOM intent training admits ({data.presentation_intent})",
+    )
+    parser.add_argument(
+        "--pixel-spacing-mm",
+        type=float,
+        default=data.pixel_spacing_mm,
+        help=f"physical pixel size training resamples to, 0 = off ({data.pixel_spacing_mm})",
+    )
     parser.add_argument("--any-modality", action="store_true", help="admit DICOM whose Modality is not MG")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
     parser.add_argument("--json", action="store_true", help="print JSON for machines instead of tables")
@@ -55,9 +69,13 @@ def run_check_data(args: argparse.Namespace, console: Console) -> int:
     from client.check_data import check_site
     from common.image_pipeline import ImagePipeline
 
-    pipeline = ImagePipeline.from_config(
-        DataConfig(image_size=args.image_size, cache_dir=args.cache_dir), require_mg=not args.any_modality
-    )
+    data = DataConfig(
+        image_size=args.image_size,
+        cache_dir=args.cache_dir,
+        presentation_intent=args.presentation_intent,
+        pixel_spacing_mm=args.pixel_spacing_mm,
+    )  # the run's data settings: the same verdicts as training, and the cache training will read
+    pipeline = ImagePipeline.from_config(data, require_mg=not args.any_modality)
     checks = [
         check_site(path, pipeline, cache_dir=args.cache_dir or None, workers=args.workers, progress=not args.json)
         for path in find_manifests(args.manifest, args.data_dir)
@@ -96,10 +114,10 @@ def render_check(check: SiteCheck, console: Console) -> None:
         console.print("[green]no bad files[/]")
         return
     bad = Table(title=f"{len(check.bad_files)} bad file(s), skipped in training", title_justify="left")
-    for column in ("line", "file", "reason"):
+    for column in ("manifest line", "reason"):
         bad.add_column(column, overflow="fold")
     for item in check.bad_files:
-        bad.add_row(str(item.line), item.file, item.reason)
+        bad.add_row(str(item.line), item.reason)
     console.print(bad)
     if not check.usable:
         console.print("[bold red]no usable image: this site cannot join a federation[/]")

@@ -27,8 +27,9 @@ file is collected and reported once, each naming the line, the column, the value
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "SPLITS",
     "ManifestRow",
+    "csv_read_errors",
     "read_manifest",
     "write_manifest",
 ]
@@ -210,7 +212,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         raise ManifestError(
             f"manifest {path} does not exist (expected a CSV with columns {', '.join(REQUIRED_COLUMNS)})"
         )
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with csv_read_errors(path, "manifest"), path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -244,3 +246,20 @@ def write_manifest(
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
     return path
+
+
+@contextlib.contextmanager
+def csv_read_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn a table that is not UTF-8 text, or not CSV, into a ManifestError that names it and the fix.
+
+    Spreadsheets often export in the system's code page (cp1252 'Müller'), which would otherwise
+    surface as a bare UnicodeDecodeError that names neither the file nor the remedy.
+    """
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as 'CSV UTF-8'"
+        ) from exc
+    except csv.Error as exc:
+        raise ManifestError(f"{what} {path} is not a readable CSV ({exc})") from exc

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from common.errors import ManifestError
-from common.manifest import write_manifest
+from common.manifest import csv_read_errors, write_manifest
 
 __all__ = ["LABEL_KEYS", "FolderManifest", "ManifestHeader", "dicom_folder_manifest", "read_manifest_header"]
 
@@ -55,7 +54,7 @@ def read_manifest_header(path: str | Path) -> ManifestHeader:
     """
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, ValueError) as exc:
+    except Exception as exc:  # pydicom also raises struct.error, NotImplementedError... on truncated headers
         raise ManifestError(f"{path} is not a readable DICOM file ({type(exc).__name__})") from exc
 
     def text(keyword: str) -> str:
@@ -90,7 +89,7 @@ class FolderManifest:
 
 
 def _read_labels(labels: Path) -> tuple[str, dict[str, int]]:
-    with labels.open(newline="", encoding="utf-8-sig") as handle:
+    with csv_read_errors(labels, "label table"), labels.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = {h.strip().lower(): h for h in reader.fieldnames or []}
         key = next((k for k in LABEL_KEYS if k in header), None)

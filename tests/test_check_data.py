@@ -37,9 +37,10 @@ def test_counts_and_bad_files_of_a_site(tmp_path: Path) -> None:
     assert check.lateralities == {"L": 8, "R": 8} and check.views == {"CC": 14, UNKNOWN: 2}
     assert check.photometric == {"MONOCHROME2": 14, UNKNOWN: 2}
     assert check.bits_stored == {"min": 12.0, "median": 12.0, "max": 12.0}
-    assert [(bad.line, bad.file) for bad in check.bad_files] == [(4, "anon01_L.dcm"), (7, "anon02_R.dcm")]
-    assert "is not a DICOM file" in check.bad_files[0].reason and "does not exist" in check.bad_files[1].reason
-    assert not any(str(tmp_path) in bad.reason or "images/" in bad.reason for bad in check.bad_files)
+    assert [bad.line for bad in check.bad_files] == [4, 7]
+    assert check.bad_files[0].reason.startswith("<file> is not a DICOM file")
+    assert "image file <file> does not exist" in check.bad_files[1].reason
+    assert not any("anon" in bad.reason or "images/" in bad.reason for bad in check.bad_files)
 
 
 def test_the_counts_carry_no_patient_identifier(tmp_path: Path) -> None:
@@ -68,7 +69,48 @@ def test_cli_tables_list_the_bad_file(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "images" / "anon00_R.dcm").write_text("not a dicom")
     status = main(["check-data", str(manifest)])
     out = capsys.readouterr().out
-    assert status == 0 and "4 usable" not in out and "3 usable, 1 bad" in out and "anon00_R.dcm" in out
+    assert status == 0 and "4 usable" not in out and "3 usable, 1 bad" in out and "not a DICOM file" in out
+    assert "anon00" not in out  # file names may be identifiers (patient ids, SOP Instance UIDs)
+
+
+def test_cli_checks_with_the_runs_presentation_intent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: a site whose first image is raw detector data ("for processing")
+    import pydicom
+
+    manifest = make_site(tmp_path, num_patients=2)
+    raw = tmp_path / "images" / "anon00_L.dcm"
+    ds = pydicom.dcmread(raw)
+    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.save_as(raw)
+    # Execute
+    _, admitted = run_json(capsys, str(manifest))
+    _, presentation_only = run_json(capsys, str(manifest), "--presentation-intent", "for_presentation")
+    # Assert: the verdict follows the setting training will use
+    assert admitted["sites"][0]["usable"] == 4
+    assert [bad["line"] for bad in presentation_only["sites"][0]["bad_files"]] == [2]
+    assert "FOR PROCESSING" in presentation_only["sites"][0]["bad_files"][0]["reason"]
+
+
+def test_a_png_claiming_a_huge_size_is_a_bad_file_not_a_crash(tmp_path: Path) -> None:
+    # Prepare: a real PNG whose header is edited to claim 20000 x 10000 (Pillow refuses it as a decompression bomb)
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    manifest = make_site(tmp_path, num_patients=2)
+    Image.new("L", (32, 32)).save(tmp_path / "bomb.png")
+    png = bytearray((tmp_path / "bomb.png").read_bytes())
+    png[16:24] = struct.pack(">II", 20000, 10000)  # IHDR width, height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # the IHDR chunk's CRC
+    (tmp_path / "bomb.png").write_bytes(bytes(png))
+    rows = [{"image_path": "bomb.png", "label": 0, "patient_id": "p9"}]
+    rows += [{"image_path": str(tmp_path / "images" / "anon00_L.dcm"), "label": 1, "patient_id": "p1"}]
+    manifest = write_manifest(tmp_path / "with_bomb.csv", rows)
+    # Execute
+    check = check_site(manifest, ImagePipeline(SIZE), progress=False)
+    # Assert
+    assert check.usable == 1 and [bad.line for bad in check.bad_files] == [2]
 
 
 def test_cli_needs_a_manifest_or_a_folder(capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +146,7 @@ def test_openrem_headers_without_pixels_are_all_bad(tmp_path: Path, capsys: pyte
     manifest = write_manifest(tmp_path / "manifest.csv", rows)
     # Execute
     status, out = run_json(capsys, str(manifest), "--cache-dir", str(tmp_path / "cache"))
-    # Assert: nothing usable, each file named with a reason about its pixels; the vendors still counted
+    # Assert: nothing usable, each line with a reason about its pixels; the vendors still counted
     site = out["sites"][0]
     assert status == 1 and site["usable"] == 0 and len(site["bad_files"]) == len(files) == 5
     assert all("pixel" in bad["reason"].lower() for bad in site["bad_files"])

@@ -98,3 +98,12 @@ def test_bad_lesion_boxes_are_all_reported_with_their_line(tmp_path: Path) -> No
     assert "line 2: lesion box is partial (lesion_x1, lesion_y1 empty)" in message
     assert "line 3: lesion box (x0=30, y0=20, x1=10, y1=40) must have 0 <= x0 < x1" in message
     assert "line 4: column 'lesion_x1' = 'x' is not a number" in message
+
+
+def test_a_manifest_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    # Prepare: a spreadsheet export in cp1252
+    path = tmp_path / "site.csv"
+    path.write_bytes("image_path,label,patient_id\na.dcm,0,Müller\n".encode("cp1252"))
+    # Execute / Assert
+    with pytest.raises(ManifestError, match=r"manifest .*site\.csv is not UTF-8 text \(byte \d+"):
+        read_manifest(path)

@@ -94,3 +94,23 @@ def test_view_falls_back_to_the_view_code_sequence(tmp_path: Path) -> None:
     ds.save_as(tmp_path / "a.dcm")
 
     assert read_manifest_header(tmp_path / "a.dcm").view == "MLO"
+
+
+def test_a_truncated_header_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    # Prepare: one good file, and one cut inside its header (pydicom raises struct.error there)
+    write_tiny_dicom(tmp_path / "d" / "good.dcm", patient="P1", laterality="L", view="CC")
+    whole = (tmp_path / "d" / "good.dcm").read_bytes()
+    (tmp_path / "d" / "cut.dcm").write_bytes(whole[:154])
+    (tmp_path / "labels.csv").write_text("file_name,label\ngood.dcm,1\ncut.dcm,0\n")
+    # Execute
+    result = dicom_folder_manifest(tmp_path / "d", tmp_path / "m.csv", tmp_path / "labels.csv")
+    # Assert
+    assert result.rows == 1 and len(result.skipped) == 1 and "cut.dcm is not a readable DICOM" in result.skipped[0]
+
+
+def test_a_label_table_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    write_tiny_dicom(tmp_path / "d" / "1.dcm", patient="P1", laterality="L", view="MLO")
+    (tmp_path / "labels.csv").write_bytes("file_name,label,comment\n1.dcm,1,Müller\n".encode("cp1252"))
+
+    with pytest.raises(ManifestError, match=r"label table .*labels\.csv is not UTF-8 text .*save it as 'CSV UTF-8'"):
+        dicom_folder_manifest(tmp_path / "d", tmp_path / "m.csv", tmp_path / "labels.csv")

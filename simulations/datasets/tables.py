@@ -24,7 +24,10 @@ def _read_excel(path: Path) -> list[dict[str, str]]:
             f"{path} is an Excel file and pandas is not installed; export it as CSV next to it "
             f"({path.with_suffix('.csv').name}) or install the Excel readers: `pip install 'fedmammo[datasets]'`"
         ) from exc
-    frame = pd.read_excel(path, dtype=str).fillna("")
+    try:
+        frame = pd.read_excel(path, dtype=str).fillna("")
+    except Exception as exc:  # corrupt workbook, wrong format behind the suffix, missing engine...
+        raise ManifestError(f"label table {path} cannot be read as Excel ({type(exc).__name__}: {exc})") from exc
     return [{normalise_header(str(k)): str(v).strip() for k, v in row.items()} for row in frame.to_dict("records")]
 
 
