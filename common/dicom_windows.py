@@ -51,7 +51,8 @@ def apply_display_transform(
        values, shifted to start at 1 only if some are below 1), then a robust window at
        :data:`ROBUST_PERCENTILES`. By Beer-Lambert the log of exposure is linear in attenuation x
        thickness, so grey level then follows tissue, as vendors' presentation processing roughly does
-       (without their proprietary contrast equalisation); MONOCHROME1 inversion then makes tissue bright;
+       (without their proprietary contrast equalisation); MONOCHROME1 inversion then makes tissue bright.
+       Data whose (0028,1040) Pixel Intensity Relationship already says ``LOG`` is not logged twice;
     4. no VOI otherwise: robust min-max (the same percentiles) on the values.
 
     A VOI the file gets wrong (a window narrower than 1, an unknown VOI LUT Function, a LUT pydicom
@@ -88,7 +89,7 @@ def apply_display_transform(
             return _scaled_voi(path, values, ds, None), VOI_WINDOW
     except (ValueError, TypeError, NotImplementedError, AttributeError, IndexError, KeyError) as exc:
         logger.warning("%s: its VOI LUT/window cannot be applied (%s); using a robust window instead", path, exc)
-    if intent == FOR_PROCESSING:
+    if intent == FOR_PROCESSING and str(ds.get("PixelIntensityRelationship", "")).upper() != "LOG":
         offset = 0.0 if values.min() >= 1.0 else 1.0 - float(values.min())  # log needs positive values
         return robust_window(path, np.log(values + offset)), VOI_LOG_ROBUST
     return robust_window(path, values), VOI_ROBUST

@@ -431,3 +431,15 @@ def test_robust_min_max_ignores_a_few_hot_pixels(tmp_path: Path) -> None:
     # Assert: the ramp keeps (nearly) its full contrast; plain min-max would squeeze it to a quarter
     assert noisy.pixels[10].max() > 0.95 and noisy.pixels[10].min() < 0.05
     np.testing.assert_allclose(noisy.pixels[10:], clean.pixels[10:], atol=0.02)
+
+
+@pytest.mark.parametrize(("relationship", "transform"), [("LIN", "log-robust"), ("LOG", "robust-min-max")])
+def test_raw_data_is_logged_once(tmp_path: Path, relationship: str, transform: str) -> None:
+    # Prepare: "for processing" data without a window; linear detector signal, or already logarithmic
+    path = write_mg(tmp_path / "raw.dcm", breast_pixels())
+    ds = pydicom.dcmread(path)
+    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.PixelIntensityRelationship = relationship
+    ds.save_as(path)
+    # Execute / Assert
+    assert read_mammogram(path).display_transform == transform
