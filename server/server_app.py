@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import AppConfig, load_config
 from common.models import build_model
+from common.privacy.noise_seed import simulation_noise_seed
 from server.report import RunDirectory, build_report
 from server.strategy import build_strategy
 from server.summary import build_summary
@@ -43,10 +44,12 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
     run_dir = RunDirectory(Path(config.output.run_dir).expanduser())
     run_dir.write_config(config.to_nested())
     strategy = build_strategy(config, run_dir)
-    if strategy.central is not None and not config.privacy.secure_mode:
-        # Flower's DP wrappers draw their noise and noisy counts from numpy's global generator: seeding it
-        # makes a simulated run reproducible; secure_mode leaves the noise unpredictable for deployments.
-        np.random.seed(config.seed)
+    noise_seed = simulation_noise_seed()
+    if strategy.central is not None and noise_seed is not None and not config.privacy.secure_mode:
+        # Flower's DP wrappers draw their noise and noisy counts from numpy's global generator. Only a
+        # local simulation seeds it (for reproducibility), through its SuperLink's environment: a seed
+        # in the run config would reach every site, which could then subtract the noise.
+        np.random.seed(noise_seed)
     started = time.monotonic()
     result = strategy.start(
         grid=grid,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common.config import AppConfig
 from common.errors import ConfigError, FedMammoError
+from common.privacy.noise_seed import SIMULATION_NOISE_SEED_ENV
 
 __all__ = ["APP_DIR", "SimulationError", "SimulationResources", "run_simulation", "write_run_config"]
 
@@ -157,6 +158,7 @@ def run_simulation(
         flwr_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedmammo-flwr-")))
         env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_DIR), env.get("PYTHONPATH", "")) if p)
+        env[SIMULATION_NOISE_SEED_ENV] = str(config.seed)  # reproducible central-DP noise, in simulation only
         # The SuperLink starts flower-superexec (and that the app processes) by name, from PATH.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         port = stack.enter_context(_local_superlink(flwr_home, run_dir / "superlink.log", env))
