@@ -16,7 +16,13 @@ __all__ = ["redact_paths", "reply_with_error_on_failure", "site_label"]
 
 logger = logging.getLogger(__name__)
 
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:~|\.{1,2})?[/\\][^\s'\"`,;:()]+")
+_PATH = re.compile(
+    r"(?:[A-Za-z]:)?(?:~|\.{1,2})?[/\\]"  # a root, home or relative start, then the first separator
+    r"[^\n'\"`;()]*?"  # the rest, spaces and commas included: 'MRN0012345 Jane 1962', 'Doe, Jane'
+    r"(?=:\s|:$|,\s[a-z]|,$|[\n'\"`;()]|\s+(?:is|does|has|have|cannot|could|was|lacks|holds|names|line|or|and)\b|$)"
+)
+"""A path, up to the punctuation or the verb that our error messages put after one (``<path>: ...``,
+``<path> is not ...``, ``manifest <path> line 4``)."""
 
 Handler = Callable[[Message, Context], Message]
 
@@ -36,10 +42,11 @@ def site_label(node_config: Mapping[str, object]) -> str:
 
 
 def reply_with_error_on_failure(handler: Handler) -> Handler:
-    """Decorate a ClientApp handler so a data, config or privacy error becomes an error reply.
+    """Decorate a ClientApp handler so any failure on the site becomes an error reply.
 
-    The full message (with paths) goes to the site's own log; the server gets the error kind and
-    the rule that failed, so the federation records the site's failure and carries on.
+    The full message (with paths) goes to the site's own log. For fedmammo's own errors the server
+    gets the error kind and the rule that failed, paths redacted; for any other exception (whose text
+    we do not control) only its type, since Flower would otherwise send ``str(exc)`` as it is.
     """
 
     @functools.wraps(handler)
@@ -49,6 +56,13 @@ def reply_with_error_on_failure(handler: Handler) -> Handler:
         except FedMammoError as exc:
             logger.error("%s failed on this site: %s", handler.__name__, exc)
             reason = f"{site_label(context.node_config)}: {type(exc).__name__}: {redact_paths(str(exc))}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        except Exception as exc:  # not ours: its text may hold anything (paths, names), so only its kind leaves
+            logger.exception("%s failed on this site", handler.__name__)
+            reason = (
+                f"{site_label(context.node_config)}: unexpected {type(exc).__name__} "
+                "(details in the site's own log; nothing more is sent)"
+            )
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
     return guarded

@@ -177,3 +177,37 @@ def test_redact_paths_keeps_the_rule_and_drops_the_paths() -> None:
     text = "manifest /data/PAT-123/m.csv line 4: column 'label' = 'x'; see C:\\site\\a.dcm or ./rel/b.dcm"
 
     assert redact_paths(text) == "manifest <path> line 4: column 'label' = 'x'; see <path> or <path>"
+
+
+def test_redaction_takes_whole_paths_with_spaces_in_folder_names() -> None:
+    from client.safe_reply import redact_paths
+
+    text = (
+        "line 2: /data/MRN0012345 Jane 1962/L CC.dcm is not a DICOM file; "
+        "image file /data/Doe, Jane/x.dcm does not exist; /scans/P 7/a.dcm: image is 4x4"
+    )
+
+    redacted = redact_paths(text)
+
+    assert "Jane" not in redacted and "MRN" not in redacted and "P 7" not in redacted and "CC.dcm" not in redacted
+    assert redacted.startswith("line 2: <path> is not a DICOM file; image file <path>")
+    assert redacted.endswith("<path>: image is 4x4")
+
+
+def test_an_unexpected_exception_sends_only_its_type(tmp_path: Path) -> None:
+    # Prepare: a handler failing with a library error whose text holds a path with a patient's name
+    from flwr.app import Context, Message, RecordDict
+
+    from client.safe_reply import reply_with_error_on_failure
+
+    def handler(msg: Message, context: Context) -> Message:
+        raise FileExistsError(17, "File exists", "/tmp/site/MRN0012345_DOE_JANE")
+
+    guarded = reply_with_error_on_failure(handler)
+    message = Message(content=RecordDict(), dst_node_id=1, message_type="train")
+    context = Context(run_id=1, node_id=1, node_config={"site-name": "hosp-a"}, state=RecordDict(), run_config={})
+    # Execute
+    reply = guarded(message, context)
+    # Assert
+    assert reply.has_error() and reply.error.reason.startswith("hosp-a: unexpected FileExistsError")
+    assert "MRN" not in reply.error.reason and "/tmp" not in reply.error.reason
