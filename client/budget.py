@@ -8,11 +8,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import AppConfig
 from common.errors import ConfigError, PrivacyBudgetExceeded
 from common.privacy import compute_epsilon
 
-__all__ = ["LIMITS_FILE_NAME", "MAX_EPSILON_KEY", "MIN_NOISE_KEY", "SiteBudget", "check_round", "site_budget"]
+__all__ = [
+    "DEFAULT_SITE_DELTA",
+    "LIMITS_FILE_NAME",
+    "MAX_DELTA_KEY",
+    "MAX_EPSILON_KEY",
+    "MIN_NOISE_KEY",
+    "SiteBudget",
+    "check_round",
+    "site_budget",
+]
 
 LIMITS_FILE_NAME = "privacy_limits.toml"
 """Optional file in the site's folder with the same keys as the node config (node config wins)."""
@@ -20,6 +28,10 @@ LIMITS_FILE_NAME = "privacy_limits.toml"
 MAX_EPSILON_KEY = "max-epsilon"
 MAX_DELTA_KEY = "max-delta"
 MIN_NOISE_KEY = "min-noise-multiplier"
+
+DEFAULT_SITE_DELTA = 1e-5
+"""The delta a site's ceiling is read at when it names none: its own, so the run config (the server's)
+cannot make the same spending look cheaper by raising ``privacy.delta``."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +69,8 @@ def _limits_file(site_dir: Path | None) -> dict[str, object]:
     return values
 
 
-def site_budget(node_config: Mapping[str, object], config: AppConfig, site_dir: Path | None = None) -> SiteBudget:
-    """The site's limits: ``max-epsilon``, ``max-delta``, ``min-noise-multiplier``.
+def site_budget(node_config: Mapping[str, object], site_dir: Path | None = None) -> SiteBudget:
+    """The site's limits: ``max-epsilon``, ``max-delta`` (default :data:`DEFAULT_SITE_DELTA`), ``min-noise-multiplier``.
 
     They come from the SuperNode's ``--node-config`` or from ``privacy_limits.toml`` in the site's folder
     (node config wins), both under the hospital's control; the run config cannot set or loosen them.
@@ -69,7 +81,7 @@ def site_budget(node_config: Mapping[str, object], config: AppConfig, site_dir: 
         raise ConfigError(f"node config '{MAX_DELTA_KEY}' = {delta!r} is invalid: it must be in (0, 1)")
     return SiteBudget(
         max_epsilon=_number(node_config, MAX_EPSILON_KEY),
-        delta=delta if delta is not None else config.privacy.delta,
+        delta=delta if delta is not None else DEFAULT_SITE_DELTA,
         min_noise_multiplier=_number(node_config, MIN_NOISE_KEY) or 0.0,
     )
 
@@ -81,6 +93,7 @@ def check_round(
     history: Sequence[tuple[float, float, int]],
     planned: tuple[float, float, int],
     accountant: str,
+    poisson_sampling: bool = True,
 ) -> None:
     """Decline the round (raise) if it would breach the site's own limits; ``planned`` is this round's entry.
 
@@ -100,6 +113,11 @@ def check_round(
         raise PrivacyBudgetExceeded(
             f"declined: this run has differential privacy off (privacy.mode={mode}) and this site only trains "
             "under DP (its node config sets a privacy limit)"
+        )
+    if limited and not poisson_sampling:
+        raise PrivacyBudgetExceeded(
+            "declined: this run turns Poisson sampling off (privacy.poisson_sampling=false), so the accountant's "
+            "epsilon would not bound this site's privacy loss; this site only trains with Poisson sampling"
         )
     noise = planned[0]
     if noise < budget.min_noise_multiplier:

@@ -36,7 +36,7 @@ def train(msg: Message, context: Context) -> Message:
         msg.content[wire.ARRAYS_KEY].to_torch_state_dict(),
         ledger.history,
         _server_round(msg),
-        budget=site_budget(context.node_config, config, site.manifest.parent),
+        budget=site_budget(context.node_config, site.manifest.parent),
     )
     ledger.record(result.history)
     metrics = MetricRecord(

@@ -110,7 +110,14 @@ def train_on_site(
     if budget is not None:
         sample_rate, steps_per_epoch = planned_sampling(max(len(data.train), 1), config.training.batch_size)
         planned = (privacy.noise_multiplier, sample_rate, steps_per_epoch * config.training.local_epochs)
-        check_round(budget, mode=privacy.mode, history=history, planned=planned, accountant=privacy.accountant)
+        check_round(
+            budget,
+            mode=privacy.mode,
+            history=history,
+            planned=planned,
+            accountant=privacy.accountant,
+            poisson_sampling=privacy.poisson_sampling,
+        )
     return train_local(
         model,
         data.train,
