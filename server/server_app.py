@@ -18,7 +18,7 @@ from server.report import RunDirectory, build_report
 from server.strategy import build_strategy
 from server.summary import build_summary
 
-__all__ = ["app", "initial_arrays", "run_federation"]
+__all__ = ["app", "final_weights", "initial_arrays", "run_federation"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,15 @@ def initial_arrays(config: AppConfig) -> ArrayRecord:
     return ArrayRecord(model.state_dict())
 
 
+def final_weights(released: ArrayRecord, initial: ArrayRecord) -> ArrayRecord:
+    """The last released global model, or the initial one when no round released any (all sites failed or
+    declined, e.g. limited sites under central DP), so ``global_model.pt`` always loads into the model."""
+    if len(released):
+        return released
+    logger.warning("no round produced a global model; global_model.pt holds the initial weights")
+    return initial
+
+
 def run_federation(grid: Grid, config: AppConfig) -> Path:
     """Run all rounds, then write final weights, ROC data, summary and report; return the run directory."""
     run_dir = RunDirectory(Path(config.output.run_dir).expanduser())
@@ -51,16 +60,17 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
         # in the run config would reach every site, which could then subtract the noise.
         np.random.seed(noise_seed)
     started = time.monotonic()
+    initial = initial_arrays(config)
     result = strategy.start(
         grid=grid,
-        initial_arrays=initial_arrays(config),
+        initial_arrays=initial,
         num_rounds=config.strategy.num_rounds,
         timeout=config.strategy.round_timeout_s,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
     )
     duration = time.monotonic() - started
-    torch.save(result.arrays.to_torch_state_dict(), run_dir.path / "global_model.pt")
+    torch.save(final_weights(result.arrays, initial).to_torch_state_dict(), run_dir.path / "global_model.pt")
     if strategy.latest_histograms:
         run_dir.write_roc(strategy.latest_round, strategy.latest_histograms)
     summary = build_summary(config, run_dir.read_metrics(), duration_s=duration)

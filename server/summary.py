@@ -26,6 +26,8 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
         )
         sites[site] = entry
     pooled = sites.pop(POOLED_SITE, {})
+    if central_epsilon is None and sites:  # the worst site overall: one that declined late rounds still counts
+        pooled["epsilon"] = max(float(entry["epsilon"]) for entry in sites.values())
     failures = [dict(row) for row in rows if "error" in row]
     return {
         "num_rounds": config.strategy.num_rounds,
@@ -36,7 +38,14 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
         "pooled": pooled,
         "privacy": {
             "mode": config.privacy.mode,
-            "noise_multiplier": config.privacy.noise_multiplier,
+            # With a target epsilon each site derives its own sigma from its training-set size, so no
+            # single figure is true for local DP (central DP: server_app records the sigma it used).
+            "noise_multiplier": (
+                f"per site, set for ε={config.privacy.target_epsilon:g}"
+                if config.privacy.local and config.privacy.target_epsilon > 0
+                else config.privacy.noise_multiplier
+            ),
+            "target_epsilon": config.privacy.target_epsilon,
             "max_grad_norm": config.privacy.max_grad_norm,
             **(
                 {

@@ -37,9 +37,11 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
 
         resolve_site({PARTITION_ID_KEY: 0}, config)
     run_dir = Path(config.output.run_dir).expanduser().resolve()
+    target = config.privacy.target_epsilon
+    noise = f"to ε={target:g}" if target > 0 else f"σ={config.privacy.noise_multiplier}"  # σ then derived
     privacy = {
-        "local": f"DP-SGD σ={config.privacy.noise_multiplier} per site",
-        "central": f"central DP σ={config.privacy.noise_multiplier} ({config.privacy.central_clipping} clipping)",
+        "local": f"DP-SGD {noise} per site",
+        "central": f"central DP {noise} ({config.privacy.central_clipping} clipping)",
         "none": "no DP",
     }[config.privacy.mode]
     console.print(
