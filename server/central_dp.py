@@ -6,10 +6,12 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import (
     GaussianPrivacyEvent,
+    Grid,
     NeighboringRelation,
     PrivacyConfig,
     RdpAccountant,
@@ -18,21 +20,51 @@ from flwr.serverapp import (
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
     Strategy,
 )
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common.config import AppConfig
 from common.errors import ConfigError
 
-__all__ = ["CentralDP", "central_noise_multiplier", "wrap_with_central_dp"]
+__all__ = ["CentralDP", "ExactSampleFedAvg", "central_noise_multiplier", "wrap_with_central_dp"]
 
 logger = logging.getLogger(__name__)
 
 _BISECTION_STEPS = 60
 
 
+class ExactSampleFedAvg(FedAvg):
+    """FedAvg that trains on exactly ``sample_size`` nodes each round, waiting until that many are connected.
+
+    Flower's FedAvg samples a fraction of whoever is connected, but the DP wrappers calibrate the noise
+    (``sigma x clip / sample_size``) and the accountant for one fixed number of sites: a surplus node made
+    the fixed wrapper raise and the adaptive one drop every round, a missing one shrank the round. Here a
+    surplus node simply sits the round out, and a missing one makes the round wait (Flower's
+    ``min_available_nodes`` behaviour). Aggregation is FedAvg's own, which Flower's accountant requires.
+    """
+
+    def __init__(self, *, sample_size: int, **kwargs: Any) -> None:
+        kwargs["min_available_nodes"] = max(kwargs.get("min_available_nodes", 0), sample_size)
+        super().__init__(**kwargs)
+        self.sample_size = sample_size
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One train message for each of ``sample_size`` nodes drawn from those connected."""
+        if self.fraction_train == 0.0:
+            return []
+        node_ids, connected = sample_nodes(grid, self.min_available_nodes, self.sample_size)
+        logger.info("configure_train: sampled %d of %d connected node(s)", len(node_ids), len(connected))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node) for node in node_ids]
+
+
 class _ServerSideAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping with the clip-norm update pointing the right way.
+    """Flower's server-side adaptive clipping with the clip-norm update pointing the right way, made in time.
 
     Flower 1.41 counts *clipped* updates but applies Andrew et al.'s rule, which is written for the share
     of *unclipped* ones: ``C *= exp(-lr * (clipped - target))`` shrinks the norm when too many updates are
@@ -41,13 +73,22 @@ class _ServerSideAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping)
     rule with the unclipped share ``1 - clipped`` and quantile ``1 - target``. The privacy analysis is
     unchanged (the count is noised the same way).
 
+    Flower also updates ``C`` before it adds the noise, so the noise was scaled to the *next* round's norm,
+    not the one this round's updates were clipped to (too little noise whenever the norm shrank). Andrew
+    et al. noise with the norm used for clipping: the new norm is held back until the noise is added, and
+    kept only for a released round.
+
     Like the fixed-clipping wrapper with an accountant, it releases a round only when every sampled site
     replied: the noise is calibrated for ``num_sampled_clients`` updates, and a mean over fewer would give
     each site more influence than the noise covers.
     """
 
+    _next_clipping_norm: float | None = None
+
     def _geometric_update(self, clipped_fraction: float) -> None:
-        self.clipping_norm *= math.exp(self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile))
+        self._next_clipping_norm = self.clipping_norm * math.exp(
+            self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile)
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -55,7 +96,14 @@ class _ServerSideAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping)
         replies = list(replies)
         if len(replies) != self.num_sampled_clients or any(reply.has_error() for reply in replies):
             return None, None
-        return super().aggregate_train(server_round, replies)
+        self._next_clipping_norm = None
+        try:
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            if arrays is not None and self._next_clipping_norm is not None:
+                self.clipping_norm = self._next_clipping_norm
+        finally:
+            self._next_clipping_norm = None
+        return arrays, metrics
 
 
 def _accountant(delta: float, population: int) -> RdpAccountant:
@@ -130,10 +178,11 @@ class CentralDP:
 
 
 def wrap_with_central_dp(strategy: Strategy, config: AppConfig, num_sampled: int) -> CentralDP:
-    """Wrap ``strategy`` (a plain FedAvg) in Flower's server-side fixed or adaptive clipping wrapper.
+    """Wrap ``strategy`` (an :class:`ExactSampleFedAvg`) in Flower's server-side fixed or adaptive clipping wrapper.
 
-    ``num_sampled`` is the number of sites each round trains on: the noise on the mean update is
-    ``noise_multiplier x clip / num_sampled``, and a round in which any of them fails is not released.
+    ``num_sampled`` is the number of sites each round trains on (the strategy must sample exactly that many):
+    the noise on the mean update is ``noise_multiplier x clip / num_sampled``, and a round in which any of
+    them fails is not released.
     """
     privacy = config.privacy
     sigma = central_noise_multiplier(config, num_sampled)

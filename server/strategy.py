@@ -6,8 +6,10 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -16,7 +18,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from common import wire
 from common.config import AppConfig
 from common.metrics import ScoreHistogram
-from server.central_dp import CentralDP, wrap_with_central_dp
+from server.central_dp import CentralDP, ExactSampleFedAvg, wrap_with_central_dp
 from server.pooling import pool_evaluate_metrics, pool_train_metrics, reply_histogram
 from server.report import POOLED_SITE, RunDirectory
 
@@ -36,6 +38,17 @@ def _reported_site_name(msg: Message) -> str | None:
     return str(site[wire.SITE_NAME]) if site is not None and wire.SITE_NAME in site else None
 
 
+def _has_non_finite_weights(msg: Message) -> bool:
+    """Whether any array of a successful reply holds NaN or inf (which ``min(1, C / nan)`` clipping lets through)."""
+    if msg.has_error() or not msg.has_content():
+        return False
+    return any(
+        not np.isfinite(array).all()
+        for record in msg.content.array_records.values()
+        for array in record.to_numpy_ndarrays()
+    )
+
+
 def _scalars(metrics: MetricRecord) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k not in _OMITTED_KEYS and not isinstance(v, list)}
 
@@ -52,8 +65,8 @@ class RecordingStrategy(Strategy):
     A wrapper rather than a FedAvg subclass, in the way Flower's own DP wrappers wrap a strategy: the
     aggregation stays the library's (which Flower's privacy accountant insists on), and the rows are
     written from the sites' replies as they arrived, before any wrapper clips them. Failed replies (a site
-    whose round raised or declined) are recorded with their reason; one broken hospital never stops the
-    federation.
+    whose round raised or declined, or whose weights hold NaN or inf) are recorded with their reason and
+    left out of the aggregate; one broken hospital never stops the federation.
     """
 
     def __init__(
@@ -121,17 +134,29 @@ class RecordingStrategy(Strategy):
             if m.has_error()
         ]
 
+    def _non_finite_row(self, server_round: int, msg: Message) -> dict[str, Any]:
+        """A reply carrying NaN or inf would poison the global model (clipping passes it): it is a failed site."""
+        site = self._site_name(msg)
+        reason = f"{site}: non-finite weights (NaN or inf) in its update; left out of round {server_round}"
+        logger.warning("round %d: %s", server_round, reason)
+        return {"round": server_round, "phase": "train", "site": site, "time": time.time(), "declined": False,
+                "error": reason}  # fmt: skip
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Record each site's training reply, aggregate through the wrapped strategy, record the pooled row."""
         replies = list(replies)
+        poisoned = [_has_non_finite_weights(m) for m in replies]
+        non_finite = [m for m, bad in zip(replies, poisoned, strict=True) if bad]
+        replies = [m for m, bad in zip(replies, poisoned, strict=True) if not bad]
         rows = [
             _row(server_round, "train", self._site_name(m), m.content[wire.METRICS_KEY])
             for m in replies
             if not m.has_error()
         ]
         rows += self._record_failures(server_round, "train", replies)
+        rows += [self._non_finite_row(server_round, m) for m in non_finite]
         self._weigh_uniformly(replies)
         try:
             arrays, pooled = self.inner.aggregate_train(server_round, replies)
@@ -188,7 +213,10 @@ def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingStrateg
     """FedAvg over the sites (min nodes capped by the federation size), inside Flower's central-DP wrapper
     when ``privacy.mode=central``, recorded per site and round."""
     min_nodes = min(config.strategy.min_nodes, config.federation.num_sites)
-    fedavg = FedAvg(
+    planned = _sites_per_round(config)
+    # Central DP's noise and accountant are calibrated for exactly ``planned`` sites a round.
+    fedavg_class = partial(ExactSampleFedAvg, sample_size=planned) if config.privacy.central else FedAvg
+    fedavg = fedavg_class(
         fraction_train=config.strategy.fraction_train,
         fraction_evaluate=config.strategy.fraction_evaluate,
         min_train_nodes=min_nodes,
@@ -200,7 +228,7 @@ def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingStrateg
         train_metrics_aggr_fn=pool_train_metrics,
         evaluate_metrics_aggr_fn=pool_evaluate_metrics,
     )
-    central = wrap_with_central_dp(fedavg, config, _sites_per_round(config)) if config.privacy.central else None
+    central = wrap_with_central_dp(fedavg, config, planned) if config.privacy.central else None
     return RecordingStrategy(
         central.strategy if central is not None else fedavg,
         run_dir=run_dir,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import strategy_utils
 
 from common import wire
 from common.config import load_config
@@ -29,10 +30,14 @@ def _config(**overrides: object):
     return load_config({**base, **overrides})
 
 
-def _grid() -> Grid:
+def _grid(node_ids: tuple[int, ...] = (1, 2)) -> Grid:
     grid = Mock(spec=Grid)
-    grid.get_node_ids.return_value = [1, 2]
+    grid.get_node_ids.return_value = list(node_ids)
     return grid
+
+
+class _WouldWait(Exception):
+    """Raised by a patched ``sleep``: the strategy chose to wait for more nodes to connect."""
 
 
 def _reply(query: Message, site: str, update: np.ndarray, n: int) -> Message:
@@ -133,6 +138,47 @@ def test_adaptive_clipping_moves_the_clip_norm_and_is_accounted(tmp_path: Path) 
     # Every update exceeded the norm, so it must grow towards them (Flower's own rule would shrink it).
     assert strategy.inner.clipping_norm > 0.1
     assert strategy.central.epsilon() == pytest.approx(compute_epsilon([(0.5, 1.0, 3)], delta=1e-5), rel=0.02)
+
+
+def test_adaptive_noise_is_calibrated_to_the_clip_norm_the_updates_were_clipped_with(tmp_path: Path) -> None:
+    config = _config(
+        **{"privacy.central_clipping": "adaptive", "privacy.noise_multiplier": 1.0, "privacy.update_clip_norm": 1.0}
+    )
+    strategy = build_strategy(config, RunDirectory(tmp_path))
+    dp = strategy.inner
+    np.random.seed(0)  # Flower draws the noisy clipped count and the noise from numpy's global generator
+
+    arrays, _ = _round(strategy, 1, [_spike(0, 1e-6), _spike(1, 1e-6)], sizes=[5, 5])
+
+    assert abs(dp.clipping_norm / 1.0 - 1) > 0.05  # the norm moved, so the two calibrations are told apart
+    # Andrew et al.: the noise covers the sensitivity of this round's sum, i.e. the norm used to clip it.
+    assert np.std(arrays["w"].numpy()) == pytest.approx(dp.noise_multiplier * 1.0 / 2, rel=0.02)
+
+
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_a_surplus_node_is_left_out_so_the_round_is_released(tmp_path: Path, clipping: str) -> None:
+    config = _config(**{"privacy.central_clipping": clipping, "privacy.noise_multiplier": 1.0})
+    strategy = build_strategy(config, RunDirectory(tmp_path))
+    start = ArrayRecord({"w": torch.zeros(SIZE)})
+
+    queries = list(strategy.configure_train(1, start, ConfigRecord(), _grid((1, 2, 3))))
+    replies = [_reply(q, f"site-{i}", _spike(i, 1.0), 5) for i, q in enumerate(queries)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+
+    assert len(queries) == 2 and len({q.metadata.dst_node_id for q in queries}) == 2
+    assert arrays is not None and strategy.central.epsilon() > 0
+
+
+@pytest.mark.parametrize("clipping", ["fixed", "adaptive"])
+def test_a_missing_node_makes_the_round_wait_instead_of_shrinking(
+    tmp_path: Path, clipping: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(**{"federation.num_sites": 3, "privacy.central_clipping": clipping})
+    strategy = build_strategy(config, RunDirectory(tmp_path))
+    monkeypatch.setattr(strategy_utils, "sleep", Mock(side_effect=_WouldWait))
+
+    with pytest.raises(_WouldWait):
+        strategy.configure_train(1, ArrayRecord({"w": torch.zeros(4)}), ConfigRecord(), _grid((1, 2)))
 
 
 def test_target_epsilon_sets_the_noise_that_spends_it_over_the_planned_rounds() -> None:
