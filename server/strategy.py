@@ -107,6 +107,10 @@ class RecordingStrategy(Strategy):
         node = msg.metadata.src_node_id
         reported = _reported_site_name(msg)
         if reported is not None:
+            if any(name == reported for other, name in self._site_names.items() if other != node):
+                # Two hospitals chose one name: without this their rows and histograms would merge.
+                logger.warning("node %d reports site name %r, already used by another node", node, reported)
+                reported = f"{reported}@node-{node}"
             self._site_names[node] = reported
         return self._site_names.get(node, f"node-{node}")
 
