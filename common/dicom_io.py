@@ -124,9 +124,12 @@ def _read_dicom(path: Path, *, require_mg: bool, wanted_intent: str) -> Mammogra
     values = _modality_values(path, stored, ds)
     if values.ndim != 2 or not np.isfinite(values).all() or values.max() == values.min():
         raise DicomError(f"{path}: image is constant or not finite after the modality LUT; it holds no tissue")
-    pixels, transform = apply_display_transform(path, values, ds, intent=header.presentation_intent)
+    padding = _padding_mask(ds, stored)
+    pixels, transform = apply_display_transform(path, values, ds, intent=header.presentation_intent, padding=padding)
     if header.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
+    if padding is not None:
+        pixels = np.where(padding, 0.0, pixels)  # padding is no image: background, dark in every photometry
     return Mammogram(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         laterality=header.laterality,
@@ -147,6 +150,17 @@ def _modality_values(path: Path, stored: np.ndarray, ds: pydicom.Dataset) -> np.
         logger.warning("%s: empty Rescale Slope/Intercept; using the stored values as they are", path)
         return stored.astype(np.float64)
     return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+
+
+def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Pixels whose stored value is the (0028,0120) Pixel Padding Value, or in its range up to (0028,0121)."""
+    value = ds.get("PixelPaddingValue")
+    if not isinstance(value, int):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    low, high = (min(value, limit), max(value, limit)) if isinstance(limit, int) else (value, value)
+    mask = (stored >= low) & (stored <= high)
+    return mask if mask.any() and not mask.all() else None
 
 
 def _check_header(path: Path, header: DicomHeader, *, require_mg: bool, wanted_intent: str) -> None:

@@ -35,7 +35,7 @@ VOI_LOG_ROBUST = "log-robust"
 
 
 def apply_display_transform(
-    path: Path, values: np.ndarray, ds: pydicom.Dataset, *, intent: str
+    path: Path, values: np.ndarray, ds: pydicom.Dataset, *, intent: str, padding: np.ndarray | None = None
 ) -> tuple[np.ndarray, str]:
     """Turn modality-LUT output into [0, 1] the way the file asks to be displayed (inversion excluded).
 
@@ -69,6 +69,9 @@ def apply_display_transform(
         The file's dataset (VOI attributes).
     intent : str
         ``"FOR PRESENTATION"``, ``"FOR PROCESSING"`` or ``""``.
+    padding : numpy.ndarray or None
+        Pixels the file marks as padding (Pixel Padding Value): left out of the robust window's
+        percentiles, where a large padded border would otherwise set the low end and flatten the tissue.
 
     Returns
     -------
@@ -89,10 +92,12 @@ def apply_display_transform(
             return _scaled_voi(path, values, ds, None), VOI_WINDOW
     except (ValueError, TypeError, NotImplementedError, AttributeError, IndexError, KeyError) as exc:
         logger.warning("%s: its VOI LUT/window cannot be applied (%s); using a robust window instead", path, exc)
+    image = values if padding is None or padding.all() else values[~padding]  # the pixels that are image
     if intent == FOR_PROCESSING and str(ds.get("PixelIntensityRelationship", "")).upper() != "LOG":
-        offset = 0.0 if values.min() >= 1.0 else 1.0 - float(values.min())  # log needs positive values
-        return robust_window(path, np.log(values + offset)), VOI_LOG_ROBUST
-    return robust_window(path, values), VOI_ROBUST
+        offset = 0.0 if image.min() >= 1.0 else 1.0 - float(image.min())  # log needs positive values
+        logged = np.log(np.maximum(values + offset, 1.0))  # padding below the image's minimum stays finite
+        return robust_window(path, logged, among=np.log(image + offset)), VOI_LOG_ROBUST
+    return robust_window(path, values, among=image), VOI_ROBUST
 
 
 def _as_16_bit_lut(ds: pydicom.Dataset, item: pydicom.Dataset) -> pydicom.Dataset:
@@ -137,15 +142,17 @@ def _scaled_voi(path: Path, values: np.ndarray, ds: pydicom.Dataset, lut: pydico
     return np.clip((voi - low) / (high - low), 0.0, 1.0)
 
 
-def robust_window(path: Path, values: np.ndarray) -> np.ndarray:
+def robust_window(path: Path, values: np.ndarray, *, among: np.ndarray | None = None) -> np.ndarray:
     """Window at the :data:`ROBUST_PERCENTILES` of the values (plain min-max when they coincide).
 
     Used wherever an image says nothing about how to display it (no VOI, a 16-bit PNG holding
-    12-bit data), so every site's images land on the same [0, 1] scale.
+    12-bit data), so every site's images land on the same [0, 1] scale. ``among`` are the values the
+    window is computed from (default: all), e.g. without the padded border.
     """
-    low, high = (float(v) for v in np.percentile(values, ROBUST_PERCENTILES))
+    sample = values if among is None or among.size == 0 else among
+    low, high = (float(v) for v in np.percentile(sample, ROBUST_PERCENTILES))
     if not high > low:
-        low, high = float(values.min()), float(values.max())
+        low, high = float(sample.min()), float(sample.max())
     if not high > low:
         raise DicomError(f"{path}: image is constant after the display transform; it holds no tissue")
     return np.clip((values - low) / (high - low), 0.0, 1.0)

@@ -443,3 +443,21 @@ def test_raw_data_is_logged_once(tmp_path: Path, relationship: str, transform: s
     ds.save_as(path)
     # Execute / Assert
     assert read_mammogram(path).display_transform == transform
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_padding_is_left_out_of_the_window_and_shown_as_background(tmp_path: Path, photometric: str) -> None:
+    # Prepare: raw data, a tissue ramp 1000..2000 inside a wide border marked as padding (0)
+    stored = np.zeros((64, 64), dtype=np.uint16)
+    stored[:, 32:] = np.tile(np.linspace(1000, 2000, 32).astype(np.uint16), (64, 1))
+    path = write_mg(tmp_path / "pad.dcm", stored, photometric=photometric)
+    ds = pydicom.dcmread(path)
+    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.add_new(0x00280120, "US", 0)  # Pixel Padding Value
+    ds.save_as(path)
+    # Execute
+    pixels = read_mammogram(path).pixels
+    # Assert: the tissue keeps its full contrast (with the border in the window it spanned 0.09)
+    tissue = pixels[10, 32:]
+    assert tissue.max() - tissue.min() > 0.95
+    assert np.all(pixels[:, :32] == 0.0)
