@@ -60,7 +60,7 @@ class ExactSampleFedAvg(FedAvg):
         logger.info("configure_train: sampled %d of %d connected node(s)", len(node_ids), len(connected))
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node) for node in node_ids]
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
 
 class _ServerSideAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
