@@ -1,0 +1,57 @@
+"""One split of a site as a torch Dataset over uint16 images mapped from the cache, made float one item at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.image_cache import dequantise
+
+__all__ = ["SiteImages"]
+
+
+class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """One split of a site: items ``(1 x S x S float32 in [0, 1], int64 label)``, read from the cache on demand.
+
+    The images stay uint16 in the site's memory-mapped cache (or, when the cache cannot be written,
+    in memory as uint16) and become float tensors one item at a time. A hospital's archive of tens
+    of thousands of full-field images then trains from the page cache instead of needing its float32
+    copy in RAM (20,000 images at 512 px would be 21 GB).
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        ``S x S`` uint16 images (see :func:`common.image_cache.quantise`), e.g. views of the cache's map.
+    labels : sequence of int
+        One label per image.
+    size : int
+        ``S``, so that an empty split still knows its item shape.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int], size: int):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self._images = list(images)
+        self.labels = torch.tensor(list(labels), dtype=torch.int64)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(dequantise(self._images[index])).unsqueeze(0)
+        return image, self.labels[index]
+
+    @property
+    def bytes_in_memory(self) -> int:
+        """Bytes of images held in RAM rather than mapped from the cache (0 when the cache holds them all)."""
+        return sum(image.nbytes for image in self._images if not isinstance(image, np.memmap))
+
+    def stacked(self) -> torch.Tensor:
+        """Every image as one ``N x 1 x S x S`` tensor: for small splits and inspection, not for training."""
+        if not self._images:
+            return torch.empty((0, 1, self.size, self.size), dtype=torch.float32)
+        return torch.from_numpy(dequantise(np.stack(self._images))).unsqueeze(1)
