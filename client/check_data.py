@@ -10,11 +10,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.dicom_io import IMAGE_SUFFIXES, read_header
+from common.data import (
+    IMAGE_SUFFIXES,
+    ImagePipeline,
+    ManifestRow,
+    cache_root,
+    preprocess_site,
+    read_header,
+    read_manifest,
+)
 from common.errors import DicomError
-from common.image_pipeline import ImagePipeline
-from common.manifest import ManifestRow, read_manifest
-from common.site_data import cache_root, preprocess_site
 
 __all__ = ["UNKNOWN", "BadFile", "SiteCheck", "check_site"]
 

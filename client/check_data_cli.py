@@ -67,7 +67,7 @@ def find_manifests(manifest: str | None, data_dir: str | None) -> list[Path]:
 def run_check_data(args: argparse.Namespace, console: Console) -> int:
     """Check every named site; exit status 1 when any of them has no usable image."""
     from client.check_data import check_site
-    from common.image_pipeline import ImagePipeline
+    from common.data import ImagePipeline
 
     data = DataConfig(
         image_size=args.image_size,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from client.ledger import LEDGER_FILE_NAME
 from common.config import AppConfig
+from common.data import FEDERATION_INDEX, site_manifest
 from common.errors import ConfigError, ManifestError
-from common.manifest_federation import FEDERATION_INDEX, site_manifest
 
 __all__ = ["SiteSpec", "phantom_site_dir", "resolve_site"]
 

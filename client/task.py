@@ -12,13 +12,11 @@ import torch
 
 from client.budget import SiteBudget, check_round
 from client.site import SiteSpec
-from common.augment import augment_batch
 from common.config import AppConfig
-from common.image_pipeline import ImagePipeline
+from common.data import ImagePipeline, SiteData, augment_batch, load_site
 from common.metrics import ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.privacy import planned_sampling, privacy_for_budget
-from common.site_data import SiteData, load_site
 from common.training import TrainResult, evaluate, train_local
 
 __all__ = ["EvaluateOutcome", "evaluate_on_site", "load_site_data", "pick_device", "round_seed", "train_on_site"]

@@ -60,7 +60,7 @@ def _partition(args: argparse.Namespace, console: Console) -> int:
 
 
 def _dicom_folder(args: argparse.Namespace, console: Console) -> int:
-    from common.manifest_dicom import dicom_folder_manifest
+    from common.data import dicom_folder_manifest
 
     with console.status(f"reading DICOM headers under {args.folder}"):
         result = dicom_folder_manifest(args.folder, args.out, args.labels)

@@ -1,11 +1,11 @@
-"""Tests of common.augment: seeded determinism, shape/range, no horizontal flip, input untouched."""
+"""Tests of common.data.augment: seeded determinism, shape/range, no horizontal flip, input untouched."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.augment import augment_batch
+from common.data import augment_batch
 
 
 def batch(count: int = 6, size: int = 24) -> torch.Tensor:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.check_data import UNKNOWN, check_site
-from common.image_pipeline import ImagePipeline
-from common.manifest import write_manifest
+from common.data import ImagePipeline, write_manifest
 from simulations.benchmarks.data_throughput import mini_mias_manifest
 from simulations.cli import main
 from tests.conftest import SHARED_DATA

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.image_pipeline import ImagePipeline
+from common.data import ImagePipeline
 from simulations.benchmarks.data_throughput import measure_site
 from tests.test_site_data import SIZE, make_site
 

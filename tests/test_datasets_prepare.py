@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.manifest import read_manifest
-from common.manifest_federation import list_sites
+from common.data import list_sites, read_manifest
 from simulations.cli import main
 from tests.test_datasets_mini_mias import _fixture
 from tests.test_manifest_dicom import write_tiny_dicom

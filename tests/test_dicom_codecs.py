@@ -10,7 +10,7 @@ import pytest
 from pydicom import uid
 from pydicom.pixels.decoders.base import Decoder
 
-from common.dicom_io import read_mammogram
+from common.data import read_mammogram
 from common.errors import DicomError
 from tests.test_dicom_io import breast_pixels, bundled, write_mg
 

@@ -1,4 +1,4 @@
-"""Tests of header reading (common.dicom_header) on synthetic files and real GE/Hologic headers, and of intent rules."""
+"""Tests of header reading (common.data.dicom_header) on synthetic and real GE/Hologic headers, and intent rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from common.dicom_io import read_header, read_mammogram
+from common.data import read_header, read_mammogram
 from common.errors import DicomError
 from tests.conftest import SHARED_DATA
 from tests.test_dicom_io import breast_pixels, write_mg

@@ -1,4 +1,4 @@
-"""Tests of common.dicom_io: decoding order (modality LUT, VOI, MONOCHROME1), metadata and typed errors."""
+"""Tests of common.data.dicom_io: decoding order (modality LUT, VOI, MONOCHROME1), metadata and typed errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from common.dicom_io import Mammogram, read_mammogram
+from common.data import Mammogram, read_mammogram
 from common.errors import DicomError
 
 _MG_STORAGE = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
@@ -380,7 +380,7 @@ def test_an_empty_rescale_slope_means_identity(tmp_path: Path) -> None:
 
 def test_library_failure_is_wrapped_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: pydicom failing inside the modality LUT
-    import common.dicom_io as dicom_io
+    import common.data.dicom_io as dicom_io
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("unsupported LUT")

@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom import uid
 
-from common.dicom_io import MIN_SIDE, read_header, read_mammogram
+from common.data import MIN_SIDE, ImagePipeline, read_header, read_mammogram
 from common.errors import DicomError
-from common.image_pipeline import ImagePipeline
 from tests.test_dicom_header import FIXTURES
 from tests.test_dicom_io import breast_pixels, write_mg
 

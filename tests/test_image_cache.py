@@ -1,4 +1,4 @@
-"""Tests of common.image_cache: the per-site store's hits, keys, crash safety, checksums and compaction."""
+"""Tests of common.data.image_cache: the per-site store's hits, keys, crash safety, checksums and compaction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.image_cache import SiteImageCache, dequantise, quantise
+from common.data import SiteImageCache, dequantise, quantise
 
 SHAPE = (8, 8)
 
@@ -102,7 +102,7 @@ def test_a_corrupt_slot_fails_its_checksum(tmp_path: Path, caplog: pytest.LogCap
     raw[8 * 8 * 2 + 3] ^= 0xFF
     data.write_bytes(bytes(raw))
     # Execute
-    with caplog.at_level(logging.WARNING, logger="common.image_cache"):
+    with caplog.at_level(logging.WARNING, logger="common.data.image_cache"):
         cache = cache_at(tmp_path)
         hit_a, hit_b = cache.lookup("a"), cache.lookup("b")
     # Assert
@@ -152,7 +152,7 @@ def test_an_unwritable_cache_folder_is_logged_not_raised(tmp_path: Path, caplog:
     blocker = tmp_path / "blocked"
     blocker.write_text("x")
     # Execute
-    with caplog.at_level(logging.WARNING, logger="common.image_cache"):
+    with caplog.at_level(logging.WARNING, logger="common.data.image_cache"):
         cache = store(blocker, {"a": image(1)})
     # Assert
     assert cache.lookup("a") is None and "not writable" in caplog.text

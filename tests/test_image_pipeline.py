@@ -1,4 +1,4 @@
-"""Tests of common.image_pipeline: config wiring, cache-key settings, resampling by spacing, intent selection."""
+"""Tests of common.data.image_pipeline: config wiring, cache-key settings, resampling by spacing, intent selection."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from common.config import DataConfig
+from common.data import ImagePipeline
 from common.errors import ConfigError, DicomError
-from common.image_pipeline import ImagePipeline
 from tests.test_dicom_io import breast_pixels, write_mg
 
 
@@ -87,7 +87,7 @@ def test_file_without_spacing_is_used_with_a_note(tmp_path: Path, caplog: pytest
     Image.fromarray((breast_pixels() // 16).astype(np.uint8)).save(tmp_path / "plain.png")
     pipeline = ImagePipeline(image_size=32, pixel_spacing_mm=0.1)
     # Execute
-    with caplog.at_level(logging.INFO, logger="common.image_pipeline"):
+    with caplog.at_level(logging.INFO, logger="common.data.image_pipeline"):
         out = pipeline.load(path)
         pipeline.load(tmp_path / "plain.png")
     # Assert: same image as with resampling off, and one note per file

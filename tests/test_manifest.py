@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.data import read_manifest, write_manifest
 from common.errors import ManifestError
-from common.manifest import read_manifest, write_manifest
 
 
 def _write(path: Path, text: str) -> Path:

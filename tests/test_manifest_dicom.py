@@ -9,9 +9,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from common.data import dicom_folder_manifest, read_manifest, read_manifest_header
 from common.errors import ManifestError
-from common.manifest import read_manifest
-from common.manifest_dicom import dicom_folder_manifest, read_manifest_header
 
 MG_STORAGE = "1.2.840.10008.5.1.4.1.1.1.2"
 

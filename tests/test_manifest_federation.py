@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.data import list_sites, site_manifest, write_federation_index
 from common.errors import ConfigError, ManifestError
-from common.manifest_federation import list_sites, site_manifest, write_federation_index
 
 
 def _site(root: Path, name: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests of common.parallel_decode: every row decoded or given a reason, callbacks, and the progress bar."""
+"""Tests of common.data.parallel_decode: every row decoded or given a reason, callbacks, and the progress bar."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.image_pipeline import ImagePipeline
-from common.manifest import read_manifest
-from common.parallel_decode import decode_rows
+from common.data import ImagePipeline, decode_rows, read_manifest
 from tests.test_site_data import SIZE, make_site
 
 

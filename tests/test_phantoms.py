@@ -11,8 +11,8 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
+from common.data import MANIFEST_COLUMNS, ManifestRow, read_manifest
 from common.errors import ConfigError
-from common.manifest import MANIFEST_COLUMNS, ManifestRow, read_manifest
 from simulations.phantoms import generate as generate_module
 from simulations.phantoms import generate_federation, generate_site, scanner_profile
 

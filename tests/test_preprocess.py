@@ -1,11 +1,11 @@
-"""Tests of common.preprocess: orientation, breast crop, shape/range and determinism."""
+"""Tests of common.data.preprocessing: orientation, breast crop, shape/range and determinism."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from common.preprocess import PREPROCESS_VERSION, preprocess, preprocess_settings, resample_to_spacing
+from common.data import PREPROCESS_VERSION, preprocess, preprocess_settings, resample_to_spacing
 
 
 def phantom(height: int = 80, width: int = 60, *, chest_wall: str = "left") -> np.ndarray:

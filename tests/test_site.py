@@ -44,7 +44,7 @@ def test_a_node_config_naming_no_site_says_how_to_fix_it() -> None:
 
 
 def test_a_prepared_federation_maps_partitions_to_named_sites(tmp_path: Path) -> None:
-    from common.manifest_federation import write_federation_index
+    from common.data import write_federation_index
 
     for name in ("fatty", "dense"):
         (tmp_path / name).mkdir()

@@ -1,4 +1,4 @@
-"""Tests of common.site_data: a site loads to tensors, bad files are skipped with reasons, empty sites fail clearly."""
+"""Tests of common.data.site_data: a site loads to tensors, bad files are skipped with reasons, empty sites fail."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.data import SiteData, load_site, write_manifest
 from common.errors import DicomError, ManifestError
-from common.manifest import write_manifest
-from common.site_data import SiteData, load_site
 from tests.test_dicom_io import breast_pixels, write_mg
 
 SIZE = 16
@@ -73,7 +72,7 @@ def test_an_unwritable_cache_keeps_the_images_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Prepare: every write to the cache fails (a read-only share, a full disk)
-    import common.image_cache as image_cache
+    import common.data.image_cache as image_cache
 
     manifest = make_site(tmp_path)
 
@@ -118,7 +117,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path: Path, caplog: pytest.LogCa
     (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
     (tmp_path / "images" / "anon02_R.dcm").unlink()
     # Execute
-    with caplog.at_level(logging.WARNING, logger="common.site_data"):
+    with caplog.at_level(logging.WARNING, logger="common.data.site_data"):
         data = load(manifest)
     # Assert: lines 4 (anon01 L) and 7 (anon02 R) skipped, the other 14 loaded
     reasons = {item.row_number: item.reason for item in data.skipped}
@@ -134,7 +133,7 @@ def test_second_load_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     manifest = make_site(tmp_path, num_patients=4)
     first = load(manifest, cache_dir=tmp_path / "cache")
     calls = []
-    import common.image_pipeline as image_pipeline
+    import common.data.image_pipeline as image_pipeline
 
     monkeypatch.setattr(image_pipeline, "read_mammogram", lambda *a, **k: calls.append(a) or None)
     # Execute
@@ -178,7 +177,7 @@ def test_wrong_modality_is_skipped_not_fatal(tmp_path: Path) -> None:
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the name of every file the pipeline decodes (and still decode it)."""
-    import common.image_pipeline as image_pipeline
+    import common.data.image_pipeline as image_pipeline
 
     names: list[str] = []
     real = image_pipeline.read_mammogram
@@ -226,9 +225,7 @@ def test_bad_files_are_retried_and_still_skipped(tmp_path: Path, monkeypatch: py
 
 def test_preprocess_site_decodes_a_file_listed_twice_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
-    from common.image_pipeline import ImagePipeline
-    from common.manifest import read_manifest
-    from common.site_data import preprocess_site
+    from common.data import ImagePipeline, preprocess_site, read_manifest
 
     manifest = make_site(tmp_path, num_patients=1)
     rows = read_manifest(manifest)
@@ -243,8 +240,8 @@ def test_preprocess_site_decodes_a_file_listed_twice_once(tmp_path: Path, monkey
 
 def test_a_crash_mid_build_keeps_what_was_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: checkpoint after every image; the third decode is interrupted
-    import common.image_pipeline as image_pipeline
-    import common.site_data as site_data
+    import common.data.image_pipeline as image_pipeline
+    import common.data.site_data as site_data
 
     manifest = make_site(tmp_path, num_patients=4)
     monkeypatch.setattr(site_data, "CHECKPOINT_SECONDS", 0.0)

@@ -1,4 +1,4 @@
-"""Tests of common.splits: patient-level splits, stratification, determinism, explicit split column."""
+"""Tests of common.data.splits: patient-level splits, stratification, determinism, explicit split column."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.data import ManifestRow, split_by_patient
 from common.errors import ManifestError
-from common.manifest import ManifestRow
-from common.splits import split_by_patient
 
 
 def make_rows(labels_per_patient: dict[str, list[int]], splits: dict[str, str] | None = None) -> list[ManifestRow]:

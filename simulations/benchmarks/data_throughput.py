@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.image_pipeline import ImagePipeline
-from common.manifest import read_manifest, write_manifest
+from common.data import ImagePipeline, SiteImages, preprocess_site, read_manifest, write_manifest
 from common.models import build_model
-from common.site_data import SiteImages, preprocess_site
 from simulations.phantoms import generate_site
 
 __all__ = ["main", "measure_site", "measure_train_step", "mini_mias_manifest"]

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.data import read_manifest_header
 from common.errors import ManifestError
-from common.manifest_dicom import read_manifest_header
 from simulations.datasets.tables import find_table, read_table
 
 __all__ = ["read_cmmd"]

@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.data import BOX_COLUMNS, MANIFEST_NAME, ManifestRow, read_manifest, write_federation_index, write_manifest
 from common.errors import ConfigError, ManifestError
-from common.manifest import BOX_COLUMNS, ManifestRow, read_manifest, write_manifest
-from common.manifest_federation import MANIFEST_NAME, write_federation_index
 from simulations.datasets.cbis_ddsm import read_cbis_ddsm
 from simulations.datasets.cmmd import read_cmmd
 from simulations.datasets.inbreast import read_inbreast

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from common.config import FederationConfig
+from common.data import write_manifest
 from common.errors import ConfigError
-from common.manifest import write_manifest
 from simulations.phantoms.dicom_writer import ImageHeader, phantom_uid, write_dicom
 from simulations.phantoms.patients import VIEWS, patient_findings, render_patient
 from simulations.phantoms.scanners import scanner_profile

@@ -12,10 +12,10 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from common.data.image_cache import quantise
+from common.data.image_pipeline import ImagePipeline
+from common.data.manifest import ManifestRow
 from common.errors import DicomError
-from common.image_cache import quantise
-from common.image_pipeline import ImagePipeline
-from common.manifest import ManifestRow
 
 __all__ = ["decode_rows", "default_workers"]
 
@@ -60,7 +60,7 @@ def decode_rows(
     Returns
     -------
     dict
-        Per row number, the quantised uint16 image (:func:`common.image_cache.quantise`) or, for a file
+        Per row number, the quantised uint16 image (:func:`common.data.image_cache.quantise`) or, for a file
         that cannot be used, the reason (it may name the file: keep it on site). Without
         ``keep_images``, only the reasons.
     """

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data.image_cache import SiteImageCache
+from common.data.image_pipeline import ImagePipeline
+from common.data.manifest import SPLITS, ManifestRow, read_manifest
+from common.data.parallel_decode import decode_rows
+from common.data.site_images import SiteImages
+from common.data.splits import split_by_patient
 from common.errors import DicomError, ManifestError
-from common.image_cache import SiteImageCache
-from common.image_pipeline import ImagePipeline
-from common.manifest import SPLITS, ManifestRow, read_manifest
-from common.parallel_decode import decode_rows
-from common.site_images import SiteImages
-from common.splits import split_by_patient
 
 __all__ = [
     "CHECKPOINT_SECONDS",
@@ -95,7 +95,7 @@ def load_site(
     Parameters
     ----------
     manifest_path : str or Path
-        The site's CSV (see :mod:`common.manifest`).
+        The site's CSV (see :mod:`common.data.manifest`).
     image_size : int
         Side of the square images fed to the model.
     cache_dir : str, Path or None
@@ -200,7 +200,7 @@ def preprocess_site(
     -------
     images : dict
         uint16 ``S x S`` image per usable row number: a read-only view of the cache's memory map, or an
-        array in memory where the cache could not be written (see :func:`common.image_cache.dequantise`).
+        array in memory where the cache could not be written (see :func:`common.data.image_cache.dequantise`).
     skipped : list of SkippedImage
         The rows that could not be used, by line number, with the reason (it may name the file).
     """

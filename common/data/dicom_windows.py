@@ -10,7 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_voi_lut
 
-from common.dicom_header import FOR_PROCESSING
+from common.data.dicom_header import FOR_PROCESSING
 from common.errors import DicomError
 
 __all__ = [

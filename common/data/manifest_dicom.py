@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pydicom
 
+from common.data.manifest import csv_read_errors, write_manifest
 from common.errors import ManifestError
-from common.manifest import csv_read_errors, write_manifest
 
 __all__ = ["LABEL_KEYS", "FolderManifest", "ManifestHeader", "dicom_folder_manifest", "read_manifest_header"]
 
@@ -34,7 +34,7 @@ _HEADER_TAGS = ["PatientID", "StudyInstanceUID", "SOPInstanceUID", "ImageLateral
 class ManifestHeader:
     """The identifying fields of one image: who, which exam, which breast, which view.
 
-    Unlike :class:`common.dicom_header.DicomHeader` (safe to report off site), this holds the patient id.
+    Unlike :class:`common.data.dicom_header.DicomHeader` (safe to report off site), this holds the patient id.
     """
 
     patient_id: str

@@ -6,8 +6,8 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 
+from common.data.manifest import SPLITS, ManifestRow
 from common.errors import ManifestError
-from common.manifest import SPLITS, ManifestRow
 
 __all__ = ["split_by_patient"]
 
@@ -29,7 +29,7 @@ def split_by_patient(
     Parameters
     ----------
     rows : sequence of ManifestRow
-        The validated manifest (see :func:`common.manifest.read_manifest`).
+        The validated manifest (see :func:`common.data.manifest.read_manifest`).
     val_fraction, test_fraction : float
         Target share of patients in val and test, each in [0, 1), summing to less than 1.
     seed : int

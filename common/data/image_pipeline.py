@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from common.config import DataConfig
-from common.dicom_io import read_mammogram
+from common.data.dicom_io import read_mammogram
+from common.data.preprocessing import preprocess, preprocess_settings
 from common.errors import DicomError
-from common.preprocess import preprocess, preprocess_settings
 
 __all__ = ["ImagePipeline"]
 

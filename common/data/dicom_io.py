@@ -12,8 +12,8 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 
-from common.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, intent_matches, read_header
-from common.dicom_windows import apply_display_transform, robust_window
+from common.data.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, intent_matches, read_header
+from common.data.dicom_windows import apply_display_transform, robust_window
 from common.errors import DicomError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "DicomHeader", "Mammogram", "read_header", "read_mammogram"]
@@ -61,7 +61,7 @@ def read_mammogram(path: str | Path, *, require_mg: bool = True, presentation_in
     """Read a DICOM or plain image file as a normalised mammogram.
 
     DICOM is decoded only through ``pydicom.pixels`` in the order the standard prescribes:
-    modality LUT (rescale), then the display transform of :func:`common.dicom_windows.apply_display_transform`
+    modality LUT (rescale), then the display transform of :func:`common.data.dicom_windows.apply_display_transform`
     (VOI LUT, first window, or log + robust window for raw "for processing" data), then MONOCHROME1
     inversion, so every site's images share one intensity sense. Compressed transfer syntaxes (JPEG,
     JPEG-LS, JPEG 2000, RLE) decode through pydicom's installed pixel-data plugins.

@@ -69,7 +69,7 @@ def preprocess(
     Parameters
     ----------
     pixels : numpy.ndarray
-        2-D image in [0, 1], bright = dense (as returned by :func:`common.dicom_io.read_mammogram`).
+        2-D image in [0, 1], bright = dense (as returned by :func:`common.data.dicom_io.read_mammogram`).
     laterality : str
         ``"L"``, ``"R"`` or ``""`` (unknown: detected from the image).
     size : int

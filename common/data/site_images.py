@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.image_cache import dequantise
+from common.data.image_cache import dequantise
 
 __all__ = ["SiteImages"]
 
@@ -24,7 +24,7 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     Parameters
     ----------
     images : sequence of numpy.ndarray
-        ``S x S`` uint16 images (see :func:`common.image_cache.quantise`), e.g. views of the cache's map.
+        ``S x S`` uint16 images (see :func:`common.data.image_cache.quantise`), e.g. views of the cache's map.
     labels : sequence of int
         One label per image.
     size : int

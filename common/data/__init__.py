@@ -1,0 +1,140 @@
+"""The data path of one site: DICOM reading, preprocessing, manifests, cache, splits, site datasets, augmentation.
+
+Import from here; the submodules are detail (``dicom_io`` reads a file, ``preprocessing`` turns it into
+the model's input, ``image_pipeline`` holds the settings that decide it, ``image_cache``/``parallel_decode``
+decode each file once, ``manifest*`` list a site's images, ``site_data``/``site_images``/``splits`` make the splits).
+"""
+
+from common.data.augment import BRIGHTNESS, CONTRAST, GAMMA, MAX_SHIFT, augment_batch
+from common.data.dicom_header import (
+    FOR_PRESENTATION,
+    FOR_PROCESSING,
+    INTENT_CHOICES,
+    DicomHeader,
+    header_from_dataset,
+    intent_matches,
+    read_header,
+)
+from common.data.dicom_io import IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, Mammogram, read_mammogram
+from common.data.dicom_windows import (
+    ROBUST_PERCENTILES,
+    VOI_LOG_ROBUST,
+    VOI_LUT,
+    VOI_ROBUST,
+    VOI_WINDOW,
+    apply_display_transform,
+    robust_window,
+)
+from common.data.image_cache import INDEX_FORMAT, SiteImageCache, dequantise, quantise
+from common.data.image_pipeline import ImagePipeline
+from common.data.manifest import (
+    BOX_COLUMNS,
+    FINDINGS,
+    MANIFEST_COLUMNS,
+    REQUIRED_COLUMNS,
+    SPLITS,
+    ManifestRow,
+    csv_read_errors,
+    read_manifest,
+    write_manifest,
+)
+from common.data.manifest_dicom import (
+    LABEL_KEYS,
+    FolderManifest,
+    ManifestHeader,
+    dicom_folder_manifest,
+    read_manifest_header,
+)
+from common.data.manifest_federation import (
+    FEDERATION_INDEX,
+    MANIFEST_NAME,
+    list_sites,
+    site_manifest,
+    write_federation_index,
+)
+from common.data.parallel_decode import decode_rows, default_workers
+from common.data.preprocessing import (
+    MAX_RESAMPLED_SIDE,
+    PREPROCESS_VERSION,
+    preprocess,
+    preprocess_settings,
+    resample_to_spacing,
+)
+from common.data.site_data import (
+    CHECKPOINT_SECONDS,
+    DEFAULT_CACHE_SUBDIR,
+    SiteData,
+    SiteImages,
+    SkippedImage,
+    cache_root,
+    load_site,
+    preprocess_site,
+)
+from common.data.splits import split_by_patient
+
+__all__ = [
+    "BOX_COLUMNS",
+    "BRIGHTNESS",
+    "CHECKPOINT_SECONDS",
+    "CONTRAST",
+    "DEFAULT_CACHE_SUBDIR",
+    "FEDERATION_INDEX",
+    "FINDINGS",
+    "FOR_PRESENTATION",
+    "FOR_PROCESSING",
+    "GAMMA",
+    "IMAGE_SUFFIXES",
+    "INDEX_FORMAT",
+    "INTENT_CHOICES",
+    "LABEL_KEYS",
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
+    "MAX_PIXELS",
+    "MAX_RESAMPLED_SIDE",
+    "MAX_SHIFT",
+    "MIN_SIDE",
+    "PREPROCESS_VERSION",
+    "REQUIRED_COLUMNS",
+    "ROBUST_PERCENTILES",
+    "SPLITS",
+    "VOI_LOG_ROBUST",
+    "VOI_LUT",
+    "VOI_ROBUST",
+    "VOI_WINDOW",
+    "DicomHeader",
+    "FolderManifest",
+    "ImagePipeline",
+    "Mammogram",
+    "ManifestHeader",
+    "ManifestRow",
+    "SiteData",
+    "SiteImageCache",
+    "SiteImages",
+    "SkippedImage",
+    "apply_display_transform",
+    "augment_batch",
+    "cache_root",
+    "csv_read_errors",
+    "decode_rows",
+    "default_workers",
+    "dequantise",
+    "dicom_folder_manifest",
+    "header_from_dataset",
+    "intent_matches",
+    "list_sites",
+    "load_site",
+    "preprocess",
+    "preprocess_settings",
+    "preprocess_site",
+    "quantise",
+    "read_header",
+    "read_mammogram",
+    "read_manifest",
+    "read_manifest_header",
+    "resample_to_spacing",
+    "robust_window",
+    "site_manifest",
+    "split_by_patient",
+    "write_federation_index",
+    "write_manifest",
+]
