@@ -1,11 +1,12 @@
 """The data path of one site: DICOM reading, preprocessing, manifests, cache, splits, site datasets, augmentation.
 
-Import from here; the submodules are detail (``dicom_io`` reads a file, ``preprocessing`` turns it into
-the model's input, ``image_pipeline`` holds the settings that decide it, ``image_cache``/``parallel_decode``
+Import from here; the submodules are detail (``dicom_io`` reads a file, ``breast_mask`` and ``preprocessing`` turn it
+into the model's input, ``image_pipeline`` holds the settings that decide it, ``image_cache``/``parallel_decode``
 decode each file once, ``manifest*`` list a site's images, ``site_data``/``site_images``/``splits`` make the splits).
 """
 
 from common.data.augment import BRIGHTNESS, CONTRAST, GAMMA, MAX_SHIFT, augment_batch
+from common.data.breast_mask import BreastSegmentation, segment_breast
 from common.data.dicom_header import (
     FOR_PRESENTATION,
     FOR_PROCESSING,
@@ -56,8 +57,10 @@ from common.data.parallel_decode import decode_rows, default_workers
 from common.data.preprocessing import (
     MAX_RESAMPLED_SIDE,
     PREPROCESS_VERSION,
+    PreprocessGeometry,
     preprocess,
     preprocess_settings,
+    preprocess_with_geometry,
     resample_to_spacing,
 )
 from common.data.site_data import (
@@ -101,12 +104,14 @@ __all__ = [
     "VOI_LUT",
     "VOI_ROBUST",
     "VOI_WINDOW",
+    "BreastSegmentation",
     "DicomHeader",
     "FolderManifest",
     "ImagePipeline",
     "Mammogram",
     "ManifestHeader",
     "ManifestRow",
+    "PreprocessGeometry",
     "SiteData",
     "SiteImageCache",
     "SiteImages",
@@ -126,6 +131,7 @@ __all__ = [
     "preprocess",
     "preprocess_settings",
     "preprocess_site",
+    "preprocess_with_geometry",
     "quantise",
     "read_header",
     "read_mammogram",
@@ -133,6 +139,7 @@ __all__ = [
     "read_manifest_header",
     "resample_to_spacing",
     "robust_window",
+    "segment_breast",
     "site_manifest",
     "split_by_patient",
     "write_federation_index",

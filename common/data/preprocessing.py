@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
-__all__ = ["MAX_RESAMPLED_SIDE", "PREPROCESS_VERSION", "preprocess", "preprocess_settings", "resample_to_spacing"]
+from common.data.breast_mask import segment_breast
 
-PREPROCESS_VERSION = "preprocess-v3"  # v3: 16-bit plain images robust-windowed; 8-bit VOI LUTs; VOI fallback
+__all__ = [
+    "MAX_RESAMPLED_SIDE",
+    "PREPROCESS_VERSION",
+    "PreprocessGeometry",
+    "preprocess",
+    "preprocess_settings",
+    "preprocess_with_geometry",
+    "resample_to_spacing",
+]
+
+PREPROCESS_VERSION = "preprocess-v4"  # v4: breast-vs-background segmentation (v3: Otsu dense-tissue crop)
 """Bump when the output of :func:`preprocess` changes, so every cached image is recomputed."""
 
-_MASK_SIDE = 512  # the breast mask is found on a copy no larger than this (speed on 3000x4000 images)
-_OTSU_BINS = 256
-_LABEL_MARGIN = 2  # mask-grid pixels added around a removed label, to take its anti-aliased edge too
 MAX_RESAMPLED_SIDE = 8192
 """Resampling to a physical spacing never produces a side longer than this (a corrupt spacing would)."""
 
@@ -33,9 +39,9 @@ def preprocess_settings(size: int, target_spacing_mm: float = 0.0) -> dict[str, 
         "target_spacing_mm": float(target_spacing_mm),
         "resample": "bilinear-antialias-before-crop",
         "orientation": "chest-wall-left",
-        "threshold": "otsu",
-        "crop": "largest-component-bbox",
-        "labels": "other-components-zeroed",
+        "threshold": "triangle-smoothed",
+        "crop": "filled-breast-bbox",
+        "background": "outside-filled-breast-zeroed",
         "pad": "square-zero",
         "resize": "bilinear-antialias",
         "dtype": "float32-[0,1]",
@@ -60,9 +66,10 @@ def preprocess(
     1. orientation: chest wall on the LEFT. ``"R"`` images are flipped, ``"L"`` kept (the DICOM
        display convention puts a right breast's chest wall on the image's right); for ``""`` the
        side holding more intensity is taken to be the chest wall;
-    2. crop to the bounding box of the largest bright region (Otsu threshold), which drops the
-       background and burnt-in labels that do not touch the breast; bright regions left inside the box
-       that are not part of the (hole-filled) breast, such as a label beside the nipple, are zeroed;
+    2. segment the breast from the background (:func:`common.data.breast_mask.segment_breast`: a threshold
+       just above the background level, the largest component with its holes filled), crop to the box
+       that holds all of it and zero what lies outside it (film noise, burnt-in labels, markers); no pixel
+       inside the breast is changed, however dark its fat;
     3. zero-pad to a square (keeping the aspect ratio, breast against the left edge, centred vertically);
     4. resize with anti-aliasing (bilinear, ``antialias=True``).
 
@@ -90,6 +97,56 @@ def preprocess(
         If ``pixels`` is not 2-D, ``size`` < 1, ``laterality`` is not L/R/empty, or resampling would
         exceed :data:`MAX_RESAMPLED_SIDE`.
     """
+    return preprocess_with_geometry(
+        pixels, laterality, size=size, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm
+    )[0]
+
+
+@dataclass(frozen=True)
+class PreprocessGeometry:
+    """Where the output's pixels came from: enough to send any same-shaped map through the same steps.
+
+    Attributes
+    ----------
+    resampled_shape : tuple of int
+        The image's shape after resampling to the target spacing (its input shape when off).
+    flipped : bool
+        Whether the image was mirrored left-right (chest wall on the left).
+    box : tuple of int
+        ``(top, bottom, left, right)`` of the breast crop in the resampled, oriented image.
+    size : int
+        Output side.
+    """
+
+    resampled_shape: tuple[int, int]
+    flipped: bool
+    box: tuple[int, int, int, int]
+    size: int
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Resample, orient, crop, pad and resize ``values`` (a map of the input's shape) as the image was.
+
+        Used to compare a reference mask of the original image with the output pixel for pixel; the
+        breast mask itself is not applied, so a map is never zeroed.
+        """
+        array = np.asarray(values, dtype=np.float32)
+        if array.shape != self.resampled_shape:
+            array = _resize(array, self.resampled_shape)
+        if self.flipped:
+            array = array[:, ::-1]
+        top, bottom, left, right = self.box
+        return _resize(_pad_square(array[top:bottom, left:right]), (self.size, self.size))
+
+
+def preprocess_with_geometry(
+    pixels: np.ndarray,
+    laterality: str,
+    *,
+    size: int,
+    spacing_mm: tuple[float, float] | None = None,
+    target_spacing_mm: float = 0.0,
+) -> tuple[np.ndarray, PreprocessGeometry]:
+    """:func:`preprocess`, also returning where the output came from (see :class:`PreprocessGeometry`)."""
     image = np.asarray(pixels, dtype=np.float32)
     if image.ndim != 2 or min(image.shape) < 1:
         raise ValueError(f"preprocess needs a non-empty 2-D image, got shape {image.shape}")
@@ -101,60 +158,34 @@ def preprocess(
     image = np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0)
     if target_spacing_mm > 0 and spacing_mm is not None:
         image = resample_to_spacing(image, spacing_mm, target_spacing_mm)
-    if side == "R" or (side == "" and _chest_wall_on_right(image)):
+    flipped = side == "R" or (side == "" and _chest_wall_on_right(image))
+    if flipped:
         image = image[:, ::-1]
-    image = _pad_square(_crop_breast(image))
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    resized = F.interpolate(tensor, size=(int(size), int(size)), mode="bilinear", antialias=True, align_corners=False)
-    return np.clip(resized[0, 0].numpy(), 0.0, 1.0).astype(np.float32, copy=False)
+    segmentation = segment_breast(image, chest_wall_left=True)
+    top, bottom, left, right = segmentation.box
+    # Background (air, film noise, burnt-in labels, markers) becomes 0; nothing inside the filled breast changes.
+    cropped = np.where(segmentation.mask, image, np.float32(0.0))[top:bottom, left:right]
+    out = np.clip(_resize(_pad_square(cropped), (int(size), int(size))), 0.0, 1.0)
+    geometry = PreprocessGeometry(
+        resampled_shape=(int(image.shape[0]), int(image.shape[1])),
+        flipped=bool(flipped),
+        box=segmentation.box,
+        size=int(size),
+    )
+    return out.astype(np.float32, copy=False), geometry
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with anti-aliasing (what the output and the resampling use)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    out = F.interpolate(tensor, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].numpy()
 
 
 def _chest_wall_on_right(image: np.ndarray) -> bool:
     """The chest wall is where the breast is widest, so the half with more intensity holds it."""
     half = image.shape[1] // 2
     return float(image[:, image.shape[1] - half :].sum()) > float(image[:, :half].sum())
-
-
-def _otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold on [0, 1] values: the cut maximising the between-class variance."""
-    hist, edges = np.histogram(values, bins=_OTSU_BINS, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(hist)
-    weight_high = weight_low[-1] - weight_low
-    mass_low = np.cumsum(hist * centres)
-    mean_low = np.divide(mass_low, weight_low, out=np.zeros_like(mass_low), where=weight_low > 0)
-    mean_high = np.divide(mass_low[-1] - mass_low, weight_high, out=np.zeros_like(mass_low), where=weight_high > 0)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def _crop_breast(image: np.ndarray) -> np.ndarray:
-    """Crop to the largest above-Otsu region's box and zero the other bright regions left inside it.
-
-    The mask is found on a strided copy (at most ``_MASK_SIDE`` a side) and mapped back by the stride.
-    Regions inside the breast's filled outline (dense islands in fat) are kept: only what lies outside
-    the breast, like burnt-in text or markers, is removed.
-    """
-    height, width = image.shape
-    stride = max(1, math.ceil(max(height, width) / _MASK_SIDE))
-    small = image[::stride, ::stride]
-    mask = small > _otsu_threshold(small)
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return image
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    breast = labels == int(np.argmax(sizes))
-    rows, cols = np.nonzero(breast)
-    top, bottom = int(rows.min()) * stride, min(height, (int(rows.max()) + 1) * stride)
-    left, right = int(cols.min()) * stride, min(width, (int(cols.max()) + 1) * stride)
-    others = mask & ~ndimage.binary_fill_holes(breast)
-    if count > 1 and others.any():
-        others = ndimage.binary_dilation(others, iterations=_LABEL_MARGIN) & ~breast
-        full = np.repeat(np.repeat(others, stride, axis=0), stride, axis=1)[:height, :width]
-        image = np.where(full, np.float32(0.0), image)
-    return image[top:bottom, left:right]
 
 
 def resample_to_spacing(image: np.ndarray, spacing_mm: tuple[float, float], target_spacing_mm: float) -> np.ndarray:
@@ -177,9 +208,7 @@ def resample_to_spacing(image: np.ndarray, spacing_mm: tuple[float, float], targ
         )
     if (rows, cols) == image.shape:
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    out = F.interpolate(tensor, size=(rows, cols), mode="bilinear", antialias=True, align_corners=False)
-    return np.clip(out[0, 0].numpy(), 0.0, 1.0)
+    return np.clip(_resize(image, (rows, cols)), 0.0, 1.0)
 
 
 def _pad_square(image: np.ndarray) -> np.ndarray:
