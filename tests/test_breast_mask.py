@@ -143,3 +143,20 @@ def test_real_images_lose_no_breast(relative: str, laterality: str) -> None:
     quality = measure_image(path.name, pixels, laterality, 512)
     # Assert: at most 0.1% of the breast blanked, cut at the skin line or left outside the crop
     assert quality.blanked <= 0.001 and quality.outside <= 0.001 and quality.zeroed <= 0.001
+
+
+def test_a_film_frame_joined_to_the_breast_takes_neither_the_labels_nor_the_crop() -> None:
+    # Prepare: a scanned film: a bright frame along the top, bottom and right borders that touches the breast,
+    # and a large label hanging from the frame (both would make the breast a ring around the whole image)
+    image = fatty_breast()
+    image[:5, :] = 0.8
+    image[-5:, :] = 0.8
+    image[:, -6:] = 0.6
+    image[30:60, 130:174] = 0.95
+    # Execute
+    segmentation = segment_breast(image)
+    # Assert: the label is air, the crop is the breast's (plus at most the frame rows it touches)
+    assert not segmentation.mask[30:60, 130:174].any()
+    top, bottom, left, right = segmentation.box
+    cols = np.flatnonzero(breast_outline().any(axis=0))
+    assert right <= cols[-1] + 3 and left == 0

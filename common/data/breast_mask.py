@@ -27,8 +27,10 @@ MASK_SIDE = 512
 
 _MEDIAN_SIZE = 3  # mask-grid pixels; removes film grain and salt noise without blurring a label into the breast
 _OPEN_RADIUS = 3  # detaches labels, markers and film-edge strips joined to the breast by a bridge up to 6 px wide
-_KEEP_SHARE = 0.03  # a piece cut off by the opening is kept as breast when at least this share of the largest
+_KEEP_SHARE = 0.03  # a piece cut off at a neck, resting on the chest wall, is breast from this share of the largest
 _MARGIN = 2  # mask-grid pixels added around the breast, so the faint skin line is never cut
+_FRAME_SHARE = 0.03  # band along the top, bottom and nipple-side borders (share of the longer side): film frames
+_MAX_HOLE_SHARE = 0.25  # a dark region enclosed by the breast larger than this share of it is not fat but air
 _MIN_BACKGROUND_SHARE = 0.01  # below this share of border-connected background, the image is all breast
 
 
@@ -87,16 +89,21 @@ def segment_breast(image: np.ndarray, *, chest_wall_left: bool = True) -> Breast
         return whole
     threshold = float(threshold_triangle(smooth, nbins=256))
     foreground = smooth > threshold
-    if _border_background_share(opening(~foreground, disk(_OPEN_RADIUS)), chest_wall_left) < _MIN_BACKGROUND_SHARE:
+    band = max(1, round(_FRAME_SHARE * max(smooth.shape)))
+    background = opening(~foreground, disk(_OPEN_RADIUS))
+    if _border_background_share(background, band, chest_wall_left) < _MIN_BACKGROUND_SHARE:
         return whole
-    core = _major_components(opening(foreground, disk(_OPEN_RADIUS)))
+    core = _major_components(
+        _clear_frame(opening(foreground, disk(_OPEN_RADIUS)), band, chest_wall_left), chest_wall_left
+    )
     if core is None:
-        core = _major_components(foreground)
+        core = _major_components(foreground, chest_wall_left)
     if core is None:
         return whole
+    core = _regrow_into_frame(core, foreground, band, chest_wall_left)
     # The opening also shaved the breast's own thin edges (skin line, nipple): take back the foreground
     # within reach of the core, but not the far side of a bridge to a label or strip.
-    breast = _major_components(foreground & dilation(core, disk(_OPEN_RADIUS + 1)))
+    breast = _major_components(foreground & dilation(core, disk(_OPEN_RADIUS + 1)), chest_wall_left)
     if breast is None:
         return whole
     breast = _fill_holes(breast, chest_wall_left)
@@ -107,49 +114,102 @@ def segment_breast(image: np.ndarray, *, chest_wall_left: bool = True) -> Breast
     return BreastSegmentation(mask, box, threshold)
 
 
+def _clear_frame(mask: np.ndarray, band: int, chest_wall_left: bool) -> np.ndarray:
+    """Drop a band along every border but the chest wall's, where scanned films carry a bright frame.
+
+    A frame joined to the breast makes the breast's component a ring around the image, which takes every
+    label touching the frame with it and makes the crop the whole film. :func:`_regrow_into_frame` gives the
+    breast back its own part of the band.
+    """
+    cleared = mask.copy()
+    cleared[:band, :] = False
+    cleared[-band:, :] = False
+    if chest_wall_left:
+        cleared[:, -band:] = False
+    else:
+        cleared[:, :band] = False
+    return cleared
+
+
+def _regrow_into_frame(core: np.ndarray, foreground: np.ndarray, band: int, chest_wall_left: bool) -> np.ndarray:
+    """Extend the breast straight out into the cleared border bands, through foreground only.
+
+    Growing perpendicular to each border takes back breast that touches the border (a pectoral muscle at the
+    top, a large breast at the bottom) but not a frame strip running along the border, which would need to
+    grow sideways.
+    """
+    grown = core.copy()
+    height, width = core.shape
+    for row in range(band - 1, -1, -1):  # top band, inward to outward
+        grown[row] |= foreground[row] & grown[row + 1]
+    for row in range(height - band, height):  # bottom band
+        grown[row] |= foreground[row] & grown[row - 1]
+    if chest_wall_left:
+        for col in range(width - band, width):
+            grown[:, col] |= foreground[:, col] & grown[:, col - 1]
+    else:
+        for col in range(band - 1, -1, -1):
+            grown[:, col] |= foreground[:, col] & grown[:, col + 1]
+    return grown
+
+
 def _bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _border_background_share(background: np.ndarray, chest_wall_left: bool) -> float:
+def _border_background_share(background: np.ndarray, band: int, chest_wall_left: bool) -> float:
     """Share of the image that is below threshold and reaches a border other than the chest wall's.
+
+    Reaching the frame band counts as reaching the border, as a film frame may line the whole border.
 
     Real background is one large dark region reaching the image border on the nipple side (the caller opens
     the mask first, so scattered dark specks of a textured breast do not count); dark pixels that do not reach
     it are fat inside the breast, so an image without such a region has no background to remove.
     """
     labels = label_components(background, connectivity=1)
-    edges = [labels[0, :], labels[-1, :], labels[:, -1] if chest_wall_left else labels[:, 0]]
-    touching = np.unique(np.concatenate(edges))
+    reach = band + 1
+    side = labels[:, -reach:] if chest_wall_left else labels[:, :reach]
+    touching = np.unique(np.concatenate([labels[:reach].ravel(), labels[-reach:].ravel(), side.ravel()]))
     touching = touching[touching > 0]
     if touching.size == 0:
         return 0.0
     return float(np.isin(labels, touching).sum()) / labels.size
 
 
-def _major_components(mask: np.ndarray) -> np.ndarray | None:
-    """The largest 4-connected component, with any other at least :data:`_KEEP_SHARE` of its size.
+def _major_components(mask: np.ndarray, chest_wall_left: bool) -> np.ndarray | None:
+    """The largest 4-connected component, with any other that reaches the chest wall and is not tiny.
 
-    A breast split by the opening at a narrow neck (an axillary tail, a skin fold) keeps both parts; labels
-    and markers are far smaller than a breast.
+    A breast split by the opening at a narrow neck (an axillary tail, a skin fold) keeps both parts, as both
+    rest on the chest wall; a label or marker floats in the air, however large its letters.
     """
     labels = label_components(mask, connectivity=1)
     if labels.max() == 0:
         return None
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    keep = np.flatnonzero(sizes >= _KEEP_SHARE * sizes.max())
+    largest = int(np.argmax(sizes))
+    on_wall = np.unique(labels[:, 0] if chest_wall_left else labels[:, -1])
+    keep = [largest, *(int(k) for k in on_wall if k > 0 and sizes[k] >= _KEEP_SHARE * sizes[largest])]
     return np.isin(labels, keep)
 
 
 def _fill_holes(breast: np.ndarray, chest_wall_left: bool) -> np.ndarray:
-    """Fill every hole, counting the chest-wall edge as breast so fat touching it is filled too."""
+    """Fill the breast's holes, counting the chest-wall edge as breast so fat touching it is filled too.
+
+    A hole larger than :data:`_MAX_HOLE_SHARE` of the breast is air enclosed by something joined to the breast
+    (another body part, a film frame), not fat: it stays background.
+    """
     column = np.ones((breast.shape[0], 1), dtype=bool)
     padded = np.hstack([column, breast]) if chest_wall_left else np.hstack([breast, column])
     filled = ndimage.binary_fill_holes(padded)
-    return filled[:, 1:] if chest_wall_left else filled[:, :-1]
+    filled = filled[:, 1:] if chest_wall_left else filled[:, :-1]
+    holes = label_components(filled & ~breast, connectivity=1)
+    sizes = np.bincount(holes.ravel())
+    sizes[0] = 0
+    too_large = np.flatnonzero(sizes > _MAX_HOLE_SHARE * breast.sum())
+    return filled & ~np.isin(holes, too_large) if too_large.size else filled
 
 
 def _upsample(mask: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
