@@ -21,10 +21,11 @@ _DATASET_HELP = {
     "inbreast": "INbreast: INbreast.xls/.csv + AllDICOMs/ (labels from BI-RADS)",
     "cmmd": "CMMD: CMMD_clinicaldata_revision.xlsx/.csv + TCIA CMMD/ DICOM folders (benign-vs-malignant)",
     "vindr": "VinDr-Mammo: breast-level_annotations.csv + images/<study>/<image>.dicom (labels from BI-RADS)",
+    "cdd-cesm": "CDD-CESM: labels.csv + images/*.png, contrast-enhanced (--sites machine: machine_1 / machine_2)",
 }
 
 
-def _print_sites(sites: Sequence[PreparedSite], out: Path, console: Console) -> None:
+def _print_sites(sites: Sequence[PreparedSite], out: Path, console: Console, num_classes: int = 2) -> None:
     table = Table(title=f"prepared federation: {out}")
     for column in ("site", "images", "patients", "labels (class: images)", "missing images"):
         table.add_column(column, justify="left" if column == "site" else "right")
@@ -32,20 +33,22 @@ def _print_sites(sites: Sequence[PreparedSite], out: Path, console: Console) -> 
         labels = ", ".join(f"{k}: {v}" for k, v in site.labels.items())
         table.add_row(site.name, str(site.images), str(site.patients), labels, str(site.missing_images))
     console.print(table)
+    classes = f" model.num_classes={num_classes}" if num_classes != 2 else ""  # the schema's default is 2
     console.print(
         f"simulate it with: fedmammo simulate federation.synthetic=false federation.data_dir={out} "
-        f"federation.num_sites={len(sites)}"
+        f"federation.num_sites={len(sites)}{classes}"
     )
 
 
 def _dataset(args: argparse.Namespace, console: Console) -> int:
-    from simulations.datasets import prepare_dataset
+    from simulations.datasets import ADAPTERS, prepare_dataset
+    from simulations.datasets.labels import task_num_classes
 
     out = Path(args.out).expanduser().resolve()
     with console.status(f"preparing {args.dataset} from {args.source}"):
         sites = prepare_dataset(args.dataset, args.source, out, task=args.task, sites=args.sites, scheme=args.scheme,
                                 alpha=args.alpha, seed=args.seed)  # fmt: skip
-    _print_sites(sites, out, console)
+    _print_sites(sites, out, console, task_num_classes(args.task or ADAPTERS[args.dataset].default_task))
     return 0
 
 

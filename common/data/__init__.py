@@ -49,7 +49,9 @@ from common.data.manifest_dicom import (
 from common.data.manifest_federation import (
     FEDERATION_INDEX,
     MANIFEST_NAME,
+    NUM_CLASSES_KEY,
     list_sites,
+    recorded_num_classes,
     site_manifest,
     write_federation_index,
 )
@@ -96,6 +98,7 @@ __all__ = [
     "MAX_RESAMPLED_SIDE",
     "MAX_SHIFT",
     "MIN_SIDE",
+    "NUM_CLASSES_KEY",
     "PREPROCESS_VERSION",
     "REQUIRED_COLUMNS",
     "ROBUST_PERCENTILES",
@@ -137,6 +140,7 @@ __all__ = [
     "read_mammogram",
     "read_manifest",
     "read_manifest_header",
+    "recorded_num_classes",
     "resample_to_spacing",
     "robust_window",
     "segment_breast",

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from common.errors import ConfigError, ManifestError
 
-__all__ = ["FEDERATION_INDEX", "MANIFEST_NAME", "list_sites", "site_manifest", "write_federation_index"]
+__all__ = [
+    "FEDERATION_INDEX",
+    "MANIFEST_NAME",
+    "NUM_CLASSES_KEY",
+    "list_sites",
+    "recorded_num_classes",
+    "site_manifest",
+    "write_federation_index",
+]
 
 FEDERATION_INDEX = "federation.json"
 """File at the root of a prepared federation naming its site folders in partition order."""
@@ -18,6 +26,9 @@ MANIFEST_NAME = "manifest.csv"
 """Every site folder holds its manifest under this name."""
 
 SITES_KEY = "sites"
+
+NUM_CLASSES_KEY = "num_classes"
+"""Index key: how many label classes the sites' manifests use (``fedmammo prepare <dataset>`` records it)."""
 
 
 def write_federation_index(root: str | Path, sites: Sequence[str], info: Mapping[str, object] | None = None) -> Path:
@@ -74,6 +85,34 @@ def list_sites(root: str | Path) -> list[str]:
     if not names:
         raise ManifestError(f"federation folder {root} has no <site>/{MANIFEST_NAME}; prepare it first")
     return names
+
+
+def recorded_num_classes(root: str | Path) -> int | None:
+    """How many classes the federation at ``root`` was labelled with, or None where its index does not say.
+
+    Indexes written before the task was recorded, by ``prepare partition``, or a folder without an index
+    say nothing, so a caller keeps ``model.num_classes`` as configured; where it is recorded, a model with
+    another number of classes would mis-train silently (labels out of range, or a class never seen).
+
+    Raises
+    ------
+    ManifestError
+        If the index is not JSON, or records a number of classes that is not an integer >= 2.
+    """
+    index = Path(root).expanduser() / FEDERATION_INDEX
+    if not index.is_file():
+        return None
+    try:
+        value = json.loads(index.read_text(encoding="utf-8")).get(NUM_CLASSES_KEY)
+    except (ValueError, AttributeError) as exc:
+        raise ManifestError(f"{index} is not a federation index (expected a JSON object)") from exc
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ManifestError(
+            f"{index}: '{NUM_CLASSES_KEY}' = {value!r} must be an integer >= 2; re-run `fedmammo prepare`"
+        )
+    return value
 
 
 def site_manifest(root: str | Path, index: int, num_sites: int) -> tuple[str, Path]:

@@ -8,12 +8,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.data import BOX_COLUMNS, MANIFEST_NAME, ManifestRow, read_manifest, write_federation_index, write_manifest
+from common.data import (
+    BOX_COLUMNS,
+    MANIFEST_NAME,
+    NUM_CLASSES_KEY,
+    ManifestRow,
+    read_manifest,
+    write_federation_index,
+    write_manifest,
+)
 from common.errors import ConfigError, ManifestError
 from simulations.datasets.cbis_ddsm import read_cbis_ddsm
+from simulations.datasets.cdd_cesm import read_cdd_cesm
 from simulations.datasets.cmmd import read_cmmd
 from simulations.datasets.inbreast import read_inbreast
-from simulations.datasets.labels import BENIGN_VS_MALIGNANT, NORMAL_VS_ABNORMAL, apply_task
+from simulations.datasets.labels import BENIGN_VS_MALIGNANT, NORMAL_VS_ABNORMAL, TASK_CLASSES, THREE_CLASS, apply_task
 from simulations.datasets.mini_mias import read_mini_mias
 from simulations.datasets.partition import IID, MIN_SITE_PATIENTS, partition_patients
 from simulations.datasets.vindr import read_vindr
@@ -40,6 +49,7 @@ ADAPTERS: dict[str, DatasetAdapter] = {
     "inbreast": DatasetAdapter(read_inbreast, "density", NORMAL_VS_ABNORMAL),
     "cmmd": DatasetAdapter(read_cmmd, "cohort", BENIGN_VS_MALIGNANT),
     "vindr": DatasetAdapter(read_vindr, "density", NORMAL_VS_ABNORMAL),
+    "cdd-cesm": DatasetAdapter(read_cdd_cesm, "machine", THREE_CLASS),
 }
 """``fedmammo prepare <name>`` -> adapter."""
 
@@ -70,9 +80,11 @@ def split_sites(
 ) -> dict[str, list[dict[str, object]]]:
     """Rows per site name: ``pooled``, the dataset's natural ``grouping`` (e.g. ``tissue``), or ``N`` sites.
 
-    A natural grouping puts each patient wholly in the group of their first image, and leaves out (with a
-    warning) a group of fewer than :data:`MIN_SITE_PATIENTS` patients, which could never train; ``N`` sites are
-    drawn by :func:`simulations.datasets.partition.partition_patients` and named ``site_0`` ... ``site_<N-1>``.
+    A natural grouping puts each patient wholly in the group of their first image that has one (an image
+    with an empty ``group``, such as a CDD-CESM image of unrecorded machine, follows its patient), and leaves
+    out with a warning the patients without any group and a group of fewer than :data:`MIN_SITE_PATIENTS`
+    patients, which could never train; ``N`` sites are drawn by
+    :func:`simulations.datasets.partition.partition_patients` and named ``site_0`` ... ``site_<N-1>``.
 
     Raises
     ------
@@ -82,30 +94,49 @@ def split_sites(
     if sites == POOLED:
         return {POOLED: list(rows)}
     if grouping and sites == grouping:
-        first: dict[str, str] = {}
-        out: dict[str, list[dict[str, object]]] = {}
-        for row in rows:
-            group = first.setdefault(str(row["patient_id"]), str(row["group"]))
-            out.setdefault(group, []).append(row)
-        for group, members in list(out.items()):
-            patients = len({row["patient_id"] for row in members})
-            if patients < MIN_SITE_PATIENTS:  # it could not split into train/val/test: a site that never trains
-                logger.warning(
-                    "%s group %s has %d patient(s), fewer than the %d a site needs for its own splits; left out",
-                    grouping,
-                    group,
-                    patients,
-                    MIN_SITE_PATIENTS,
-                )
-                del out[group]
-        if not out:
-            raise ConfigError(f"no {grouping} group has {MIN_SITE_PATIENTS} patients; use --sites N or {POOLED}")
-        return dict(sorted(out.items()))
+        return _natural_sites(rows, grouping)
     if sites.isdigit() and int(sites) >= 1:
         parts = partition_patients(rows, int(sites), scheme=scheme, alpha=alpha, seed=seed)
         return {f"site_{i}": part for i, part in enumerate(parts)}
     natural = f", {grouping}" if grouping else ""
     raise ConfigError(f"--sites {sites!r} must be {POOLED}{natural} or a number of sites")
+
+
+def _natural_sites(rows: Sequence[dict[str, object]], grouping: str) -> dict[str, list[dict[str, object]]]:
+    """Rows per natural group (see :func:`split_sites`), a patient never split between groups."""
+    first: dict[str, str] = {}
+    for row in rows:
+        if row.get("group"):
+            first.setdefault(str(row["patient_id"]), str(row["group"]))
+    out: dict[str, list[dict[str, object]]] = {}
+    ungrouped = [row for row in rows if str(row["patient_id"]) not in first]
+    for row in rows:
+        if str(row["patient_id"]) in first:
+            out.setdefault(first[str(row["patient_id"])], []).append(row)
+    followers = sum(1 for row in rows if not row.get("group") and str(row["patient_id"]) in first)
+    if followers:
+        logger.info("%d image(s) without a %s joined their patient's group", followers, grouping)
+    if ungrouped:
+        logger.warning(
+            "%d image(s) of %d patient(s) have no %s; left out",
+            len(ungrouped),
+            len({row["patient_id"] for row in ungrouped}),
+            grouping,
+        )
+    for group, members in list(out.items()):
+        patients = len({row["patient_id"] for row in members})
+        if patients < MIN_SITE_PATIENTS:  # it could not split into train/val/test: a site that never trains
+            logger.warning(
+                "%s group %s has %d patient(s), fewer than the %d a site needs for its own splits; left out",
+                grouping,
+                group,
+                patients,
+                MIN_SITE_PATIENTS,
+            )
+            del out[group]
+    if not out:
+        raise ConfigError(f"no {grouping} group has {MIN_SITE_PATIENTS} patients; use --sites N or {POOLED}")
+    return dict(sorted(out.items()))
 
 
 def _exists(path: object) -> bool:
@@ -172,7 +203,13 @@ def prepare_dataset(
     task = task or adapter.default_task
     rows = apply_task(adapter.read(Path(source).expanduser()), task, dataset=dataset)
     grouped = split_sites(rows, sites, grouping=adapter.grouping, scheme=scheme, alpha=alpha, seed=seed)
-    info: dict[str, object] = {"dataset": dataset, "task": task, "sites_by": sites}
+    info: dict[str, object] = {
+        "dataset": dataset,
+        "task": task,
+        NUM_CLASSES_KEY: len(TASK_CLASSES[task]),
+        "classes": list(TASK_CLASSES[task]),
+        "sites_by": sites,
+    }
     if sites.isdigit():
         info.update(scheme=scheme, alpha=alpha, seed=seed)
     return write_sites(out, grouped, info)
