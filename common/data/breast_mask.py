@@ -30,6 +30,7 @@ _OPEN_RADIUS = 3  # detaches labels, markers and film-edge strips joined to the 
 _KEEP_SHARE = 0.03  # a piece cut off at a neck, resting on the chest wall, is breast from this share of the largest
 _MARGIN = 2  # mask-grid pixels added around the breast, so the faint skin line is never cut
 _FRAME_SHARE = 0.03  # band along the top, bottom and nipple-side borders (share of the longer side): film frames
+_FRAME_COVER = 0.9  # a border line this much covered by foreground, to the far corner, is a frame
 _MAX_HOLE_SHARE = 0.25  # a dark region enclosed by the breast larger than this share of it is not fat but air
 _MIN_BACKGROUND_SHARE = 0.01  # below this share of border-connected background, the image is all breast
 
@@ -115,19 +116,23 @@ def segment_breast(image: np.ndarray, *, chest_wall_left: bool = True) -> Breast
 
 
 def _clear_frame(mask: np.ndarray, band: int, chest_wall_left: bool) -> np.ndarray:
-    """Drop a band along every border but the chest wall's, where scanned films carry a bright frame.
+    """Drop the band along each border that carries a film frame (the chest wall's border never does).
 
     A frame joined to the breast makes the breast's component a ring around the image, which takes every
-    label touching the frame with it and makes the crop the whole film. :func:`_regrow_into_frame` gives the
-    breast back its own part of the band.
+    label touching the frame with it and makes the crop the whole film. A border is framed when a line of its
+    band is foreground along at least :data:`_FRAME_COVER` of its length, reaching the corner away from the
+    chest wall; breast touching a border (a pectoral muscle, a large breast) never reaches that corner, as the
+    air in front of the nipple lies between. :func:`_regrow_into_frame` gives the breast back its part of a band.
     """
     cleared = mask.copy()
-    cleared[:band, :] = False
-    cleared[-band:, :] = False
-    if chest_wall_left:
-        cleared[:, -band:] = False
-    else:
-        cleared[:, :band] = False
+    tip = slice(-band, None) if chest_wall_left else slice(None, band)  # the corner columns away from the wall
+    for rows in (slice(None, band), slice(-band, None)):
+        lines = mask[rows]
+        if ((lines.mean(axis=1) >= _FRAME_COVER) & lines[:, tip].any(axis=1)).any():
+            cleared[rows] = False
+    side = mask[:, tip]
+    if (side.mean(axis=0) >= _FRAME_COVER).any():
+        cleared[:, tip] = False
     return cleared
 
 
