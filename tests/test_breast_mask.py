@@ -157,6 +157,6 @@ def test_a_film_frame_joined_to_the_breast_takes_neither_the_labels_nor_the_crop
     segmentation = segment_breast(image)
     # Assert: the label is air, the crop is the breast's (plus at most the frame rows it touches)
     assert not segmentation.mask[30:60, 130:174].any()
-    top, bottom, left, right = segmentation.box
+    _, _, left, right = segmentation.box
     cols = np.flatnonzero(breast_outline().any(axis=0))
     assert right <= cols[-1] + 3 and left == 0
