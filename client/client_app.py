@@ -62,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @reply_with_error_on_failure
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the received weights on this site's test split; reply with metrics and a score histogram."""
+    """Score the received weights on this site's test split; reply with metrics and score histograms (counts)."""
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
     outcome = evaluate_on_site(site, config, msg.content[wire.ARRAYS_KEY].to_torch_state_dict())
@@ -77,6 +77,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             **outcome.metrics,
             wire.SCORE_HIST_NEG: hist["negatives"],
             wire.SCORE_HIST_POS: hist["positives"],
+            # K > 2: per-class scalars, one fixed-size histogram per class and the K x K confusion counts.
+            **(outcome.classes.to_flat() if outcome.classes is not None else {}),
         }
     )
     content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site.name})})

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,13 +14,22 @@ import torch
 from client.budget import SiteBudget, check_round
 from client.site import SiteSpec
 from common.config import AppConfig
-from common.data import ImagePipeline, SiteData, augment_batch, load_site
-from common.metrics import ScoreHistogram, binary_metrics, threshold_at_specificity
+from common.data import ImagePipeline, ManifestRow, SiteData, augment_batch, load_site, read_manifest
+from common.errors import ManifestError
+from common.metrics import ClassEvaluation, ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.privacy import planned_sampling, privacy_for_budget
 from common.training import TrainResult, evaluate, train_local
 
-__all__ = ["EvaluateOutcome", "evaluate_on_site", "load_site_data", "pick_device", "round_seed", "train_on_site"]
+__all__ = [
+    "EvaluateOutcome",
+    "check_labels",
+    "evaluate_on_site",
+    "load_site_data",
+    "pick_device",
+    "round_seed",
+    "train_on_site",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,8 @@ class EvaluateOutcome:
     threshold: float
     confusion: dict[str, int]
     seconds: float
+    classes: ClassEvaluation | None = None
+    """Per-class (one vs rest) results, histograms and the argmax confusion matrix; None for a binary model."""
 
 
 def round_seed(base_seed: int, site_index: int, server_round: int) -> int:
@@ -50,8 +62,41 @@ def pick_device(setting: str) -> str:
     return setting
 
 
+def check_labels(rows: list[ManifestRow], num_classes: int, manifest: Path) -> None:
+    """Refuse a manifest whose labels are not class indices of the run's model, naming every such line.
+
+    Checked on the manifest, before any image is decoded, because a label the model has no output for would
+    otherwise surface mid-training as an opaque cross-entropy (or CUDA device-side) error. Not skipped row by
+    row either: such labels mean the site's data and the run disagree on the task (a 3-class manifest in a
+    binary run), and training on the remaining rows would quietly change it.
+
+    Raises
+    ------
+    ManifestError
+        If any label is ``>= num_classes``; the message lists the lines, the rule and the fix.
+    """
+    bad = [row for row in rows if row.label >= num_classes]
+    if not bad:
+        return
+    shown = ", ".join(f"line {row.row_number} label {row.label}" for row in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    raise ManifestError(
+        f"manifest {manifest} has {len(bad)} row(s) whose 'label' is not a class of this run's model "
+        f"({shown}{more}): labels must be class indices in [0, {num_classes}) for model.num_classes = "
+        f"{num_classes} (binary: 0/1 with 1 the positive class; three classes: 0 normal, 1 benign, 2 malignant); "
+        "fix the manifest or run with a matching model.num_classes"
+    )
+
+
 def load_site_data(site: SiteSpec, config: AppConfig) -> SiteData:
-    """Decode (or read from the site's cache) and split the site's images; bad files are skipped with reasons."""
+    """Decode (or read from the site's cache) and split the site's images; bad files are skipped with reasons.
+
+    Raises
+    ------
+    ManifestError
+        If the manifest is invalid, or a label is not a class index of ``model.num_classes`` (`check_labels`).
+    """
+    check_labels(read_manifest(site.manifest), config.model.num_classes, site.manifest)
     data = load_site(
         site.manifest,
         image_size=config.data.image_size,
@@ -131,13 +176,17 @@ def train_on_site(
 def evaluate_on_site(
     site: SiteSpec, config: AppConfig, state_dict: dict[str, torch.Tensor], split: str = "test"
 ) -> EvaluateOutcome:
-    """Score the site's ``split`` and reduce it to metrics, confusion counts and a score histogram."""
+    """Score the site's ``split`` and reduce it to metrics, confusion counts and a score histogram.
+
+    The headline metrics and histogram are about the last class against the rest (P(last class) as the score);
+    with more than two classes ``classes`` adds each class against the rest and the argmax confusion matrix.
+    """
     started = time.perf_counter()
     data = load_site_data(site, config)
     model = _model_with(config, state_dict)
     device = pick_device(config.training.device)
     result = evaluate(model, getattr(data, split), batch_size=config.training.batch_size * 2, device=device)
-    labels = _binary(result.labels, config)
+    labels = _binary(result.labels, config)  # the headline: the last (most severe) class vs the rest
     threshold = _operating_threshold(model, data, config, device)
     metrics = binary_metrics(
         labels,
@@ -161,6 +210,9 @@ def evaluate_on_site(
         threshold=threshold,
         confusion=confusion,
         seconds=time.perf_counter() - started,
+        classes=ClassEvaluation.from_predictions(result.labels, result.probabilities, seed=config.seed)
+        if config.model.num_classes > 2
+        else None,
     )
 
 

@@ -66,6 +66,8 @@ class EvalResult:
     labels: np.ndarray
     """int64 true labels, shape (N,)."""
     num_examples: int
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """float64 softmax probability of every class, shape (N, num_classes); ``scores`` is its last column."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -145,6 +147,8 @@ def train_local(
     ConfigError
         If the grad-sample mode does not work for ``model`` (raised at wrapping or the first step), or
         secure mode is asked for without torchcsprng.
+    ValueError
+        If a label is not a class index of the model's output (a site checks its manifest before this).
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ManifestError("the training set is empty: the site's manifest has no rows in its 'train' split")
@@ -178,6 +182,7 @@ def train_local(
                 for images, labels in batches:
                     if augment is not None and len(labels):
                         images = augment(images, augment_generator)
+                    cpu_labels = labels
                     images, labels = images.to(target), labels.to(target).long()
                     optimizer.zero_grad(set_to_none=True)
                     if skip_empty and not len(labels):
@@ -185,7 +190,9 @@ def train_local(
                         continue
                     first_dp_step = private is not None and steps == 0
                     with grad_sample_mode_guard(privacy.grad_sample_mode, model) if first_dp_step else nullcontext():
-                        loss = criterion(module(images), labels)
+                        logits = module(images)
+                        _check_labels(cpu_labels, int(logits.shape[1]))
+                        loss = criterion(logits, labels)
                         loss.backward()
                         optimizer.step()
                     steps += 1
@@ -242,28 +249,50 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device
     -------
     EvalResult
         Mean cross-entropy, softmax probability of the last class (class 1 for binary; for more classes the
-        last class, as a one-vs-rest score), labels in dataset order. An empty dataset gives loss NaN.
+        last class, the most severe, as a one-vs-rest score), every class's softmax probability (for per-class
+        metrics), labels in dataset order. An empty dataset gives loss NaN.
+
+    Raises
+    ------
+    ValueError
+        If a label is not a class index of the model's output (which cross-entropy would report only as an
+        index error, or a device-side assert on CUDA).
     """
     target = resolve_device(device)
     was_training = model.training
     model.to(target).eval()
     total_loss = 0.0
-    scores: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    num_classes = 2
     try:
         with torch.no_grad():
             for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                batch_labels = batch_labels.to(target).long()
                 logits = model(images.to(target))
+                num_classes = int(logits.shape[1])
+                _check_labels(batch_labels, num_classes)
+                batch_labels = batch_labels.to(target).long()
                 total_loss += F.cross_entropy(logits, batch_labels, reduction="sum").item()
-                scores.append(torch.softmax(logits.double(), dim=1)[:, -1].cpu().numpy())
+                probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
                 labels.append(batch_labels.cpu().numpy())
     finally:
         model.train(was_training)
     count = int(sum(len(batch) for batch in labels))
+    probs = np.concatenate(probabilities) if probabilities else np.zeros((0, num_classes), dtype=np.float64)
     return EvalResult(
         loss=total_loss / count if count else math.nan,
-        scores=np.concatenate(scores).astype(np.float64) if scores else np.zeros(0, dtype=np.float64),
+        scores=probs[:, -1].astype(np.float64),
         labels=np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, dtype=np.int64),
         num_examples=count,
+        probabilities=probs.astype(np.float64),
     )
+
+
+def _check_labels(labels: Tensor, num_classes: int) -> None:
+    """Refuse labels outside ``[0, num_classes)`` on the CPU, before cross-entropy turns them into an opaque error."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = sorted({int(v) for v in labels.tolist()} - set(range(num_classes)))
+        raise ValueError(
+            f"label(s) {bad[:5]} are not class indices of this {num_classes}-class model: labels must be in "
+            f"[0, {num_classes}) (model.num_classes = {num_classes})"
+        )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 __all__ = [
     "ARRAYS_KEY",
+    "CLASS_HIST_NEG",
+    "CLASS_HIST_POS",
     "CONFIG_KEY",
     "CONFUSION_KEYS",
+    "CONFUSION_MATRIX",
     "EPSILON",
     "LOSS",
     "METRICS_KEY",
+    "NUM_CLASSES",
     "NUM_EXAMPLES",
     "NUM_STEPS",
     "SCORE_HIST_NEG",
@@ -20,6 +24,7 @@ __all__ = [
     "THRESHOLD",
     "TRAIN_LOSS",
     "UNIFORM_WEIGHT",
+    "class_hist_keys",
 ]
 
 # RecordDict keys (FedAvg's own defaults for arrays/config, so its hooks need no re-keying).
@@ -49,3 +54,18 @@ CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
 SCORE_HIST_NEG = "score_hist_neg"
 """Counts of test scores per fixed bin for label-0 images: ROC/AUC pool across sites without per-image data."""
 SCORE_HIST_POS = "score_hist_pos"
+
+# Multi-class entries (only when model.num_classes > 2; a binary reply is exactly the keys above).
+NUM_CLASSES = "num_classes"
+"""Number of classes K the site scored; tells the server which of the entries below to read."""
+CONFUSION_MATRIX = "confusion_matrix"
+"""K x K test-split counts, row-major: row = true class, column = class of highest probability (argmax)."""
+CLASS_HIST_NEG = "class_hist_neg_"
+"""Prefix; ``class_hist_neg_<c>`` counts P(class c) per score bin for images whose label is not c."""
+CLASS_HIST_POS = "class_hist_pos_"
+"""Prefix; ``class_hist_pos_<c>`` counts P(class c) per score bin for images whose label is c (one vs rest)."""
+
+
+def class_hist_keys(index: int) -> tuple[str, str]:
+    """The (negatives, positives) MetricRecord keys of class ``index``'s one-vs-rest score histogram."""
+    return f"{CLASS_HIST_NEG}{index}", f"{CLASS_HIST_POS}{index}"

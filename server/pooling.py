@@ -1,16 +1,26 @@
-"""Pooled (all-site) metrics from what sites send: weighted means, the worst epsilon, summed score histograms."""
+"""Pooled (all-site) metrics from what sites send: weighted means, the worst epsilon, summed histograms and counts."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from common import wire
-from common.metrics import ScoreHistogram, confusion_metrics, histogram_metrics
+from common.metrics import ClassEvaluation, ScoreHistogram, confusion_metrics, histogram_metrics
 
-__all__ = ["pool_evaluate_metrics", "pool_histograms", "pool_train_metrics", "reply_histogram"]
+__all__ = [
+    "metric_classes",
+    "pool_evaluate_metrics",
+    "pool_histograms",
+    "pool_train_metrics",
+    "reply_classes",
+    "reply_histogram",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def _metrics(record: RecordDict) -> MetricRecord:
@@ -31,6 +41,20 @@ def reply_histogram(record: RecordDict) -> ScoreHistogram:
         negatives=np.asarray(metrics[wire.SCORE_HIST_NEG], dtype=np.int64),
         positives=np.asarray(metrics[wire.SCORE_HIST_POS], dtype=np.int64),
     )
+
+
+def metric_classes(metrics: MetricRecord) -> ClassEvaluation | None:
+    """Per-class results held in ``metrics`` (None from a binary model, or if malformed: logged, never fatal)."""
+    try:
+        return ClassEvaluation.from_flat(metrics)
+    except ValueError as exc:
+        logger.warning("per-class results left out: %s", exc)
+        return None
+
+
+def reply_classes(record: RecordDict) -> ClassEvaluation | None:
+    """The per-class histograms, metrics and confusion matrix a site sent (None from a binary model)."""
+    return metric_classes(_metrics(record))
 
 
 def pool_histograms(histograms: list[ScoreHistogram]) -> ScoreHistogram:
@@ -76,4 +100,16 @@ def pool_evaluate_metrics(records: list[RecordDict], weight_key: str) -> MetricR
         counts = {k: int(sum(int(_metrics(r)[k]) for r in records)) for k in wire.CONFUSION_KEYS}
         values.update(confusion_metrics(**counts))
         values.update(counts)
+    values.update(_pool_classes(records))
     return MetricRecord(values)
+
+
+def _pool_classes(records: list[RecordDict]) -> dict[str, int | float | list[int]]:
+    """Per-class results of all sites as one population: summed one-vs-rest histograms and confusion matrices."""
+    evaluations = [reply_classes(r) for r in records]
+    if not any(e is not None for e in evaluations):
+        return {}
+    if any(e is None for e in evaluations) or len({e.num_classes for e in evaluations if e is not None}) > 1:
+        logger.warning("not every site sent per-class results for as many classes; none pooled this round")
+        return {}
+    return ClassEvaluation.pooled([e for e in evaluations if e is not None]).to_flat()

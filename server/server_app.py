@@ -72,7 +72,7 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
     duration = time.monotonic() - started
     torch.save(final_weights(result.arrays, initial).to_torch_state_dict(), run_dir.path / "global_model.pt")
     if strategy.latest_histograms:
-        run_dir.write_roc(strategy.latest_round, strategy.latest_histograms)
+        run_dir.write_roc(strategy.latest_round, strategy.latest_histograms, strategy.latest_class_histograms)
     summary = build_summary(config, run_dir.read_metrics(), duration_s=duration)
     if strategy.central is not None:  # the noise the server used (derived when target_epsilon is set)
         summary["privacy"]["noise_multiplier"] = strategy.central.noise_multiplier

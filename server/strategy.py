@@ -19,7 +19,7 @@ from common import wire
 from common.config import AppConfig
 from common.metrics import ScoreHistogram
 from server.central_dp import CentralDP, ExactSampleFedAvg, wrap_with_central_dp
-from server.pooling import pool_evaluate_metrics, pool_train_metrics, reply_histogram
+from server.pooling import metric_classes, pool_evaluate_metrics, pool_train_metrics, reply_classes, reply_histogram
 from server.report import POOLED_SITE, RunDirectory
 
 __all__ = ["POOLED_SITE", "RecordingStrategy", "build_strategy"]
@@ -56,6 +56,9 @@ def _scalars(metrics: MetricRecord) -> dict[str, Any]:
 def _row(server_round: int, phase: str, site: str, metrics: MetricRecord) -> dict[str, Any]:
     values = _scalars(metrics)
     values["num_examples"] = values.pop(wire.NUM_EXAMPLES, 0)
+    classes = metric_classes(metrics) if phase == "evaluate" else None
+    if classes is not None:  # the K x K counts are small and the summary needs them; histograms go to roc.json
+        values[wire.CONFUSION_MATRIX] = classes.confusion.tolist()
     return {"round": server_round, "phase": phase, "site": site, "time": time.time(), **values}
 
 
@@ -83,6 +86,8 @@ class RecordingStrategy(Strategy):
         self.save_checkpoints = save_checkpoints
         self.central = central
         self.latest_histograms: dict[str, ScoreHistogram] = {}
+        self.latest_class_histograms: dict[str, tuple[ScoreHistogram, ...]] = {}
+        """Per site, the final round's one-vs-rest histogram of each class (only with more than two classes)."""
         self.latest_round = 0
         self._site_names: dict[int, str] = {}
 
@@ -200,6 +205,8 @@ class RecordingStrategy(Strategy):
         if pooled is not None:
             rows.append(_row(server_round, "evaluate", POOLED_SITE, pooled))
             self.latest_histograms = {self._site_name(m): reply_histogram(m.content) for m in ok}
+            classes = {self._site_name(m): reply_classes(m.content) for m in ok}
+            self.latest_class_histograms = {site: c.histograms for site, c in classes.items() if c is not None}
             self.latest_round = server_round
             auc = float(pooled.get("auc", math.nan))
             logger.info("round %d: pooled test AUC %.3f over %d site(s)", server_round, auc, len(ok))

@@ -7,13 +7,16 @@ from typing import Any
 
 from common import wire
 from common.config import AppConfig
-from server.report import POOLED_SITE, latest_rows
+from server.report import POOLED_SITE, latest_rows, nest_class_results
 
 __all__ = ["build_summary"]
 
 
 def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, duration_s: float) -> dict[str, Any]:
-    """Final evaluation of the global model per site and pooled, each with the site's cumulative epsilon."""
+    """Final evaluation of the global model per site and pooled, each with the site's cumulative epsilon.
+
+    With more than two classes each entry also holds its per-class results (see `nest_class_results`).
+    """
     evaluated = latest_rows(rows, "evaluate")
     trained = latest_rows(rows, "train")
     # Central DP gives every site the same (site-level) guarantee: the federation's epsilon on the pooled row.
@@ -28,10 +31,17 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
     pooled = sites.pop(POOLED_SITE, {})
     if central_epsilon is None and sites:  # the worst site overall: one that declined late rounds still counts
         pooled["epsilon"] = max(float(entry["epsilon"]) for entry in sites.values())
+    names = config.model.class_labels
+    sites = {site: nest_class_results(entry, names) for site, entry in sites.items()}
+    pooled = nest_class_results(pooled, names)
     failures = [dict(row) for row in rows if "error" in row]
     return {
         "num_rounds": config.strategy.num_rounds,
         "model": config.model.name,
+        # Headline metrics (auc, sensitivity, ...) are the last class vs the rest; with more than two classes
+        # each entry adds per_class (one vs rest, by name), macro_auc and confusion_matrix (row = true class).
+        "num_classes": config.model.num_classes,
+        "classes": list(names),
         "image_size": config.data.image_size,
         "strategy": config.strategy.name,
         "sites": sites,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -85,7 +85,41 @@ def _print_summary(run_dir: Path, console: Console) -> None:
             fmt(values.get("specificity")),
             fmt(values.get("epsilon"), 2) if private else "off",
         )
+    classes = [str(name) for name in summary.get("classes") or []]
+    if len(classes) > 2:
+        table.title += f": {classes[-1]} vs rest"
     console.print(table)
+    if len(classes) > 2:
+        _print_classes(rows, classes, fmt, console)
+
+
+def _print_classes(rows: list, classes: list[str], fmt: Callable[..., str], console: Console) -> None:
+    """Per-class one-vs-rest AUC, macro AUC and the pooled argmax confusion matrix, for more than two classes."""
+    from rich.table import Table
+
+    from server.report import class_results, confusion_matrix
+
+    table = Table(title="per class, one vs rest: AUC (95% CI)")
+    for column in ("site", "cases", *classes, "macro AUC"):
+        table.add_column(column, justify="right" if column != "site" else "left")
+    for site, values in rows:
+        per_class = class_results(values, classes)
+        if not per_class:
+            continue
+        cases = "/".join(fmt(c.get("num_cases"), 0) for c in per_class)
+        aucs = [
+            f"{fmt(c.get('auc'))} ({fmt(c.get('auc_ci_low'), 2)}-{fmt(c.get('auc_ci_high'), 2)})" for c in per_class
+        ]
+        table.add_row(site, cases, *aucs, fmt(values.get("macro_auc")))
+    console.print(table)
+    matrix = confusion_matrix(rows[-1][1])
+    if matrix is not None:
+        confusion = Table(title="pooled confusion matrix (rows: true class, columns: argmax prediction)")
+        for column in ("true \\ predicted", *classes):
+            confusion.add_column(column, justify="right")
+        for name, counts in zip(classes, matrix, strict=False):
+            confusion.add_row(name, *(str(count) for count in counts))
+        console.print(confusion)
 
 
 def _phantoms(args: argparse.Namespace, console: Console) -> int:

@@ -29,3 +29,28 @@ def tiny_federation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     generate_federation(root, num_sites=2, images_per_site=24, seed=7, matrix_scale=0.25)
     return root
+
+
+THREE_CLASS_LABELS = {"normal": 0, "benign": 1, "malignant": 2}
+"""The three-class task's labels: the last class is the most severe (the headline 'vs rest' class)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_three_class_federation(tiny_federation: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two tiny phantom sites relabelled from their ``finding`` column: 0 normal, 1 benign, 2 malignant."""
+    import csv
+    import shutil
+
+    root = tmp_path_factory.mktemp("three_class") / "phantoms"
+    shutil.copytree(tiny_federation, root, ignore=shutil.ignore_patterns(".cache", "privacy_ledger.json"))
+    for manifest in sorted(root.glob("site_*/manifest.csv")):
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns, rows = list(reader.fieldnames or []), list(reader)
+        for row in rows:
+            row["label"] = str(THREE_CLASS_LABELS[row["finding"]])
+        with manifest.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return root

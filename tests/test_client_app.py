@@ -46,7 +46,7 @@ def _context(config: AppConfig, partition: int = 0, **node_config: object) -> Co
 
 
 def _message(kind: str, config: AppConfig, server_round: int) -> Message:
-    model = build_model(config.model.name, num_classes=2, in_channels=1, norm=config.model.norm)
+    model = build_model(config.model.name, num_classes=config.model.num_classes, in_channels=1, norm=config.model.norm)
     content = RecordDict(
         {
             wire.ARRAYS_KEY: ArrayRecord(model.state_dict()),
@@ -56,13 +56,14 @@ def _message(kind: str, config: AppConfig, server_round: int) -> Message:
     return Message(content=content, message_type=kind, dst_node_id=1)
 
 
-def _assert_only_arrays_and_scalars(reply: Message, allowed_lists: set[str]) -> None:
+def _assert_only_arrays_and_scalars(reply: Message, allowed_lists: set[str], num_classes: int = 2) -> None:
     content = reply.content
     for record in content.metric_records.values():
         for key, value in record.items():
             if isinstance(value, list):
                 assert key in allowed_lists, f"unexpected list metric {key}"
-                assert len(value) == NUM_SCORE_BINS  # fixed-size aggregates, never one entry per image
+                # fixed-size aggregates, never one entry per image: score bins, or K x K confusion counts
+                assert len(value) == (num_classes**2 if key == wire.CONFUSION_MATRIX else NUM_SCORE_BINS)
             else:
                 assert isinstance(value, (int, float)), key
     for record in content.config_records.values():
@@ -157,7 +158,29 @@ def test_evaluate_reply_holds_metrics_and_fixed_size_histograms(tiny_federation:
     n = metrics[wire.NUM_EXAMPLES]
     assert sum(metrics[wire.SCORE_HIST_NEG]) + sum(metrics[wire.SCORE_HIST_POS]) == n
     assert {"auc", "sensitivity", "specificity"} <= set(metrics.keys())
+    assert wire.NUM_CLASSES not in metrics and "macro_auc" not in metrics  # a binary reply is as it always was
     _assert_only_arrays_and_scalars(reply, allowed_lists={wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS})
+
+
+def test_a_three_class_evaluate_reply_adds_per_class_histograms_and_confusion_counts_only(
+    tiny_three_class_federation: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_three_class_federation, tmp_path, **{"model.num_classes": 3})
+
+    reply = app(_message("evaluate", config, 1), _context(config))
+
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content[wire.METRICS_KEY]
+    n = metrics[wire.NUM_EXAMPLES]
+    assert metrics[wire.NUM_CLASSES] == 3 and sum(metrics[wire.CONFUSION_MATRIX]) == n
+    class_lists = {key for c in range(3) for key in wire.class_hist_keys(c)}
+    for c in range(3):
+        negatives, positives = wire.class_hist_keys(c)
+        assert sum(metrics[negatives]) + sum(metrics[positives]) == n
+    assert metrics[wire.SCORE_HIST_POS] == metrics[wire.class_hist_keys(2)[1]]  # headline: the last class vs rest
+    assert {"auc_class0", "auc_ci_low_class1", "num_cases_class2", "macro_auc"} <= set(metrics.keys())
+    allowed = {wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS, wire.CONFUSION_MATRIX, *class_lists}
+    _assert_only_arrays_and_scalars(reply, allowed_lists=allowed, num_classes=3)
 
 
 def test_a_site_without_data_replies_with_an_error_not_a_crash(tmp_path: Path) -> None:

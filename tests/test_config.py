@@ -89,3 +89,24 @@ def test_hydra_defaults_equal_the_schema_defaults() -> None:
     config, _ = compose_simulation([])
 
     assert replace(config, output=replace(config.output, run_dir=AppConfig().output.run_dir)) == AppConfig()
+
+
+def test_class_names_default_per_class_count_and_parse_a_comma_separated_string() -> None:
+    assert load_config({}).model.class_labels == ("benign/normal", "malignant")
+    assert load_config({"model.num_classes": 3}).model.class_labels == ("normal", "benign", "malignant")
+    assert load_config({"model.num_classes": 4}).model.class_labels == ("class_0", "class_1", "class_2", "class_3")
+    named = load_config({"model.num_classes": 2, "model.class_names": "normal, abnormal"})
+    assert named.model.class_labels == ("normal", "abnormal")
+
+
+@pytest.mark.parametrize(
+    ("names", "rule"),
+    [
+        ("normal,malignant", r"3 comma-separated names, one per class index 0..2 \(model.num_classes = 3\)"),
+        ("normal,,malignant", "comma-separated names without an empty one"),
+        ("a,a,b", "names that are all different"),
+    ],
+)
+def test_class_names_that_do_not_fit_num_classes_are_a_config_error(names: str, rule: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'model.class_names' = {names!r} is invalid: it must be {rule}"):
+        load_config({"model.num_classes": 3, "model.class_names": names})

@@ -237,3 +237,90 @@ def test_declined_rounds_are_listed_apart_from_failures(tmp_path: Path) -> None:
     declined_at = html_text.index("declined by a site&#x27;s privacy ceiling")
     failed_at = html_text.index("Failed site replies")
     assert html_text.index("PrivacyBudgetExceeded") > declined_at and html_text.index("ManifestError") > failed_at
+
+
+CLASSES = ("normal", "benign", "malignant")
+
+
+def _write_three_class_run(path: Path) -> RunDirectory:
+    """A finished 3-class run as the server writes it: flat per-class rows, nested summary, per-class roc.json."""
+    from common import wire
+    from common.config import load_config
+    from common.metrics import ClassEvaluation
+    from server.summary import build_summary
+
+    run = RunDirectory(path)
+    run.write_config({"model": {"name": "small_cnn", "num_classes": 3, "class_names": ""}})
+    evaluations, rows = {}, []
+    for index, site in enumerate(SITES):
+        rng = np.random.default_rng(index)
+        labels = rng.integers(0, 3, 60)
+        logits = rng.normal(size=(60, 3))
+        logits[np.arange(60), labels] += 1.5
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        evaluations[site] = ClassEvaluation.from_predictions(labels, probs, bootstrap=50)
+        headline = binary_metrics((labels == 2).astype(int), probs[:, 2], bootstrap=50)
+        rows.append({"round": 1, "phase": "evaluate", "site": site, "num_examples": 60, **headline})
+    pooled = ClassEvaluation.pooled(list(evaluations.values()), bootstrap=50)
+    malignant = evaluations[SITES[0]].histograms[2] + evaluations[SITES[1]].histograms[2]
+    rows.append({"round": 1, "phase": "evaluate", "site": POOLED_SITE, "num_examples": 120,
+                 **histogram_metrics(malignant)})  # fmt: skip
+    for row, evaluation in zip(rows, [*evaluations.values(), pooled], strict=True):
+        row.update({k: v for k, v in evaluation.to_flat().items() if not isinstance(v, list)})
+        row[wire.CONFUSION_MATRIX] = evaluation.confusion.tolist()
+    run.append_metrics(rows)
+    run.write_roc(
+        1, {s: e.histograms[2] for s, e in evaluations.items()}, {s: e.histograms for s, e in evaluations.items()}
+    )
+    config = load_config({"model.num_classes": 3, "privacy.mode": "none"})
+    run.write_summary(build_summary(config, run.read_metrics(), duration_s=3.0))
+    return run
+
+
+def test_a_three_class_run_reports_per_class_auc_confusion_matrices_and_per_class_roc(tmp_path: Path) -> None:
+    from server.report.plots import CLASS_ROC_PLOT
+
+    run = _write_three_class_run(tmp_path / "run")
+    summary = run.read_summary()
+    roc = run.read_roc()
+
+    html_text = build_report(run.path).read_text()
+
+    assert roc is not None and len(roc.class_pooled) == 3 and set(roc.class_sites) == set(SITES)
+    assert roc.class_pooled[0] == roc.class_sites[SITES[0]][0] + roc.class_sites[SITES[1]][0]
+    section = html_text.split("Per-class results (each class vs the rest)")[1].split("How to read")[0]
+    for name in CLASSES:
+        assert f"{name} AUC (95% CI)" in section
+        pooled_auc = summary["pooled"]["per_class"][name]["auc"]
+        assert f"{pooled_auc:.3f}" in section
+    assert f"{summary['pooled']['macro_auc']:.3f}" in section
+    assert section.count('<table class="confusion">') == 3  # two sites and pooled
+    pooled_matrix = summary["pooled"]["confusion_matrix"]
+    assert f"{pooled_matrix[2][2]} (" in section.split("<b>pooled</b>")[1]
+    assert "&lt;script&gt;" in section and "<script>" not in html_text
+    assert (
+        "<b>malignant</b> vs the rest (normal, benign)" in html_text
+        and "malignant versus all other classes" in html_text
+    )
+    assert (run.path / CLASS_ROC_PLOT).read_bytes().startswith(PNG_SIGNATURE)
+    assert f'src="{CLASS_ROC_PLOT}"' in html_text
+
+
+def test_a_binary_run_has_no_per_class_section_and_old_run_folders_still_render(fake_run: RunDirectory) -> None:
+    from server.report.plots import CLASS_ROC_PLOT
+
+    html_text = build_report(fake_run.path).read_text()  # the fake run's files predate per-class results
+
+    assert "Per-class results" not in html_text and "vs the rest" not in html_text
+    assert not (fake_run.path / CLASS_ROC_PLOT).exists()
+
+
+def test_a_three_class_report_from_metrics_alone_reads_the_flat_rows(tmp_path: Path) -> None:
+    run = _write_three_class_run(tmp_path / "run")
+    run.summary_path.unlink()
+    run.roc_path.unlink()
+
+    html_text = build_report(run.path).read_text()
+
+    assert "Per-class results" in html_text and html_text.count('<table class="confusion">') == 3
+    assert "benign AUC (95% CI)" in html_text  # names from the run's config when summary.json is missing

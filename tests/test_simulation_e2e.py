@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.config import AppConfig, load_config
@@ -142,3 +143,34 @@ def test_central_dp_federation_accounts_one_epsilon_for_all_sites(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert {s["epsilon"] for s in summary["sites"].values()} == {pooled[-1]}
     assert "central: the server clips" in (run_dir / "report.html").read_text()
+
+
+def test_a_three_class_federation_reports_per_class_results_per_site_and_pooled(
+    tiny_three_class_federation: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    config = tiny_config(
+        tiny_three_class_federation,
+        federation__synthetic=False,  # keep the relabelled manifests (the phantom generator would rewrite them)
+        model__num_classes=3,
+        privacy__mode="none",
+        strategy__num_rounds=1,
+    )
+
+    run_dir = run_simulation(config, tmp_path_factory.mktemp("three_class_run"))
+
+    rows = RunDirectory(run_dir).read_metrics()
+    assert not [r for r in rows if "error" in r]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["classes"] == ["normal", "benign", "malignant"]
+    entries = {**summary["sites"], "pooled": summary["pooled"]}
+    for entry in entries.values():
+        assert list(entry["per_class"]) == ["normal", "benign", "malignant"]
+        assert len(entry["confusion_matrix"]) == 3
+        assert sum(map(sum, entry["confusion_matrix"])) == entry["num_examples"]
+        assert entry["num_positives"] == entry["per_class"]["malignant"]["num_cases"]  # headline: malignant vs rest
+    site_0, site_1 = (np.array(summary["sites"][site]["confusion_matrix"]) for site in ("site-0", "site-1"))
+    assert summary["pooled"]["confusion_matrix"] == (site_0 + site_1).tolist()
+    roc = RunDirectory(run_dir).read_roc()
+    assert roc is not None and len(roc.class_pooled) == 3
+    report = (run_dir / "report.html").read_text()
+    assert "Per-class results" in report and "roc_per_class.png" in report

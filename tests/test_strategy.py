@@ -136,3 +136,66 @@ def test_summary_takes_each_sites_last_successful_round() -> None:
 
     assert summary["sites"]["a"]["auc"] == 0.8 and summary["sites"]["a"]["epsilon"] == 2.5
     assert summary["pooled"]["auc"] == 0.7 and len(summary["failures"]) == 1
+
+
+def _three_class_reply(site: str, seed: int, n: int) -> tuple[Message, np.ndarray, np.ndarray]:
+    """A 3-class site's evaluate reply as client_app builds it, with the labels and probabilities behind it."""
+    from common.metrics import ClassEvaluation
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3))
+    logits[np.arange(n), labels] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    reply = _eval_reply(site, (labels == 2).astype(int).tolist(), probs[:, 2].tolist())
+    reply.content[wire.METRICS_KEY].update(ClassEvaluation.from_predictions(labels, probs, bootstrap=0).to_flat())
+    return reply, labels, probs
+
+
+def test_three_class_pooling_sums_per_class_histograms_and_confusion_matrices(tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from common.metrics import ClassEvaluation, class_key
+
+    # Prepare
+    strategy, run_dir = _strategy(tmp_path)
+    (a, la, pa), (b, lb, pb) = _three_class_reply("a", 1, 80), _three_class_reply("b", 2, 120)
+
+    # Execute
+    pooled = strategy.aggregate_evaluate(1, [a, b])
+
+    # Assert
+    labels, probs = np.concatenate([la, lb]), np.concatenate([pa, pb])
+    expected = roc_auc_score(labels, probs, multi_class="ovr", average=None)
+    for c in range(3):
+        assert pooled[class_key("auc", c)] == pytest.approx(expected[c], abs=0.01)
+        assert pooled[class_key("num_cases", c)] == int((labels == c).sum())
+    assert pooled["macro_auc"] == pytest.approx(expected.mean(), abs=0.01)
+    site_matrices = [ClassEvaluation.from_flat(r.content[wire.METRICS_KEY]).confusion for r in (a, b)]
+    rows = {r["site"]: r for r in run_dir.read_metrics()}
+    assert rows["pooled"][wire.CONFUSION_MATRIX] == (site_matrices[0] + site_matrices[1]).tolist()
+    assert rows["a"][wire.CONFUSION_MATRIX] == site_matrices[0].tolist()  # K x K, nested, in every row
+    assert not any(key.startswith("class_hist") for row in rows.values() for key in row)  # histograms stay out
+    assert [h.num_positives for h in strategy.latest_class_histograms["b"]] == np.bincount(lb, minlength=3).tolist()
+
+
+def test_three_class_summary_nests_per_class_results_by_name() -> None:
+    from server.summary import build_summary
+
+    rows = [
+        {"round": 1, "phase": "evaluate", "site": site, "auc": 0.7, "num_classes": 3, "macro_auc": 0.6,
+         **{f"{m}_class{c}": 0.5 + c / 10 for c in range(3) for m in ("auc", "auc_ci_low", "auc_ci_high")},
+         **{f"num_cases_class{c}": 10 + c for c in range(3)},
+         wire.CONFUSION_MATRIX: [[5, 3, 2], [1, 8, 2], [0, 2, 10]]}
+        for site in ("a", "pooled")
+    ]  # fmt: skip
+    config = load_config({"model.num_classes": 3, "model.class_names": "normal,benign,cancer"})
+
+    summary = build_summary(config, rows, duration_s=1.0)
+
+    assert summary["classes"] == ["normal", "benign", "cancer"] and summary["num_classes"] == 3
+    for entry in (summary["sites"]["a"], summary["pooled"]):
+        assert list(entry["per_class"]) == ["normal", "benign", "cancer"]
+        assert entry["per_class"]["cancer"] == {"auc": 0.7, "auc_ci_low": 0.7, "auc_ci_high": 0.7, "num_cases": 12}
+        assert entry["macro_auc"] == 0.6 and entry[wire.CONFUSION_MATRIX][2] == [0, 2, 10]
+        assert "auc_class0" not in entry and "num_classes" not in entry and entry["auc"] == 0.7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,40 @@ def test_train_on_site_spends_the_target_over_the_planned_rounds(tiny_federation
     assert [entry[0] for entry in history] == [expected.noise_multiplier]
     assert expected.noise_multiplier != config.privacy.noise_multiplier
     assert 0.95 * 3.0 <= result.epsilon <= 3.0
+
+
+def _three_class(n: int = 12) -> TensorDataset:
+    generator = torch.Generator().manual_seed(0)
+    return TensorDataset(0.1 * torch.randn(n, 1, 32, 32, generator=generator), torch.arange(n) % 3)
+
+
+def test_evaluate_three_classes_scores_the_last_class_softmax() -> None:
+    # Prepare
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=3)
+    dataset = _three_class()
+
+    # Execute
+    result = evaluate(model, dataset, batch_size=5)
+
+    # Assert: every class's probability, and the headline score is P(last class), not a sigmoid of one logit
+    assert result.probabilities.shape == (12, 3)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(result.scores, result.probabilities[:, -1])
+    with torch.no_grad():
+        expected = torch.softmax(model(dataset.tensors[0]).double(), dim=1)[:, 2].numpy()
+    np.testing.assert_allclose(result.scores, expected, atol=1e-6)
+    expected_loss = torch.nn.functional.cross_entropy(model(dataset.tensors[0]), dataset.tensors[1]).item()
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)  # cross-entropy over the three classes
+
+
+def test_three_classes_train_with_dp_and_a_label_beyond_the_model_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    three = build_model("small_cnn", num_classes=3)
+    result = train_local(three, _three_class(), training=TrainingConfig(batch_size=4, local_epochs=1), privacy=DP)
+    assert math.isfinite(result.train_loss) and result.epsilon > 0
+
+    with pytest.raises(ValueError, match=r"label\(s\) \[2\] are not class indices of this 2-class model"):
+        evaluate(_small(), _three_class())
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\) \(model.num_classes = 2\)"):
+        train_local(_small(), _three_class(), training=TrainingConfig(batch_size=4, local_epochs=1), privacy=NO_DP)

@@ -11,6 +11,7 @@ from common.config.schema import (
     PrivacyConfig,
     StrategyConfig,
     TrainingConfig,
+    resolve_class_names,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "StrategyConfig",
     "TrainingConfig",
     "load_config",
+    "resolve_class_names",
 ]

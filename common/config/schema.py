@@ -20,6 +20,7 @@ __all__ = [
     "StrategyConfig",
     "TrainingConfig",
     "flatten",
+    "resolve_class_names",
 ]
 
 
@@ -79,18 +80,63 @@ class DataConfig:
         _check(0.0 < self.test_fraction < 0.6, "data.test_fraction", self.test_fraction, "in (0, 0.6)")
 
 
+DEFAULT_CLASS_NAMES: dict[int, tuple[str, ...]] = {
+    2: ("benign/normal", "malignant"),
+    3: ("normal", "benign", "malignant"),
+}
+"""Display names when ``model.class_names`` is empty; other class counts get ``class_0, class_1, ...``."""
+
+
+def resolve_class_names(class_names: str, num_classes: int) -> tuple[str, ...]:
+    """The display name of each class index: ``class_names`` split on commas, or the defaults when it is empty.
+
+    A string, not a list, because Flower's run config holds only scalars. Names are for reports only;
+    labels stay class indices, and the last class is always the most severe (the headline "vs rest" view).
+
+    Raises
+    ------
+    ConfigError
+        If the number of names differs from ``num_classes``, or a name is empty or repeated.
+    """
+    if not class_names.strip():
+        return DEFAULT_CLASS_NAMES.get(num_classes, tuple(f"class_{i}" for i in range(num_classes)))
+    names = tuple(name.strip() for name in class_names.split(","))
+    _check(
+        len(names) == num_classes,
+        "model.class_names",
+        class_names,
+        f"{num_classes} comma-separated names, one per class index 0..{num_classes - 1} (model.num_classes = "
+        f"{num_classes}), or empty for the defaults",
+    )
+    _check(all(names), "model.class_names", class_names, "comma-separated names without an empty one")
+    _check(len(set(names)) == len(names), "model.class_names", class_names, "names that are all different")
+    return names
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network, how it is normalised, and where pretrained weights come from."""
+    """Which network, how it is normalised, where pretrained weights come from, and what its classes are called.
+
+    Class ``i`` of the model is the manifest label ``i``; the last class is the most severe (malignant), and
+    its probability is the score every binary metric (AUC, sensitivity, specificity) is read from.
+    """
 
     name: str = "small_cnn"
     norm: str = "groupnorm"
     weights_path: str = ""
     num_classes: int = 2
+    class_names: str = ""
+    """Comma-separated display names, one per class index (``normal,benign,malignant``); empty = defaults."""
 
     def __post_init__(self) -> None:
         _check(self.norm in ("groupnorm", "frozen_bn"), "model.norm", self.norm, "'groupnorm' or 'frozen_bn'")
         _check(self.num_classes >= 2, "model.num_classes", self.num_classes, ">= 2")
+        resolve_class_names(self.class_names, self.num_classes)
+
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        """The display name of each class index (see `resolve_class_names`)."""
+        return resolve_class_names(self.class_names, self.num_classes)
 
 
 @dataclass(frozen=True)

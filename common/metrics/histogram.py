@@ -23,6 +23,7 @@ __all__ = [
     "NUM_SCORE_BINS",
     "ScoreHistogram",
     "histogram_auc",
+    "histogram_auc_ci",
     "histogram_metrics",
     "histogram_roc",
     "score_bin_edges",
@@ -168,7 +169,8 @@ def histogram_roc(h: ScoreHistogram) -> tuple[np.ndarray, np.ndarray]:
     return fpr.astype(np.float64), tpr.astype(np.float64)
 
 
-def _bootstrap_histogram_auc(h: ScoreHistogram, resamples: int, seed: int) -> tuple[float, float]:
+def histogram_auc_ci(h: ScoreHistogram, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% CI of `histogram_auc`, resampling cases from the binned data; NaN without both classes."""
     total = h.num_negatives + h.num_positives
     if resamples <= 0 or h.num_negatives == 0 or h.num_positives == 0:
         return float("nan"), float("nan")
@@ -195,7 +197,7 @@ def histogram_metrics(
     tp, fn = int(h.positives[edge:].sum()), int(h.positives[:edge].sum())
     fp, tn = int(h.negatives[edge:].sum()), int(h.negatives[:edge].sum())
     fpr, tpr = histogram_roc(h)
-    low, high = _bootstrap_histogram_auc(h, bootstrap, seed)
+    low, high = histogram_auc_ci(h, resamples=bootstrap, seed=seed)
     return {
         "auc": histogram_auc(h),
         "auc_ci_low": low,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.report.builder import build_report, latest_rows
+from server.report.class_results import PER_CLASS, class_results, confusion_matrix, nest_class_results
 from server.report.plots import EPSILON_PLOT, LOSS_PLOT, METRICS_PLOT, ROC_PLOT
 from server.report.run_files import (
     CHECKPOINTS_DIR,
@@ -25,6 +26,7 @@ __all__ = [
     "METRICS_FILE",
     "METRICS_PLOT",
     "METRICS_SCHEMA",
+    "PER_CLASS",
     "POOLED_SITE",
     "REPORT_FILE",
     "ROC_FILE",
@@ -33,5 +35,8 @@ __all__ = [
     "RocData",
     "RunDirectory",
     "build_report",
+    "class_results",
+    "confusion_matrix",
     "latest_rows",
+    "nest_class_results",
 ]

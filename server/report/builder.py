@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from common.metrics import DEFAULT_TARGET_SPECIFICITY, DEFAULT_THRESHOLD
+from server.report.class_results import class_names_of
+from server.report.class_section import render_class_section
 from server.report.page import render_page
 from server.report.plots import (
+    CLASS_ROC_PLOT,
     EPSILON_PLOT,
     LOSS_PLOT,
     METRICS_PLOT,
@@ -19,6 +22,7 @@ from server.report.plots import (
     plot_epsilon_per_round,
     plot_loss_per_round,
     plot_metrics_per_round,
+    plot_roc_per_class,
     plot_roc_per_site,
 )
 from server.report.run_files import POOLED_SITE, RocData, RunDirectory
@@ -144,14 +148,25 @@ def _read_roc(run_dir: RunDirectory) -> tuple[RocData | None, str]:
 
 
 def _plots(
-    run_dir: RunDirectory, rows: list[dict[str, Any]], roc: RocData | None, privacy: Mapping[str, Any]
+    run_dir: RunDirectory,
+    rows: list[dict[str, Any]],
+    roc: RocData | None,
+    privacy: Mapping[str, Any],
+    class_names: list[str],
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """Draw every plot the data allows; say why the others are missing, and delete stale copies of them."""
+    """Draw every plot the data allows; say why the others are missing, and delete stale copies of them.
+
+    With more than two classes (``class_names``) the ROC plot is the last class vs the rest, and a per-class
+    ROC plot follows it when roc.json holds the per-class histograms.
+    """
+    positive = class_names[-1] if class_names else ""
     plots: list[tuple[str, str]] = []
     notes: list[str] = []
     has = lambda phase, key: any(r.get("phase") == phase and key in r and "error" not in r for r in rows)  # noqa: E731
     wanted: list[tuple[str, bool, str, Any]] = [
-        (ROC_PLOT, roc is not None, "", lambda p: plot_roc_per_site(roc.sites, roc.pooled, p)),
+        (ROC_PLOT, roc is not None, "", lambda p: plot_roc_per_site(roc.sites, roc.pooled, p, positive=positive)),
+        (CLASS_ROC_PLOT, bool(class_names and roc and roc.class_sites), "",
+         lambda p: plot_roc_per_class(roc.class_sites, roc.class_pooled, class_names, p)),
         (METRICS_PLOT, has("evaluate", "auc"), "No evaluation rounds recorded: no metrics plot.",
          lambda p: plot_metrics_per_round(rows, p)),
         (EPSILON_PLOT, privacy.get("mode") != "none" and has("train", "epsilon"),
@@ -163,7 +178,10 @@ def _plots(
     ]  # fmt: skip
     captions = {
         ROC_PLOT: f"ROC curves of the final global model (round {roc.round if roc else '?'}) on each site's test "
-        "split and pooled; curves further to the top left are better.",
+        "split and pooled; curves further to the top left are better."
+        + (f" The score is the probability of {positive}, against all other classes." if positive else ""),
+        CLASS_ROC_PLOT: "ROC curves of each class against all the others (scored by that class's probability), "
+        "per site and pooled.",
         METRICS_PLOT: "AUC, sensitivity and specificity of the global model per round (sensitivity and "
         "specificity at each site's decision threshold).",
         EPSILON_PLOT: "Cumulative privacy loss ε of the federation after each round, accounted by the server for "
@@ -205,7 +223,8 @@ def build_report(run_dir: str | Path) -> Path:
     results = _results(summary, rows)
     sites = sorted({str(r["site"]) for r in rows} | set(results) | set(roc.sites if roc else ()))
     sites = [s for s in sites if s != POOLED_SITE]
-    plots, notes = _plots(folder, rows, roc, privacy)
+    class_names = class_names_of(summary, config, results)
+    plots, notes = _plots(folder, rows, roc, privacy, class_names)
     failures = (summary or {}).get("failures") or [r for r in rows if "error" in r]
     html_text = render_page(
         title=f"fedmammo run report: {folder.path.name}",
@@ -218,6 +237,8 @@ def build_report(run_dir: str | Path) -> Path:
         failures=failures,
         threshold=operating_point_text(config)[0],
         target_specificity=operating_point_text(config)[1],
+        class_names=class_names,
+        class_section=render_class_section(results, class_names) if class_names else "",
     )
     folder.report_path.write_text(html_text, encoding="utf-8")
     logger.info("wrote %s with %d plot(s)", folder.report_path, len(plots))

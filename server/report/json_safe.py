@@ -10,7 +10,7 @@ import numpy as np
 
 __all__ = ["from_json_safe", "to_json_safe"]
 
-_TEXT_KEYS = frozenset({"site", "phase", "error", "model", "strategy", "name"})
+_TEXT_KEYS = frozenset({"site", "phase", "error", "model", "strategy", "name", "classes", "class_names"})
 _INFINITIES = {"Infinity": math.inf, "-Infinity": -math.inf}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from server.report.plots import site_order
 
-__all__ = ["fmt", "render_page"]
+__all__ = ["auc_cell", "fmt", "html_table", "render_page"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -21,6 +21,10 @@ td:first-child,th:first-child{text-align:left}tr.pooled td{font-weight:600;backg
 table.settings td{text-align:left}.note{color:#555;font-size:.9rem}.warn{color:#a33}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:.9rem}
 .howto{background:#f6f8fa;border-left:4px solid #4a7ab5;padding:.6rem 1rem}
+h3{font-size:1.05rem;margin-top:1.4rem}.cm{display:inline-block;vertical-align:top;margin:0 1.5rem .8rem 0}
+.cm p{margin:.2rem 0}table.confusion td{padding:0}
+table.confusion td:first-child,table.confusion td:last-child{padding:.3rem .6rem}
+.cm-cell{display:block;padding:.3rem .6rem;background:rgb(74 122 181/calc(var(--share)*65%))}
 """
 
 _RESULT_COLUMNS = (
@@ -52,6 +56,12 @@ same for every site, but the server itself saw each site's un-noised update.</p>
 <p>n/a means a value is undefined for that test set (for example AUC when a site has only benign cases).</p>
 """
 
+_HOW_TO_READ_CLASSES = """
+<p><b>More than two classes</b> ({names}): the results table, the per-round table and the ROC plot above are about
+<b>{last} versus all other classes</b>, scored by the model's probability of {last}; "malignant" and "benign"
+in the text above then mean {last} and not {last}. The per-class section gives each class against the rest.</p>
+"""
+
 
 def fmt(value: Any, digits: int = 3) -> str:
     """A number for a table cell: ints as is, floats to ``digits`` decimals, NaN/missing as "n/a", ∞ as "∞"."""
@@ -68,12 +78,14 @@ def fmt(value: Any, digits: int = 3) -> str:
     return escape(str(value)) if value != "" else "n/a"
 
 
-def _auc_cell(entry: Mapping[str, Any]) -> str:
+def auc_cell(entry: Mapping[str, Any]) -> str:
+    """``auc (low–high)`` from an entry's ``auc``, ``auc_ci_low`` and ``auc_ci_high`` (a site, or one class)."""
     auc, low, high = (fmt(entry.get(k)) for k in ("auc", "auc_ci_low", "auc_ci_high"))
     return f"{auc} ({low}–{high})" if "n/a" not in (low, high) else f"{auc} (CI n/a)"
 
 
-def _table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], css: str = "") -> str:
+def html_table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], css: str = "") -> str:
+    """A table of ``(row css class, cells)``; headers are escaped here, cells must already be escaped HTML."""
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(
         f'<tr class="{escape(cls)}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>" for cls, cells in rows
@@ -99,13 +111,13 @@ def _results_table(results: Mapping[str, Mapping[str, Any]], privacy_enabled: bo
             escape(site),
             fmt(entry.get("num_examples")),
             fmt(entry.get("num_positives")),
-            _auc_cell(entry),
+            auc_cell(entry),
             fmt(entry.get("threshold")),
             *(fmt(entry.get(key)) for key, _ in _RESULT_COLUMNS),
             epsilon,
         ]
         rows.append(("pooled" if site == "pooled" else "", cells))
-    return _table(headers, rows)
+    return html_table(headers, rows)
 
 
 def _round_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -128,7 +140,7 @@ def _round_table(rows: Sequence[Mapping[str, Any]]) -> str:
         cells += [fmt(entry.get(k)) for k in ("loss", "auc", "sensitivity", "specificity")]
         table_rows.append(("pooled" if site == "pooled" else "", cells))
     headers = ["Round", "Site", "Train loss", "ε", "Test loss", "AUC", "Sensitivity", "Specificity"]
-    return _table(headers, table_rows)
+    return html_table(headers, table_rows)
 
 
 def render_page(
@@ -143,12 +155,16 @@ def render_page(
     failures: Sequence[Mapping[str, Any]],
     threshold: str,
     target_specificity: float,
+    class_names: Sequence[str] = (),
+    class_section: str = "",
 ) -> str:
     """The whole report page as a string.
 
     ``settings`` are ``(name, formatted value)`` pairs; ``plots`` are ``(file name, caption)`` pairs linked
     relatively, so the folder can be moved or zipped; ``notes`` say what is missing and why (no ROC data,
-    privacy off, ...). Every text is HTML-escaped here.
+    privacy off, ...). Every text is HTML-escaped here, except ``class_section``, HTML that
+    `server.report.class_section` already escaped. ``class_names`` (more than two classes) say which class
+    the headline results are about.
     """
     settings_rows = [("", [escape(name), escape(value)]) for name, value in settings]
     parts = [
@@ -156,12 +172,18 @@ def render_page(
         '<p class="note">Federated training of a breast-cancer classifier; only model weights, aggregate metrics '
         "and privacy figures left the hospitals.</p>",
         "<h2>Run settings</h2>",
-        _table(["Setting", "Value"], settings_rows, css="settings"),
+        html_table(["Setting", "Value"], settings_rows, css="settings"),
         "<h2>Final results of the global model</h2>",
         _results_table(results, privacy_enabled)
         if results
         else '<p class="note">No final results (summary.json is missing and no round was evaluated).</p>',
     ]
+    if class_names:
+        last, others = escape(class_names[-1]), ", ".join(escape(n) for n in class_names[:-1])
+        note = f"<b>{last}</b> vs the rest ({others}): the score is the model's probability of {last}."
+        parts.insert(-1, f'<p class="note">{note}</p>')
+    if class_section:
+        parts.append(class_section)
     declined = [f for f in failures if f.get("declined")]
     failed = [f for f in failures if not f.get("declined")]
     for title, entries in (("Rounds declined by a site's privacy ceiling", declined), ("Failed site replies", failed)):
@@ -173,6 +195,9 @@ def render_page(
             )
             parts.append(f'<h2>{escape(title)}</h2><ul class="warn">{items}</ul>')
     how_to = _HOW_TO_READ.format(threshold=threshold, target=target_specificity)
+    if class_names:
+        names = ", ".join(escape(n) for n in class_names)
+        how_to += _HOW_TO_READ_CLASSES.format(names=names, last=escape(class_names[-1]))
     parts.append(f'<h2>How to read this</h2><div class="howto">{how_to}</div>')
     parts.append("<h2>Plots</h2>")
     parts += [f'<p class="note">{escape(note)}</p>' for note in notes]

@@ -14,6 +14,7 @@ from common.metrics import ScoreHistogram, histogram_auc, histogram_roc
 from server.report.run_files import POOLED_SITE
 
 __all__ = [
+    "CLASS_ROC_PLOT",
     "EPSILON_PLOT",
     "LOSS_PLOT",
     "METRICS_PLOT",
@@ -21,6 +22,7 @@ __all__ = [
     "plot_epsilon_per_round",
     "plot_loss_per_round",
     "plot_metrics_per_round",
+    "plot_roc_per_class",
     "plot_roc_per_site",
     "site_order",
 ]
@@ -29,6 +31,7 @@ ROC_PLOT = "roc_per_site.png"
 METRICS_PLOT = "metrics_per_round.png"
 EPSILON_PLOT = "epsilon_per_round.png"
 LOSS_PLOT = "loss_per_round.png"
+CLASS_ROC_PLOT = "roc_per_class.png"
 
 _DPI = 110
 _PALETTE = (
@@ -104,11 +107,8 @@ def _line_axes(axes: Any, series: Mapping[str, tuple[list[int], list[float]]], y
         axes.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
 
 
-def plot_roc_per_site(sites: Mapping[str, ScoreHistogram], pooled: ScoreHistogram | None, path: Path) -> Path:
-    """One ROC curve per site plus pooled, AUC in the legend, and the chance diagonal."""
-    figure = _new_figure(6.0, 5.6)
-    axes = figure.add_subplot()
-    curves = {**sites, **({POOLED_SITE: pooled} if pooled is not None else {})}
+def _roc_axes(axes: Any, curves: Mapping[str, ScoreHistogram], title: str) -> None:
+    """One ROC curve per site (pooled last, in black), AUC in the legend, and the chance diagonal."""
     for index, site in enumerate(site_order(list(curves))):
         fpr, tpr = histogram_roc(curves[site])
         auc = histogram_auc(curves[site])
@@ -121,9 +121,35 @@ def plot_roc_per_site(sites: Mapping[str, ScoreHistogram], pooled: ScoreHistogra
     axes.set_aspect("equal")
     axes.set_xlabel("1 − specificity (false-positive rate)")
     axes.set_ylabel("sensitivity (true-positive rate)")
-    axes.set_title("ROC of the final global model, per site")
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
+
+
+def plot_roc_per_site(
+    sites: Mapping[str, ScoreHistogram], pooled: ScoreHistogram | None, path: Path, *, positive: str = ""
+) -> Path:
+    """One ROC curve per site plus pooled; ``positive`` names the class scored against the rest (K > 2)."""
+    figure = _new_figure(6.0, 5.6)
+    curves = {**sites, **({POOLED_SITE: pooled} if pooled is not None else {})}
+    detail = f"{_label(positive)} vs rest" if positive else "per site"
+    _roc_axes(figure.add_subplot(), curves, f"ROC of the final global model, {detail}")
+    return _save(figure, path)
+
+
+def plot_roc_per_class(
+    sites: Mapping[str, Sequence[ScoreHistogram]], pooled: Sequence[ScoreHistogram], names: Sequence[str], path: Path
+) -> Path:
+    """One panel per class (that class vs the rest), each with a curve per site and pooled."""
+    count = max([len(pooled), *(len(hs) for hs in sites.values())])
+    figure = _new_figure(5.0 * count, 5.2)
+    panels = figure.subplots(1, count, squeeze=False)[0]
+    for index, axes in enumerate(panels):
+        curves = {site: hs[index] for site, hs in sites.items() if index < len(hs)}
+        if index < len(pooled):
+            curves[POOLED_SITE] = pooled[index]
+        name = names[index] if index < len(names) else f"class_{index}"
+        _roc_axes(axes, curves, f"{_label(name)} vs rest")
     return _save(figure, path)
 
 

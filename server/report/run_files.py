@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,10 @@ PHASES = ("train", "evaluate")
 METRICS_SCHEMA = """\
 metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "evaluate", "site": str, ...numbers}.
   train rows:    num_examples, train_loss, epsilon (cumulative over the site's rounds), seconds.
-  evaluate rows: num_examples, loss, and every key of common.metrics.METRIC_KEYS (auc, auc_ci_low, ...).
+  evaluate rows: num_examples, loss, and every key of common.metrics.METRIC_KEYS (auc, auc_ci_low, ...), about
+                 the last class vs the rest; with more than two classes also num_classes, macro_auc,
+                 auc/auc_ci_low/auc_ci_high/num_cases_class<c> per class (one vs rest) and confusion_matrix
+                 (K lists of K counts: row = true class, column = argmax prediction).
   site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
                  train: example-weighted mean loss, largest epsilon of any site).
   failed replies: {"round", "phase", "site", "error": str} and no numbers.
@@ -77,13 +80,27 @@ def _check_row(row: Mapping[str, Any]) -> None:
         raise ValueError(f"metrics row {dict(row)!r} is invalid: {'; '.join(problems)} (see METRICS_SCHEMA)")
 
 
+def _summed(histograms: list[ScoreHistogram]) -> ScoreHistogram:
+    return sum(histograms[1:], histograms[0])
+
+
+def _histogram(lists: Mapping[str, Any]) -> ScoreHistogram:
+    return ScoreHistogram.from_lists(lists["negatives"], lists["positives"])
+
+
 @dataclass(frozen=True)
 class RocData:
-    """Contents of ``roc.json``: the final evaluated round's score histograms per site and pooled."""
+    """Contents of ``roc.json``: the final evaluated round's score histograms per site and pooled.
+
+    ``class_sites`` / ``class_pooled`` hold each class's one-vs-rest histogram (class index order); they are
+    empty for a binary model and for runs recorded before per-class results existed.
+    """
 
     round: int
     sites: dict[str, ScoreHistogram]
     pooled: ScoreHistogram
+    class_sites: dict[str, tuple[ScoreHistogram, ...]] = field(default_factory=dict)
+    class_pooled: tuple[ScoreHistogram, ...] = ()
 
 
 class RunDirectory:
@@ -177,25 +194,35 @@ class RunDirectory:
                 rows.append(from_json_safe(row))
         return rows
 
-    def write_roc(self, round: int, site_histograms: Mapping[str, ScoreHistogram]) -> Path:
+    def write_roc(
+        self,
+        round: int,
+        site_histograms: Mapping[str, ScoreHistogram],
+        class_histograms: Mapping[str, Sequence[ScoreHistogram]] | None = None,
+    ) -> Path:
         """Write each site's score histograms of ``round`` and their sum (pooled) to ``roc.json``.
+
+        ``class_histograms`` (more than two classes) adds each site's one-vs-rest histogram per class, under
+        ``classes``, and their per-class sums under ``pooled_classes``.
 
         Raises
         ------
         ValueError
-            If there are no sites or the sites' bin counts differ.
+            If there are no sites, the sites' bin counts differ, or sites hold different numbers of classes.
         """
         if not site_histograms:
             raise ValueError("write_roc needs at least one site's ScoreHistogram, got none")
-        histograms = list(site_histograms.values())
-        pooled = histograms[0]
-        for histogram in histograms[1:]:
-            pooled = pooled + histogram
-        payload = {
+        payload: dict[str, Any] = {
             "round": int(round),
             "sites": {str(site): h.to_lists() for site, h in site_histograms.items()},
-            "pooled": pooled.to_lists(),
+            "pooled": _summed(list(site_histograms.values())).to_lists(),
         }
+        if class_histograms:
+            per_site = {str(site): list(hs) for site, hs in class_histograms.items()}
+            if len({len(hs) for hs in per_site.values()}) > 1:
+                raise ValueError("write_roc: every site must hold one histogram per class, and as many classes")
+            payload["classes"] = {site: [h.to_lists() for h in hs] for site, hs in per_site.items()}
+            payload["pooled_classes"] = [_summed(list(hs)).to_lists() for hs in zip(*per_site.values(), strict=True)]
         return _write_atomic(self.roc_path, json.dumps(payload, allow_nan=False) + "\n")
 
     def read_roc(self) -> RocData | None:
@@ -203,11 +230,13 @@ class RunDirectory:
         if not self.roc_path.exists():
             return None
         payload = json.loads(self.roc_path.read_text(encoding="utf-8"))
-        sites = {
-            site: ScoreHistogram.from_lists(h["negatives"], h["positives"]) for site, h in payload["sites"].items()
-        }
-        pooled = ScoreHistogram.from_lists(payload["pooled"]["negatives"], payload["pooled"]["positives"])
-        return RocData(round=int(payload["round"]), sites=sites, pooled=pooled)
+        sites = {site: _histogram(h) for site, h in payload["sites"].items()}
+        pooled = _histogram(payload["pooled"])
+        class_sites = {site: tuple(map(_histogram, hs)) for site, hs in (payload.get("classes") or {}).items()}
+        class_pooled = tuple(map(_histogram, payload.get("pooled_classes") or ()))
+        return RocData(
+            round=int(payload["round"]), sites=sites, pooled=pooled, class_sites=class_sites, class_pooled=class_pooled
+        )
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         """Write ``summary.json`` (NaN as null), pretty-printed for people who open it."""

@@ -1,0 +1,83 @@
+"""Tests of client.task: scoring a site with three classes, and labels the run's model has no class for."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.site import resolve_site
+from client.task import evaluate_on_site, load_site_data
+from common.config import AppConfig, load_config
+from common.errors import ManifestError
+from common.metrics import class_key
+from common.models import build_model
+
+
+def _config(data_dir: Path, tmp_path: Path, num_classes: int) -> AppConfig:
+    return load_config(
+        {
+            "federation.data_dir": str(data_dir),
+            "federation.num_sites": 2,
+            "federation.synthetic": False,
+            "data.image_size": 32,
+            "data.cache_dir": str(tmp_path / "cache"),
+            "model.num_classes": num_classes,
+            "training.batch_size": 8,
+        }
+    )
+
+
+def _weights(num_classes: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return build_model("small_cnn", num_classes=num_classes).state_dict()
+
+
+def test_a_three_class_site_reports_per_class_results_and_the_last_class_as_headline(
+    tiny_three_class_federation: Path, tmp_path: Path
+) -> None:
+    # Prepare
+    config = _config(tiny_three_class_federation, tmp_path, 3)
+    site = resolve_site({"partition-id": 0, "num-partitions": 2}, config)
+    test_labels = load_site_data(site, config).test.labels.numpy()
+
+    # Execute
+    outcome = evaluate_on_site(site, config, _weights(3))
+
+    # Assert: the headline is malignant (class 2) vs the rest; per class, one histogram and count each
+    assert outcome.classes is not None and outcome.classes.num_classes == 3
+    assert outcome.metrics["num_positives"] == int((test_labels == 2).sum())
+    assert outcome.histogram == outcome.classes.histograms[2]  # P(malignant) vs rest, both ways
+    for c in range(3):
+        assert outcome.classes.metrics[class_key("num_cases", c)] == int((test_labels == c).sum())
+        assert outcome.classes.histograms[c].num_positives == int((test_labels == c).sum())
+    confusion = outcome.classes.confusion
+    assert confusion.shape == (3, 3) and confusion.sum() == outcome.num_examples == test_labels.size
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(test_labels, minlength=3))
+    assert math.isfinite(outcome.loss)
+
+
+def test_a_binary_site_reports_no_per_class_results(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path, 2)
+
+    outcome = evaluate_on_site(resolve_site({"partition-id": 1}, config), config, _weights(2))
+
+    assert outcome.classes is None and outcome.num_examples > 0
+
+
+def test_a_label_beyond_model_num_classes_names_the_manifest_lines_and_the_rule(
+    tiny_three_class_federation: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_three_class_federation, tmp_path, 2)  # a three-class manifest in a binary run
+    site = resolve_site({"partition-id": 0}, config)
+
+    with pytest.raises(
+        ManifestError, match=r"manifest .*manifest\.csv has \d+ row\(s\) whose 'label' is not a class"
+    ) as err:
+        load_site_data(site, config)
+
+    assert "line " in str(err.value) and "label 2" in str(err.value)
+    assert "must be class indices in [0, 2) for model.num_classes = 2" in str(err.value)
