@@ -9,7 +9,7 @@ from pathlib import Path
 
 from client.ledger import LEDGER_FILE_NAME
 from common.config import AppConfig
-from common.data import FEDERATION_INDEX, site_manifest
+from common.data import FEDERATION_INDEX, NUM_CLASSES_KEY, recorded_num_classes, site_manifest
 from common.errors import ConfigError, ManifestError
 
 __all__ = ["SiteSpec", "phantom_site_dir", "resolve_site"]
@@ -69,7 +69,8 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
     ------
     ConfigError
         If the node config names neither a manifest nor a partition, or a prepared federation holds
-        a different number of sites than ``federation.num_sites``.
+        a different number of sites than ``federation.num_sites``, or was labelled with another number of
+        classes than ``model.num_classes``.
     ManifestError
         If a simulated site's manifest is missing (the fix: generate phantoms first).
     """
@@ -92,6 +93,7 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
                 f"node config '{PARTITION_ID_KEY}' = {node_config[PARTITION_ID_KEY]!r} is not an integer"
             ) from exc
         if _is_prepared(config, index):
+            _check_recorded_classes(config)
             name, manifest = site_manifest(config.federation.data_dir, index, config.federation.num_sites)
             return SiteSpec(name, manifest, cache_dir, index, ledger_for(manifest))
         manifest = phantom_site_dir(config.federation.data_dir, index) / "manifest.csv"
@@ -105,3 +107,18 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
         f"node config {dict(node_config)} names no site: start the SuperNode with "
         f'--node-config \'{MANIFEST_KEY}="/path/to/manifest.csv" {SITE_NAME_KEY}="hospital-a"\''
     )
+
+
+def _check_recorded_classes(config: AppConfig) -> None:
+    """A prepared federation labelled for K classes trained with another number would mis-train silently.
+
+    Labels above the model's classes are also refused per manifest, but a binary-prepared folder run with a
+    3-class model would train an output no image ever has; the index written by ``fedmammo prepare`` says K.
+    """
+    recorded = recorded_num_classes(config.federation.data_dir)
+    if recorded is not None and recorded != config.model.num_classes:
+        raise ConfigError(
+            f"the federation at {config.federation.data_dir} was prepared with {recorded} classes "
+            f"({FEDERATION_INDEX} '{NUM_CLASSES_KEY}'), but model.num_classes = {config.model.num_classes}; "
+            f"run with model.num_classes={recorded} or prepare it again with the task you mean"
+        )

@@ -72,3 +72,19 @@ def test_named_site_folders_without_an_index_are_taken_in_natural_order(tmp_path
     names = [resolve_site({"partition-id": i}, config).name for i in (0, 1)]
 
     assert names == ["a_hospital", "b_hospital"]
+
+
+def test_a_federation_prepared_for_other_classes_is_refused(tmp_path: Path) -> None:
+    from common.data import write_federation_index
+
+    for name in ("site_0", "site_1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.csv").write_text("image_path,label,patient_id\n")
+    write_federation_index(tmp_path, ["site_0", "site_1"], {"task": "three-class", "num_classes": 3})
+    base = {"federation.data_dir": str(tmp_path), "federation.synthetic": False, "federation.num_sites": 2}
+
+    site = resolve_site({"partition-id": 0}, load_config({**base, "model.num_classes": 3}))
+
+    assert site.name == "site_0"
+    with pytest.raises(ConfigError, match=r"prepared with 3 classes .* model\.num_classes = 2; run with model\.num"):
+        resolve_site({"partition-id": 0}, load_config(base))
