@@ -7,7 +7,7 @@ only counts and metrics derived from it ever leave the site, so it may hold the 
 column              required  meaning
 ==================  ========  ==================================================================
 image_path          yes       DICOM, PNG, PGM or JPEG file; absolute, or relative to the manifest's folder
-label               yes       integer class: 0 benign/normal, 1 malignant (more classes through config)
+label               yes       class index: 0 benign/normal, 1 malignant; 3 classes: 0 normal, 1 benign, 2 malignant
 patient_id          yes       any stable per-patient key; splits are by patient, never by image
 study_id            no        exam key (e.g. StudyInstanceUID)
 laterality          no        L, R or empty
@@ -150,7 +150,7 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
             raise ValueError
     except ValueError:
         problems.append(
-            f"{where}: column 'label' = {label_text!r} must be a non-negative integer (0 benign/normal, 1 malignant)"
+            f"{where}: column 'label' = {label_text!r} must be a class index (0 benign/normal, 1 malignant)"
         )
     patient = get("patient_id")
     if not patient:
