@@ -73,18 +73,21 @@ def check_labels(rows: list[ManifestRow], num_classes: int, manifest: Path) -> N
     Raises
     ------
     ManifestError
-        If any label is ``>= num_classes``; the message lists the lines, the rule and the fix.
+        If any label is ``>= num_classes``; the message (which reaches the server) gives the count, the rule
+        and the fix; the lines and their labels go only to the site's log, as they tell which images are which.
     """
     bad = [row for row in rows if row.label >= num_classes]
     if not bad:
         return
+    # Which lines hold which label says which images are malignant: it stays in the site's own log.
     shown = ", ".join(f"line {row.row_number} label {row.label}" for row in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    logger.error("manifest %s: labels outside [0, %d): %s%s", manifest, num_classes, shown, more)
     raise ManifestError(
         f"manifest {manifest} has {len(bad)} row(s) whose 'label' is not a class of this run's model "
-        f"({shown}{more}): labels must be class indices in [0, {num_classes}) for model.num_classes = "
-        f"{num_classes} (binary: 0/1 with 1 the positive class; three classes: 0 normal, 1 benign, 2 malignant); "
-        "fix the manifest or run with a matching model.num_classes"
+        f"(the lines are in the site's log): labels must be class indices in [0, {num_classes}) for "
+        f"model.num_classes = {num_classes} (binary: 0/1 with 1 the positive class; three classes: 0 normal, "
+        "1 benign, 2 malignant); fix the manifest or run with a matching model.num_classes"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -69,15 +70,20 @@ def test_a_binary_site_reports_no_per_class_results(tiny_federation: Path, tmp_p
 
 
 def test_a_label_beyond_model_num_classes_names_the_manifest_lines_and_the_rule(
-    tiny_three_class_federation: Path, tmp_path: Path
+    tiny_three_class_federation: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = _config(tiny_three_class_federation, tmp_path, 2)  # a three-class manifest in a binary run
     site = resolve_site({"partition-id": 0}, config)
 
-    with pytest.raises(
-        ManifestError, match=r"manifest .*manifest\.csv has \d+ row\(s\) whose 'label' is not a class"
-    ) as err:
+    with (
+        caplog.at_level(logging.ERROR, logger="client.task"),
+        pytest.raises(
+            ManifestError, match=r"manifest .*manifest\.csv has \d+ row\(s\) whose 'label' is not a class"
+        ) as err,
+    ):
         load_site_data(site, config)
 
-    assert "line " in str(err.value) and "label 2" in str(err.value)
+    # the lines and labels (which say which images are malignant) stay in the site's log, out of the reply
+    assert "line " not in str(err.value) and "label 2" not in str(err.value)
+    assert "line " in caplog.text and "label 2" in caplog.text
     assert "must be class indices in [0, 2) for model.num_classes = 2" in str(err.value)
