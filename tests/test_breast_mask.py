@@ -160,3 +160,48 @@ def test_a_film_frame_joined_to_the_breast_takes_neither_the_labels_nor_the_crop
     _, _, left, right = segmentation.box
     cols = np.flatnonzero(breast_outline().any(axis=0))
     assert right <= cols[-1] + 3 and left == 0
+
+
+def test_a_smooth_frame_filling_breast_is_left_whole() -> None:
+    # Prepare: lumpy fat and dense tissue filling the frame, no air (a crop inside a breast)
+    rng = np.random.default_rng(3)
+    image = ndimage.gaussian_filter(rng.random((300, 240)), 12)
+    image = (0.3 + 0.5 * (image - image.min()) / (image.max() - image.min())).astype(np.float32)
+    # Execute
+    segmentation = segment_breast(image)
+    # Assert: the triangle threshold would split fat from dense tissue; with no air nothing is cut
+    assert segmentation.mask.all() and segmentation.box == (0, 300, 0, 240)
+
+
+@pytest.mark.parametrize("shape", [(16, 600), (20, 700), (600, 16), (2, 2), (1, 40)])
+def test_long_thin_and_tiny_images_are_segmented_without_error(shape: tuple[int, int]) -> None:
+    image = np.zeros(shape, dtype=np.float32)
+    image[: max(1, shape[0] // 2), : max(1, shape[1] // 3)] = 0.6
+    segmentation = segment_breast(image)
+    assert segmentation.mask.shape == shape and segmentation.mask[0, 0]
+
+
+def test_non_finite_pixels_are_air() -> None:
+    image = fatty_breast()
+    image[:10, -10:] = np.nan
+    assert not segment_breast(image).mask[:10, -10:].any()
+    assert segment_breast(np.full((50, 40), np.nan, dtype=np.float32)).mask.all()
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["cdd_cesm/images/P105_R_CM_CC.png", "cdd_cesm/images/P10_R_CM_CC.png", "cdd_cesm/images/P100_L_CM_CC.png"],
+)
+def test_a_crop_inside_a_real_breast_is_not_cut(relative: str) -> None:
+    # Prepare: rows 1/4-3/4, chest wall to mid-width: all breast (a triangle split of fat and dense kept 12-20%)
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"{relative} is not in the shared data folder")
+    pixels = read_mammogram(path).pixels
+    oriented = pixels[:, ::-1] if "_R_" in relative else pixels
+    height, width = oriented.shape
+    inside = np.ascontiguousarray(oriented[height // 4 : 3 * height // 4, : width // 2])
+    # Execute
+    segmentation = segment_breast(inside)
+    # Assert
+    assert segmentation.mask.mean() > 0.97
