@@ -122,3 +122,24 @@ def test_malformed_inputs_are_refused_with_the_rule() -> None:
         ClassEvaluation.from_flat(flat)
     with pytest.raises(ValueError, match="different numbers of classes"):
         ClassEvaluation.pooled([ClassEvaluation.from_predictions(labels, probs, bootstrap=0), other])
+
+
+def test_pooling_a_site_that_lacks_a_class_matches_the_pooled_images() -> None:
+    # Prepare: site A has no benign image (its benign AUC is NaN), site B has all three classes
+    labels_a, probs_a = _site(5, n=200)
+    keep = labels_a != 1
+    labels_a, probs_a = labels_a[keep], probs_a[keep]
+    labels_b, probs_b = _site(6, n=150)
+    site_a = ClassEvaluation.from_predictions(labels_a, probs_a, bootstrap=50)
+    site_b = ClassEvaluation.from_predictions(labels_b, probs_b, bootstrap=50)
+    all_labels, all_probs = np.concatenate([labels_a, labels_b]), np.concatenate([probs_a, probs_b])
+    # Execute
+    pooled = ClassEvaluation.pooled([site_a, site_b], bootstrap=50)
+    # Assert: the site's gap does not leak into the pool; pooled results are those of all images together
+    assert math.isnan(site_a.metrics[class_key("auc", 1)]) and math.isnan(site_a.metrics["macro_auc"])
+    expected = roc_auc_score(all_labels, all_probs, multi_class="ovr", average=None)
+    for c in range(3):
+        assert pooled.metrics[class_key("auc", c)] == pytest.approx(expected[c], abs=BIN_TOLERANCE)
+        assert pooled.metrics[class_key("num_cases", c)] == int((all_labels == c).sum())
+    np.testing.assert_array_equal(pooled.confusion, confusion_matrix(all_labels, all_probs.argmax(axis=1)))
+    assert pooled.metrics["macro_auc"] == pytest.approx(float(np.mean(expected)), abs=BIN_TOLERANCE)
