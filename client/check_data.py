@@ -1,4 +1,4 @@
-"""Check a site's data before it joins a federation: what its manifest holds and which files cannot be used."""
+"""Check a site's data before it joins a federation: what its manifest holds and which rows cannot be used."""
 
 from __future__ import annotations
 
@@ -13,15 +13,19 @@ from PIL import Image
 from common.data import (
     IMAGE_SUFFIXES,
     ImagePipeline,
-    ManifestRow,
     cache_root,
+    duplicate_rows,
     preprocess_site,
     read_header,
     read_manifest,
+    unknown_labels,
 )
-from common.errors import DicomError
+from common.errors import DicomError, ManifestError, public_text
 
-__all__ = ["UNKNOWN", "BadFile", "SiteCheck", "check_site"]
+__all__ = ["DEFAULT_NUM_CLASSES", "UNKNOWN", "BadFile", "Duplicate", "SiteCheck", "check_site"]
+
+DEFAULT_NUM_CLASSES = 2
+"""The model's classes ``check-data`` judges labels against when not told (a binary run)."""
 
 UNKNOWN = "(unknown)"
 """The bucket of a count whose value the manifest and the file's header both leave empty."""
@@ -33,23 +37,33 @@ _PLAIN_BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "I;16": 16,
 class BadFile:
     """A manifest line whose image cannot be used, and why; the line, not the file's name, says which.
 
-    File and folder names are left out because in hospitals they often carry identifiers (patient ids
-    in folder names, the SOP Instance UID as file name in PACS exports); the manifest's line finds it.
+    ``reason`` is the error's type and fixed public reason (:func:`common.errors.public_text`), the same words
+    a failing site sends: file and folder names are left out because in hospitals they often carry identifiers
+    (patient ids in folder names, the SOP Instance UID as file name in PACS exports); the line finds the file.
     """
 
     line: int
     reason: str
 
 
+@dataclass(frozen=True)
+class Duplicate:
+    """A manifest line listing the same image as an earlier line (same path, or one file by two paths)."""
+
+    line: int
+    same_as: int
+
+
 @dataclass
 class SiteCheck:
-    """What a site's manifest holds: counts (no identifiers: no patient ids, UIDs or folders) and its bad files.
+    """What a site's manifest holds: counts (no identifiers: no patient ids, UIDs, files or folders), bad rows.
 
-    Counts describe every listed image (a header that cannot be read counts as ``(unknown)``);
-    ``usable_labels`` counts only the images that will train. Spreads are ``{min, median, max}``.
+    Counts describe every listed row (a header that cannot be read counts as ``(unknown)``); ``usable``,
+    ``usable_patients`` and ``usable_labels`` count only the images that will train: readable, with a label the
+    model has, each image once (a repeated row is in ``duplicates``, not ``bad_files``). Spreads are
+    ``{min, median, max}``.
     """
 
-    manifest: str
     images: int
     usable: int
     patients: int
@@ -65,6 +79,8 @@ class SiteCheck:
     columns_px: dict[str, float]
     bits_stored: dict[str, float]
     bad_files: list[BadFile] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    num_classes: int = DEFAULT_NUM_CLASSES
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (for ``--json``)."""
@@ -75,15 +91,18 @@ def check_site(
     manifest_path: str | Path,
     pipeline: ImagePipeline,
     *,
+    num_classes: int = DEFAULT_NUM_CLASSES,
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool | None = None,
 ) -> SiteCheck:
     """Read every header of a site, run every image through the training pipeline, and count what is there.
 
-    The verdict on each file comes from the same code as training (:func:`preprocess_site`), so a file
-    passes here exactly when it will train; the images land in the site's cache on the way, so the
-    first round does not decode them again.
+    The verdict on each row comes from the same code as training (:func:`preprocess_site`, and the label
+    rule of :func:`common.data.unknown_labels`), so a row passes here exactly when it will train; the images
+    land in the site's cache on the way, so the first round does not decode them again. A row whose label is
+    no class of the model is a bad row (training refuses such a manifest); a row repeating an earlier row's
+    image is listed in ``duplicates`` (training uses the image once).
 
     Parameters
     ----------
@@ -91,6 +110,8 @@ def check_site(
         The site's manifest.
     pipeline : ImagePipeline
         The preprocessing the federation will use.
+    num_classes : int
+        The run's ``model.num_classes``: labels must be class indices below it.
     cache_dir : str, Path or None
         The site's cache folder (``None``: ``<manifest dir>/.cache/preprocessed``, as training uses).
     workers : int or None
@@ -107,24 +128,25 @@ def check_site(
     rows = read_manifest(manifest_path)
     with ThreadPoolExecutor(max_workers=workers or 4) as pool:
         headers = list(pool.map(_header_facts, [row.image_path for row in rows]))
+    repeats = duplicate_rows(rows)
+    reasons = {row.row_number: _label_reason(row.label, num_classes) for row in unknown_labels(rows, num_classes)}
     _, skipped = preprocess_site(
         manifest_path,
-        rows,
+        [row for row in rows if row.row_number not in repeats and row.row_number not in reasons],
         pipeline,
         cache_root(manifest_path, cache_dir),
         workers=workers,
         progress=progress,
         collect=False,
     )
-    reasons = {item.row_number: item.reason for item in skipped}
-    usable = [row for row in rows if row.row_number not in reasons]
+    reasons.update({item.row_number: item.public for item in skipped})
+    usable = [row for row in rows if row.row_number not in reasons and row.row_number not in repeats]
     pairs = list(zip(rows, headers, strict=True))  # the manifest's view and side win; the header fills gaps
 
     def count(values: list[str]) -> dict[str, int]:
         return dict(Counter(value or UNKNOWN for value in values).most_common())
 
     return SiteCheck(
-        manifest=str(manifest_path),
         images=len(rows),
         usable=len(usable),
         patients=len({row.patient_id for row in rows}),
@@ -139,7 +161,21 @@ def check_site(
         rows_px=_spread([h.get("rows") for h in headers]),
         columns_px=_spread([h.get("columns") for h in headers]),
         bits_stored=_spread([h.get("bits_stored") for h in headers]),
-        bad_files=[_bad_file(row, reasons[row.row_number]) for row in rows if row.row_number in reasons],
+        bad_files=[BadFile(row.row_number, reasons[row.row_number]) for row in rows if row.row_number in reasons],
+        duplicates=[Duplicate(line, first) for line, first in repeats.items() if line not in reasons],
+        num_classes=num_classes,
+    )
+
+
+def _label_reason(label: int, num_classes: int) -> str:
+    """Why a row's label makes it unusable, in the fixed words of a public reason (the label is a number)."""
+    return public_text(
+        ManifestError(
+            f"label {label} is not a class of a {num_classes}-class model",
+            public="its label {} is not a class of a {}-class model (labels are class indices 0 to {}); fix the "
+            "manifest or check with --num-classes of the run",
+            figures=(label, num_classes, num_classes - 1),
+        )
     )
 
 
@@ -158,7 +194,7 @@ def _header_facts(path: Path) -> dict[str, object]:
             return {}
     try:
         header = read_header(path)
-    except DicomError:
+    except (DicomError, OSError, RuntimeError, ValueError):  # the decoding step says why, per line
         return {}
     return {
         "rows": header.rows,
@@ -177,12 +213,3 @@ def _spread(values: list[object]) -> dict[str, float]:
     if not numbers:
         return {}
     return {"min": min(numbers), "median": statistics.median(numbers), "max": max(numbers)}
-
-
-def _bad_file(row: ManifestRow, reason: str) -> BadFile:
-    """The reason with the file's path and name replaced by ``<file>`` (see :class:`BadFile`)."""
-    path = Path(row.image_path)
-    spellings = {str(path), str(path.expanduser()), str(path.resolve()), path.name}
-    for spelled in sorted(spellings, key=len, reverse=True):
-        reason = reason.replace(spelled, "<file>")
-    return BadFile(row.row_number, reason)

@@ -13,6 +13,9 @@ from rich.table import Table
 from common.config import DataConfig
 from common.errors import ConfigError
 
+DEFAULT_NUM_CLASSES = 2
+"""``--num-classes`` when not given (a binary run); the same as ``client.check_data.DEFAULT_NUM_CLASSES``."""
+
 if TYPE_CHECKING:  # the checker imports torch; `fedmammo --help` should not wait for it
     from client.check_data import SiteCheck
 
@@ -24,10 +27,12 @@ def add_check_data_parser(commands: argparse._SubParsersAction) -> None:  # type
     data = DataConfig()
     parser = commands.add_parser(
         "check-data",
-        help="count a site's images, patients, labels, views, vendors, sizes, and list every unusable file",
+        help="count a site's images, patients, labels, views, vendors, sizes, and list every unusable row",
         description="Exit status 1 only when a site has no usable image (or its manifest is invalid). Give the "
-        "run's data settings (image size, presentation intent, pixel spacing) so the verdicts and the warmed "
-        "cache are the ones training will use.",
+        "run's data settings (image size, presentation intent, pixel spacing) and its number of classes so the "
+        "verdicts and the warmed cache are the ones training will use. The output names no file or folder (in "
+        "hospitals they often carry identifiers): rows are given by manifest line, sites by their number in the "
+        "sorted list of manifests.",
     )
     parser.add_argument("manifest", nargs="?", help="the site's manifest CSV")
     parser.add_argument("--data-dir", help="a folder of site manifests (*.csv and */manifest.csv)")
@@ -44,6 +49,12 @@ def add_check_data_parser(commands: argparse._SubParsersAction) -> None:  # type
         type=float,
         default=data.pixel_spacing_mm,
         help=f"physical pixel size training resamples to, 0 = off ({data.pixel_spacing_mm})",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=DEFAULT_NUM_CLASSES,
+        help=f"the run's model.num_classes: labels must be class indices below it ({DEFAULT_NUM_CLASSES})",
     )
     parser.add_argument("--any-modality", action="store_true", help="admit DICOM whose Modality is not MG")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
@@ -66,6 +77,8 @@ def find_manifests(manifest: str | None, data_dir: str | None) -> list[Path]:
 
 def run_check_data(args: argparse.Namespace, console: Console) -> int:
     """Check every named site; exit status 1 when any of them has no usable image."""
+    if args.num_classes < 2:
+        raise ConfigError(f"--num-classes {args.num_classes} is invalid: a model has at least 2 classes")
     from client.check_data import check_site
     from common.data import ImagePipeline
 
@@ -77,24 +90,34 @@ def run_check_data(args: argparse.Namespace, console: Console) -> int:
     )  # the run's data settings: the same verdicts as training, and the cache training will read
     pipeline = ImagePipeline.from_config(data, require_mg=not args.any_modality)
     checks = [
-        check_site(path, pipeline, cache_dir=args.cache_dir or None, workers=args.workers, progress=not args.json)
+        check_site(
+            path,
+            pipeline,
+            num_classes=args.num_classes,
+            cache_dir=args.cache_dir or None,
+            workers=args.workers,
+            progress=not args.json,
+        )
         for path in find_manifests(args.manifest, args.data_dir)
     ]
     if args.json:
-        text = json.dumps({"sites": [check.to_dict() for check in checks]}, indent=2)
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        sites = [{"site": number, **check.to_dict()} for number, check in enumerate(checks, start=1)]
+        console.print(json.dumps({"sites": sites}, indent=2), markup=False, highlight=False, soft_wrap=True)
     else:
-        for check in checks:
-            render_check(check, console)
+        for number, check in enumerate(checks, start=1):
+            render_check(check, console, title=f"site {number} of {len(checks)}")
     return 0 if all(check.usable for check in checks) else 1
 
 
-def render_check(check: SiteCheck, console: Console) -> None:
-    """Print one site's counts and its bad files as tables."""
-    summary = Table(title=f"site {check.manifest}", show_header=False, title_justify="left")
+def render_check(check: SiteCheck, console: Console, *, title: str = "site") -> None:
+    """Print one site's counts, its bad rows and its repeated rows as tables (lines, never file names)."""
+    summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("images", f"{check.images} listed, {check.usable} usable, {len(check.bad_files)} bad")
+    summary.add_row(
+        "images",
+        f"{check.images} listed, {check.usable} usable, {len(check.bad_files)} bad, {len(check.duplicates)} repeated",
+    )
     summary.add_row("patients", f"{check.patients} listed, {check.usable_patients} with a usable image")
     for name, counts in (
         ("labels (listed)", check.labels),
@@ -110,14 +133,24 @@ def render_check(check: SiteCheck, console: Console) -> None:
         text = f"min {spread['min']:g} / median {spread['median']:g} / max {spread['max']:g}" if spread else "-"
         summary.add_row(name, text)
     console.print(summary)
+    if check.duplicates:
+        repeated = Table(
+            title=f"{len(check.duplicates)} row(s) repeat an image listed earlier: it is used once",
+            title_justify="left",
+        )
+        for column in ("manifest line", "same image as line"):
+            repeated.add_column(column)
+        for item in check.duplicates:
+            repeated.add_row(str(item.line), str(item.same_as))
+        console.print(repeated)
     if not check.bad_files:
         console.print("[green]no bad files[/]")
-        return
-    bad = Table(title=f"{len(check.bad_files)} bad file(s), skipped in training", title_justify="left")
-    for column in ("manifest line", "reason"):
-        bad.add_column(column, overflow="fold")
-    for item in check.bad_files:
-        bad.add_row(str(item.line), item.reason)
-    console.print(bad)
+    else:
+        bad = Table(title=f"{len(check.bad_files)} bad row(s), not used in training", title_justify="left")
+        for column in ("manifest line", "reason"):
+            bad.add_column(column, overflow="fold")
+        for item in check.bad_files:
+            bad.add_row(str(item.line), item.reason)
+        console.print(bad)
     if not check.usable:
         console.print("[bold red]no usable image: this site cannot join a federation[/]")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.budget import site_budget
+from client.budget import declined_with_spending, site_budget
 from client.ledger import PrivacyLedger
 from client.safe_reply import reply_with_error_on_failure
 from client.site import resolve_site
 from client.task import evaluate_on_site, train_on_site
 from common import wire
 from common.config import load_config
+from common.errors import PrivacyBudgetExceeded
 
 __all__ = ["app"]
 
@@ -29,16 +30,22 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on this site; reply with weights and scalar metrics only."""
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
-    ledger = PrivacyLedger.open(site.ledger)  # the site's disk, not node state, is the record of spent privacy
-    result = train_on_site(
-        site,
-        config,
-        msg.content[wire.ARRAYS_KEY].to_torch_state_dict(),
-        ledger.history,
-        _server_round(msg),
-        budget=site_budget(context.node_config, site.manifest.parent),
-    )
-    ledger.record(result.history)
+    budget = site_budget(context.node_config, site.manifest.parent)  # a broken limits file fails closed
+    # The site's disk, not node state, is the record of spent privacy. Its lock is held from the budget check
+    # to the write, so a second training on this site (another node, run or retry) waits and sees this one's steps.
+    with PrivacyLedger.locked(site.ledger) as ledger:
+        try:
+            result = train_on_site(
+                site,
+                config,
+                msg.content[wire.ARRAYS_KEY].to_torch_state_dict(),
+                ledger.history,
+                _server_round(msg),
+                budget=budget,
+            )
+        except PrivacyBudgetExceeded as declined:  # the server records the ledger's epsilon from the reason
+            raise declined_with_spending(declined, ledger.history, config.privacy) from declined
+        ledger.record(result.history)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,

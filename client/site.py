@@ -19,6 +19,8 @@ MANIFEST_KEY = "manifest"
 SITE_NAME_KEY = "site-name"
 CACHE_DIR_KEY = "cache-dir"
 LEDGER_KEY = "ledger"
+UNNAMED_SITE_NAME = "unnamed-site"
+"""What a SuperNode without ``site-name`` reports: never its manifest's folder name, which may carry identifiers."""
 # Keys the simulation engine sets.
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
@@ -59,11 +61,13 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
     """Describe the site this node serves.
 
     A real SuperNode is started with ``--node-config 'manifest="/data/site.csv" site-name="hospital-a"'``
-    (optionally ``cache-dir``); a simulated node only knows its ``partition-id``. In the phantom layout
+    (optionally ``cache-dir``); without ``site-name`` it is ``unnamed-site`` (a folder name is never sent: it
+    may carry identifiers). A simulated node only knows its ``partition-id``. In the phantom layout
     it selects ``<federation.data_dir>/site_<id>/manifest.csv`` (site ``site-<id>``); in a prepared
     folder (``federation.synthetic=false`` and a ``federation.json`` written by ``fedmammo prepare``,
     or named site folders) the ``id``-th site listed by the index (else in natural order), named
-    after its folder.
+    after its folder: a simulation's folders are named by ``fedmammo prepare`` (``site_0``, ``fatty``,
+    ``machine_1``) on the machine that also runs the server, so that name crosses no trust boundary.
 
     Raises
     ------
@@ -83,8 +87,10 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
 
     if MANIFEST_KEY in node_config:
         manifest = Path(str(node_config[MANIFEST_KEY])).expanduser()
-        name = str(node_config.get(SITE_NAME_KEY, "") or manifest.parent.name or "site")
-        return SiteSpec(name, manifest, cache_dir, _stable_index(name), ledger_for(manifest))
+        # The name goes to the server: the hospital's chosen one, never a folder name from its disk.
+        chosen = str(node_config.get(SITE_NAME_KEY, "") or "")
+        index = _stable_index(chosen or str(manifest))  # seeds only; it never leaves the site
+        return SiteSpec(chosen or UNNAMED_SITE_NAME, manifest, cache_dir, index, ledger_for(manifest))
     if PARTITION_ID_KEY in node_config:
         try:
             index = int(node_config[PARTITION_ID_KEY])  # type: ignore[arg-type]
@@ -100,7 +106,9 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
         if not manifest.is_file():
             raise ManifestError(
                 f"simulated site {index} has no manifest at {manifest}; generate the synthetic hospitals first "
-                f"with `fedmammo phantoms --out {config.federation.data_dir}` (or use `fedmammo simulate`, which does)"
+                f"with `fedmammo phantoms --out {config.federation.data_dir}` (or use `fedmammo simulate`, which does)",
+                public="this simulated site has no manifest; generate the synthetic hospitals first with "
+                "`fedmammo phantoms` (or use `fedmammo simulate`, which does)",
             )
         return SiteSpec(f"site-{index}", manifest, cache_dir, index, ledger_for(manifest))
     raise ConfigError(

@@ -14,8 +14,17 @@ import torch
 from client.budget import SiteBudget, check_round
 from client.site import SiteSpec
 from common.config import AppConfig
-from common.data import ImagePipeline, ManifestRow, SiteData, augment_batch, load_site, read_manifest
+from common.data import (
+    ImagePipeline,
+    ManifestRow,
+    SiteData,
+    augment_batch,
+    load_site,
+    read_manifest,
+    unknown_labels,
+)
 from common.errors import ManifestError
+from common.file_log import file_log
 from common.metrics import ClassEvaluation, ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.privacy import planned_sampling, privacy_for_budget
@@ -73,21 +82,26 @@ def check_labels(rows: list[ManifestRow], num_classes: int, manifest: Path) -> N
     Raises
     ------
     ManifestError
-        If any label is ``>= num_classes``; the message (which reaches the server) gives the count, the rule
-        and the fix; the lines and their labels go only to the site's log, as they tell which images are which.
+        If any label is ``>= num_classes``; its public reason (which reaches the server) gives the count and the
+        rule; the lines and their labels go only to the site's own log, as they tell which images are which.
     """
-    bad = [row for row in rows if row.label >= num_classes]
+    bad = unknown_labels(rows, num_classes)
     if not bad:
         return
     # Which lines hold which label says which images are malignant: it stays in the site's own log.
     shown = ", ".join(f"line {row.row_number} label {row.label}" for row in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    logger.error("manifest %s: labels outside [0, %d): %s%s", manifest, num_classes, shown, more)
+    file_log().error("manifest %s: labels outside [0, %d): %s%s", manifest, num_classes, shown, more)
+    logger.error("%d manifest row(s) have a label outside [0, %d) (the lines are in the site's own log)",
+                 len(bad), num_classes)  # fmt: skip
     raise ManifestError(
         f"manifest {manifest} has {len(bad)} row(s) whose 'label' is not a class of this run's model "
         f"(the lines are in the site's log): labels must be class indices in [0, {num_classes}) for "
         f"model.num_classes = {num_classes} (binary: 0/1 with 1 the positive class; three classes: 0 normal, "
-        "1 benign, 2 malignant); fix the manifest or run with a matching model.num_classes"
+        "1 benign, 2 malignant); fix the manifest or run with a matching model.num_classes",
+        public="{} manifest row(s) have a 'label' that is not a class of this run's model: labels must be class "
+        "indices in [0, {}) for model.num_classes = {}; fix the manifest or run with a matching model.num_classes",
+        figures=(len(bad), num_classes, num_classes),
     )
 
 
@@ -220,7 +234,23 @@ def evaluate_on_site(
 
 
 def _binary(labels: np.ndarray, config: AppConfig) -> np.ndarray:
-    return (np.asarray(labels) == config.model.num_classes - 1).astype(np.int64)
+    """The headline labels: 1 for the last (most severe) class, 0 for the others.
+
+    Raises
+    ------
+    ManifestError
+        If a label is no class of the model: counting it as "not the last class" would score an unknown
+        label as benign without a word (:func:`check_labels` refuses such a manifest before this point).
+    """
+    labels = np.asarray(labels)
+    outside = int(((labels < 0) | (labels >= config.model.num_classes)).sum())
+    if outside:
+        raise ManifestError(
+            f"{outside} evaluated label(s) are not classes of a {config.model.num_classes}-class model",
+            public="{} evaluated label(s) are not classes of this run's {}-class model; none is counted as benign",
+            figures=(outside, config.model.num_classes),
+        )
+    return (labels == config.model.num_classes - 1).astype(np.int64)
 
 
 def _operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfig, device: str) -> float:

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from common import wire
 from common.config import AppConfig
 from common.metrics import ScoreHistogram
+from common.privacy import parse_spent
 from server.central_dp import CentralDP, ExactSampleFedAvg, wrap_with_central_dp
 from server.pooling import metric_classes, pool_evaluate_metrics, pool_train_metrics, reply_classes, reply_histogram
 from server.report import POOLED_SITE, RunDirectory
@@ -129,19 +130,19 @@ class RecordingStrategy(Strategy):
                 reply.content[wire.METRICS_KEY][wire.UNIFORM_WEIGHT] = 1
 
     def _record_failures(self, server_round: int, phase: str, replies: list[Message]) -> list[dict[str, Any]]:
-        return [
-            {
-                "round": server_round,
-                "phase": phase,
-                "site": self._site_name(m),
-                "time": time.time(),
-                # A site refusing to spend more privacy is doing its job, not failing: mark it apart.
-                "declined": DECLINED_MARK in m.error.reason,
-                "error": m.error.reason,
-            }
-            for m in replies
-            if m.has_error()
-        ]
+        rows = []
+        for m in replies:
+            if not m.has_error():
+                continue
+            # A site refusing to spend more privacy is doing its job, not failing: mark it apart.
+            declined = DECLINED_MARK in m.error.reason
+            row = {"round": server_round, "phase": phase, "site": self._site_name(m), "time": time.time(),
+                   "declined": declined, "error": m.error.reason}  # fmt: skip
+            spent = parse_spent(m.error.reason) if declined else None
+            if spent is not None:  # what its ledger has spent: a declined site has not spent nothing
+                row[wire.EPSILON] = spent
+            rows.append(row)
+        return rows
 
     def _non_finite_row(self, server_round: int, msg: Message) -> dict[str, Any]:
         """A reply carrying NaN or inf would poison the global model (clipping passes it): it is a failed site."""
@@ -164,8 +165,8 @@ class RecordingStrategy(Strategy):
             for m in replies
             if not m.has_error()
         ]
-        rows += self._record_failures(server_round, "train", replies)
-        rows += [self._non_finite_row(server_round, m) for m in non_finite]
+        failures = self._record_failures(server_round, "train", replies)
+        rows += failures + [self._non_finite_row(server_round, m) for m in non_finite]
         self._weigh_uniformly(replies)
         try:
             arrays, pooled = self.inner.aggregate_train(server_round, replies)
@@ -187,6 +188,10 @@ class RecordingStrategy(Strategy):
                 )
             else:
                 pooled = MetricRecord({**(pooled or {}), wire.EPSILON: self.central.released()})
+        declined_spent = [float(row[wire.EPSILON]) for row in failures if wire.EPSILON in row]
+        if self.central is None and pooled is not None and wire.EPSILON in pooled and declined_spent:
+            # Local DP: the pooled epsilon is the worst site's, and a site that declined has still spent its ledger.
+            pooled = MetricRecord({**pooled, wire.EPSILON: max([float(pooled[wire.EPSILON]), *declined_spent])})
         if pooled is not None and arrays is not None:
             rows.append(_row(server_round, "train", POOLED_SITE, pooled))
         self.run_dir.append_metrics(rows)

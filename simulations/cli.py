@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from client.check_data_cli import add_check_data_parser
 from common.config import AppConfig, FederationConfig
@@ -22,9 +24,10 @@ logger = logging.getLogger("fedmammo")
 
 def _simulate(args: argparse.Namespace, console: Console) -> int:
     from simulations.hydra_config import compose_simulation
-    from simulations.launcher import run_simulation
+    from simulations.launcher import SimulationInterrupted, run_simulation
     from simulations.phantoms import generate_configured_federation
     from simulations.progress import RoundProgress
+    from simulations.run_folder import claim_run_dir
 
     config, resources = compose_simulation(args.overrides)
     if config.federation.synthetic:
@@ -36,7 +39,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         from client.site import PARTITION_ID_KEY, resolve_site
 
         resolve_site({PARTITION_ID_KEY: 0}, config)
-    run_dir = Path(config.output.run_dir).expanduser().resolve()
+    run_dir = claim_run_dir(config.output.run_dir)  # runs/<timestamp>, or <timestamp>-2 if another run took it
     target = config.privacy.target_epsilon
     noise = f"to ε={target:g}" if target > 0 else f"σ={config.privacy.noise_multiplier}"  # σ then derived
     privacy = {
@@ -48,37 +51,51 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         f"[bold]fedmammo[/] {config.federation.num_sites} sites · {config.model.name} @ {config.data.image_size}px · "
         f"{config.strategy.num_rounds} rounds · {privacy} · run dir {run_dir}"
     )
-    with RoundProgress(run_dir / "metrics.jsonl", config.strategy.num_rounds, console=console) as progress:
-        echo = (
-            (lambda line: (console.print(line, markup=False, highlight=False), progress.poll()))
-            if args.verbose
-            else None
-        )
-        run_simulation(config, run_dir, resources=resources, on_output=echo or progress.poll)
+    try:
+        with RoundProgress(run_dir / "metrics.jsonl", config.strategy.num_rounds, console=console) as progress:
+            echo = (
+                (lambda line: (console.print(line, markup=False, highlight=False), progress.poll()))
+                if args.verbose
+                else None
+            )
+            run_simulation(config, run_dir, resources=resources, on_output=echo or progress.poll, claimed=True)
+    except SimulationInterrupted as exc:  # everything it started is stopped by now: one line, no traceback
+        name = signal.Signals(exc.signum).name
+        ended = f"every process of this run has ended; partial results in {run_dir}"
+        console.print(f"[bold red]stopped by {name}[/]: {escape(ended)}", highlight=False, soft_wrap=True)
+        return 128 + exc.signum
     _print_summary(run_dir, console)
     console.print(f"\n[bold green]report:[/] {run_dir / 'report.html'}")
     return 0
 
 
 def _print_summary(run_dir: Path, console: Console) -> None:
+    """The final table per site and pooled. A site whose figures are older than the final round (it failed or
+    declined later) gets a round column, a mark and a line saying why, as the pooled row does not include it."""
     import json
 
     from rich.table import Table
 
+    from server.report.final_round import FINAL_ROUND, NOT_IN_FINAL_ROUND, ROUND, final_round, sites_in_final_round
+
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    table = Table(title="global model on each site's test split (final round)")
-    for column in ("site", "test images", "AUC (95% CI)", "sensitivity", "specificity", "epsilon"):
+    rows = [*summary["sites"].items(), ("pooled", summary["pooled"])]
+    last = summary.get(FINAL_ROUND) or final_round(dict(rows))
+    behind = {site: str(v[NOT_IN_FINAL_ROUND]) for site, v in summary["sites"].items() if NOT_IN_FINAL_ROUND in v}
+    table = Table(title=f"global model on each site's test split ({f'round {last}' if last else 'final round'})")
+    columns = ("site", *(("round",) if behind else ()), "test images", "AUC (95% CI)", "sensitivity", "specificity")
+    for column in (*columns, "epsilon"):
         table.add_column(column, justify="right" if column != "site" else "left")
 
     def fmt(value: object, digits: int = 3) -> str:
         return "n/a" if value is None or value != value else f"{float(value):.{digits}f}"  # NaN != NaN
 
-    rows = [*summary["sites"].items(), ("pooled", summary["pooled"])]
     private = summary.get("privacy", {}).get("mode", "local") != "none"  # no DP: no guarantee, not epsilon 0
     for site, values in rows:
         auc = f"{fmt(values.get('auc'))} ({fmt(values.get('auc_ci_low'), 2)}-{fmt(values.get('auc_ci_high'), 2)})"
         table.add_row(
-            site,
+            escape(site) + (" *" if site in behind else ""),
+            *([str(values.get(ROUND, "n/a"))] if behind else []),
             str(values.get("num_examples", "")),
             auc,
             fmt(values.get("sensitivity")),
@@ -89,6 +106,11 @@ def _print_summary(run_dir: Path, console: Console) -> None:
     if len(classes) > 2:
         table.title += f": {classes[-1]} vs rest"
     console.print(table)
+    for site, why in behind.items():
+        console.print(f"* {site}: not in round {last}: {why}", markup=False, highlight=False, soft_wrap=True)
+    if behind:
+        pooled = ", ".join(sites_in_final_round(dict(rows))) or "no site"
+        console.print(f"  pooled: round {last}, over {pooled} only", markup=False, highlight=False, soft_wrap=True)
     if len(classes) > 2:
         _print_classes(rows, classes, fmt, console)
 
@@ -139,9 +161,20 @@ def _phantoms(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    from server.report import build_report
+    """Rebuild the report; a missing, empty or broken run folder exits 2 with one line saying which and why."""
+    from server.report import RunFolderError, build_report
 
-    console.print(f"report: {build_report(Path(args.run_dir))}")
+    try:
+        report = build_report(Path(args.run_dir))
+    except RunFolderError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # a run file that parses but holds odd values
+        logger.debug("report of %s failed", args.run_dir, exc_info=True)
+        message = f"cannot build a report from {args.run_dir}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return 2
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -181,8 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, console))
     except FedMammoError as exc:  # config, data and launcher errors carry the file/key and the fix
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside a simulation (which handles its own): one line, no traceback
+        console.print("[bold red]stopped by SIGINT[/]")
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.config import AppConfig, load_config
 from common.errors import ConfigError
 from simulations.launcher import SimulationResources
+from simulations.run_folder import timestamped_run_dir
 
 __all__ = ["CONF_DIR", "compose_simulation"]
 
@@ -24,12 +25,14 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 def compose_simulation(overrides: Sequence[str] = ()) -> tuple[AppConfig, SimulationResources]:
     """Compose ``simulations/conf`` with Hydra ``overrides`` (``model=resnet50``, ``privacy.delta=1e-5``).
 
-    An empty ``output.run_dir`` becomes ``runs/<timestamp>`` under the current folder.
+    An empty ``output.run_dir`` becomes ``runs/<timestamp>`` under the current folder (the launcher claims
+    it, or ``<timestamp>-N`` when another run took that second).
 
     Raises
     ------
     ConfigError
-        For an unknown group option or key, or a value the schema rejects (the message says which).
+        For an unknown group option or key, or a value the schema rejects, in the ``simulation`` section too
+        (the message says which).
     """
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -39,12 +42,25 @@ def compose_simulation(overrides: Sequence[str] = ()) -> tuple[AppConfig, Simula
         raise ConfigError(f"cannot compose the simulation config with overrides {list(overrides)}: {exc}") from exc
     launcher = values.pop("simulation", {}) or {}
     if not values.get("output", {}).get("run_dir"):
-        values.setdefault("output", {})["run_dir"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        values.setdefault("output", {})["run_dir"] = str(timestamped_run_dir(Path("runs")))
     config = load_config(values)
-    try:
-        resources = SimulationResources(
-            cpus_per_site=int(launcher.get("cpus_per_site", 2)), gpus_per_site=float(launcher.get("gpus_per_site", 0.0))
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config section 'simulation' is invalid: {exc}") from exc
-    return config, resources
+    return config, _resources(launcher)
+
+
+def _resources(section: object) -> SimulationResources:
+    """The ``simulation`` section as `SimulationResources`: known keys only, ints as ints, floats finite.
+
+    Why strict: ``int("2.5")``-style coercion would silently change what the user asked for, and Ray only
+    rejects bad resources after the SuperLink has started.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config key 'simulation' must be a table of keys, got {section!r}")
+    known = {f.name for f in dataclasses.fields(SimulationResources)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        names = ", ".join(f"'simulation.{key}'" for key in unknown)
+        raise ConfigError(f"unknown config key(s) {names}; known keys here: {sorted(known)}")
+    gpus = section.get("gpus_per_site", 0.0)
+    if isinstance(gpus, int) and not isinstance(gpus, bool):
+        gpus = float(gpus)
+    return SimulationResources(cpus_per_site=section.get("cpus_per_site", 2), gpus_per_site=gpus)

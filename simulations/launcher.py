@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import socket
@@ -11,16 +12,27 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import AppConfig
 from common.errors import ConfigError, FedMammoError
+from common.file_log import FILE_LOG_ENV
 from common.privacy.noise_seed import SIMULATION_NOISE_SEED_ENV
+from simulations.processes import ChildProcesses, SimulationInterrupted, finish_despite_signal, stop_on_signals
+from simulations.run_folder import claim_run_dir
+from simulations.run_outcome import failure_message, parse_run_id, read_run_status
 
-__all__ = ["APP_DIR", "SimulationError", "SimulationResources", "run_simulation", "write_run_config"]
+__all__ = [
+    "APP_DIR",
+    "SimulationError",
+    "SimulationInterrupted",
+    "SimulationResources",
+    "run_simulation",
+    "write_run_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +53,16 @@ class SimulationResources:
 
     cpus_per_site: int = 2
     gpus_per_site: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse what Ray would only reject (or hang on) after the SuperLink started, naming the config key."""
+        cpus, gpus = self.cpus_per_site, self.gpus_per_site
+        if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+            raise ConfigError(f"config key 'simulation.cpus_per_site' = {cpus!r} is invalid: it must be an int >= 1")
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not math.isfinite(gpus) or gpus < 0:
+            raise ConfigError(
+                f"config key 'simulation.gpus_per_site' = {gpus!r} is invalid: it must be a finite number >= 0"
+            )
 
 
 def _toml_value(value: object) -> str:
@@ -88,9 +110,8 @@ def _healthy(port: int) -> bool:
         return False
 
 
-@contextmanager
-def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str]) -> Iterator[int]:
-    """Start a simulation SuperLink on free loopback ports; stop it on exit. Yields its HTTP port.
+def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str], children: ChildProcesses) -> int:
+    """Start a simulation SuperLink on free loopback ports as one of ``children`` (which stop it); return its HTTP port.
 
     Runtime dependency installation is disabled: the app runs in this environment, which already has
     torch (Flower would otherwise `uv sync` the app's dependencies into a fresh env for every run).
@@ -115,25 +136,15 @@ def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str]) -> It
         str(flwr_home / "state.db"),
     ]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=flwr_home)
-    try:
-        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-        while not _healthy(http_port):
-            if process.poll() is not None:
-                raise SimulationError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
-            if time.monotonic() > deadline:
-                raise SimulationError(
-                    f"flower-superlink did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}"
-                )
-            time.sleep(0.3)
-        yield http_port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process = children.start(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=flwr_home)
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    while not _healthy(http_port):
+        if process.poll() is not None:
+            raise SimulationError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise SimulationError(f"flower-superlink did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}")
+        time.sleep(0.3)
+    return http_port
 
 
 def run_simulation(
@@ -142,26 +153,43 @@ def run_simulation(
     *,
     resources: SimulationResources | None = None,
     on_output: Callable[[str], None] | None = None,
+    claimed: bool = False,
 ) -> Path:
     """Run ``config`` as a local Flower simulation with one SuperNode per site; return the run directory.
 
-    The ServerApp writes into ``run_dir`` (``config.output.run_dir`` is overridden to it). Flower's log
-    goes to ``run_dir/flower.log``; each of its lines is also passed to ``on_output``.
+    ``run_dir`` is claimed first (`claim_run_dir`: a folder holding anything is never reused, the next free
+    ``<run_dir>-N`` is taken), unless ``claimed`` says `claim_run_dir` already returned it. The ServerApp
+    writes into the returned folder (``config.output.run_dir`` is overridden to it). Flower's log goes to
+    ``flower.log`` there; each of its lines is also passed to ``on_output``.
+
+    Every process this starts (the SuperLink, and through it the SuperExec, the apps and Ray) runs in a
+    session of its own and is stopped, with the temporary Flower home removed, however the call ends.
+
+    Raises
+    ------
+    SimulationError
+        If the federation did not finish: `flwr run` failed, or Flower reports the run failed or stopped.
+    SimulationInterrupted
+        On SIGINT or SIGTERM (in the main thread), after everything was stopped.
     """
     if not (APP_DIR / "pyproject.toml").is_file():
         raise ConfigError(f"the Flower app's pyproject.toml was not found in {APP_DIR}; install fedmammo from a clone")
     resources = resources or SimulationResources()
-    run_dir = Path(run_dir).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir).expanduser().resolve() if claimed else claim_run_dir(run_dir)
     log_path = run_dir / "flower.log"
-    with ExitStack() as stack:
-        flwr_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedmammo-flwr-")))
+    run_ids: list[int] = []
+    on_output = _recording_run_id(on_output, run_ids)
+    with stop_on_signals(), ExitStack() as stack:
+        flwr_home = Path(tempfile.mkdtemp(prefix="fedmammo-flwr-"))
+        stack.callback(finish_despite_signal, lambda: shutil.rmtree(flwr_home, ignore_errors=True))
+        children = stack.enter_context(ChildProcesses())  # stopped before the Flower home is removed
         env = {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_DIR), env.get("PYTHONPATH", "")) if p)
         env[SIMULATION_NOISE_SEED_ENV] = str(config.seed)  # reproducible central-DP noise, in simulation only
+        env[FILE_LOG_ENV] = "off"  # flower.log (in the run folder) gets the sites' output: no file names in it
         # The SuperLink starts flower-superexec (and that the app processes) by name, from PATH.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-        port = stack.enter_context(_local_superlink(flwr_home, run_dir / "superlink.log", env))
+        port = _local_superlink(flwr_home, run_dir / "superlink.log", env, children)
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
             f'address = "127.0.0.1:{port}"\ninsecure = true\n',
@@ -178,7 +206,7 @@ def run_simulation(
             "--run-config", str(run_config), "--federation-config", federation, "--stream",
         ]  # fmt: skip
         with log_path.open("w", encoding="utf-8") as log:
-            process = subprocess.Popen(
+            process = children.start(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=run_dir, text=True, bufsize=1
             )
             assert process.stdout is not None
@@ -188,9 +216,26 @@ def run_simulation(
                 if on_output is not None:
                     on_output(line.rstrip("\n"))
             code = process.wait()
-    if code != 0 or not (run_dir / "summary.json").is_file():
-        raise SimulationError(f"the federation did not finish (flwr run exit code {code}); see {log_path}")
+        run_id = run_ids[0] if run_ids else None
+        ended = run_id is not None and code == 0  # Flower's status says how; `flwr run`'s exit code cannot
+        status = read_run_status(command[0], _CONNECTION, run_id, env=env, cwd=run_dir) if ended else None
+    written = (run_dir / "summary.json").is_file()  # the folder was empty when claimed: no stale copy
+    problem = failure_message(code, run_id, status, summary_written=written, log_path=log_path)
+    if problem:
+        raise SimulationError(problem)
     return run_dir
+
+
+def _recording_run_id(on_output: Callable[[str], None] | None, run_ids: list[int]) -> Callable[[str], None]:
+    """``on_output`` that also keeps the run id `flwr run` prints, for asking Flower how the run ended."""
+
+    def record(line: str) -> None:
+        if not run_ids and (run_id := parse_run_id(line)) is not None:
+            run_ids.append(run_id)
+        if on_output is not None:
+            on_output(line)
+
+    return record
 
 
 def _with_run_dir(config: AppConfig, run_dir: Path) -> AppConfig:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
-from client.budget import SiteBudget, check_round, site_budget
+from client.budget import LIMITS_FILE_NAME, SiteBudget, check_round, site_budget, site_epsilon
 from common.errors import ConfigError, PrivacyBudgetExceeded
 from common.privacy import compute_epsilon
 
@@ -82,3 +85,80 @@ def test_a_bad_limits_file_names_itself(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match=r"privacy_limits\.toml has unknown key"):
         site_budget({}, tmp_path)
+
+
+ROUND = (1.0, 1 / 3, 6)
+"""One round whose PRV epsilon (about 6.05 at delta 1e-5) is well below its RDP epsilon (about 6.84)."""
+
+
+def test_the_run_cannot_choose_a_laxer_accountant_for_the_sites_ceiling() -> None:
+    # Prepare: a ceiling the round passes by PRV's figure but not by RDP's
+    rdp = compute_epsilon([ROUND], delta=1e-5, accountant="rdp")
+    prv = compute_epsilon([ROUND], delta=1e-5, accountant="prv")
+    assert prv < rdp
+    budget = site_budget({"max-epsilon": (rdp + prv) / 2})
+
+    # Execute / Assert: declined whichever accountant the run names (the site's default reads both)
+    for run_accountant in ("prv", "rdp"):
+        with pytest.raises(PrivacyBudgetExceeded, match=r"above its ceiling .* \(by the site.s accountant=both\)"):
+            check_round(budget, mode="local", history=[], planned=ROUND, accountant=run_accountant)
+
+
+def test_the_site_chooses_its_accountant_and_both_takes_the_larger_epsilon() -> None:
+    rdp = compute_epsilon([ROUND], delta=1e-5, accountant="rdp")
+    prv = compute_epsilon([ROUND], delta=1e-5, accountant="prv")
+    ceiling = (rdp + prv) / 2
+
+    assert site_epsilon(site_budget({}), [ROUND]) == pytest.approx(max(rdp, prv))
+    assert site_epsilon(site_budget({"accountant": "prv"}), [ROUND]) == pytest.approx(prv)
+    check_round(site_budget({"max-epsilon": ceiling, "accountant": "prv"}), mode="local", history=[], planned=ROUND)
+    with pytest.raises(ConfigError, match=r"node config 'accountant' = 'moments' is invalid"):
+        site_budget({"accountant": "moments"})
+
+
+def _limits_folder(site: Path) -> None:
+    (site / LIMITS_FILE_NAME).mkdir()
+
+
+def _dangling_limits_link(site: Path) -> None:
+    (site / LIMITS_FILE_NAME).symlink_to(site / "moved_away.toml")
+
+
+def _malformed_limits(site: Path) -> None:
+    (site / LIMITS_FILE_NAME).write_text("max-epsilon = = 3\n")
+
+
+def _boolean_limit(site: Path) -> None:
+    (site / LIMITS_FILE_NAME).write_text("max-epsilon = true\n")
+
+
+@pytest.mark.parametrize("break_it", [_limits_folder, _dangling_limits_link, _malformed_limits, _boolean_limit])
+def test_a_limits_file_that_is_there_but_unreadable_fails_closed(tmp_path: Path, break_it: Callable) -> None:
+    # Prepare
+    break_it(tmp_path)
+
+    # Execute / Assert: never "no limits"
+    with pytest.raises(ConfigError, match=r"privacy limits file .*privacy_limits\.toml|'max-epsilon' = True"):
+        site_budget({}, tmp_path)
+
+
+def test_an_unreadable_limits_file_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: tests run as root, for whom chmod 000 still reads; the OS's refusal is simulated
+    (tmp_path / LIMITS_FILE_NAME).write_text("max-epsilon = 3.0\n")
+    real_read_text = Path.read_text
+
+    def refuse(path: Path, *args: object, **kwargs: object) -> str:
+        if path.name == LIMITS_FILE_NAME:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"privacy limits file .* is unreadable") as caught:
+        site_budget({}, tmp_path)
+    assert "cannot be read" in caught.value.public_reason and str(tmp_path) not in caught.value.public_reason
+
+
+def test_no_limits_file_is_no_limits(tmp_path: Path) -> None:
+    assert site_budget({}, tmp_path).max_epsilon is None

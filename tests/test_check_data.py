@@ -37,16 +37,16 @@ def test_counts_and_bad_files_of_a_site(tmp_path: Path) -> None:
     assert check.photometric == {"MONOCHROME2": 14, UNKNOWN: 2}
     assert check.bits_stored == {"min": 12.0, "median": 12.0, "max": 12.0}
     assert [bad.line for bad in check.bad_files] == [4, 7]
-    assert check.bad_files[0].reason.startswith("<file> is not a DICOM file")
-    assert "image file <file> does not exist" in check.bad_files[1].reason
-    assert not any("anon" in bad.reason or "images/" in bad.reason for bad in check.bad_files)
+    assert check.bad_files[0].reason == "DicomError: not a DICOM file (nor a .png/.pgm/.jpg/.tif image)"
+    assert check.bad_files[1].reason.startswith("DicomError: the image file does not exist")
+    assert not any("anon" in bad.reason or "images" in bad.reason for bad in check.bad_files)
 
 
 def test_the_counts_carry_no_patient_identifier(tmp_path: Path) -> None:
     manifest = make_site(tmp_path, num_patients=4)
     check = check_site(manifest, ImagePipeline(SIZE), progress=False).to_dict()
-    check.pop("manifest")
     assert check["bad_files"] == [] and "anon" not in json.dumps(check)
+    assert str(tmp_path) not in json.dumps(check) and tmp_path.name not in json.dumps(check)
 
 
 def test_cli_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +87,7 @@ def test_cli_checks_with_the_runs_presentation_intent(tmp_path: Path, capsys: py
     # Assert: the verdict follows the setting training will use
     assert admitted["sites"][0]["usable"] == 4
     assert [bad["line"] for bad in presentation_only["sites"][0]["bad_files"]] == [2]
-    assert "FOR PROCESSING" in presentation_only["sites"][0]["bad_files"][0]["reason"]
+    assert "Presentation Intent Type" in presentation_only["sites"][0]["bad_files"][0]["reason"]
 
 
 def test_a_png_claiming_a_huge_size_is_a_bad_file_not_a_crash(tmp_path: Path) -> None:
@@ -150,3 +150,62 @@ def test_openrem_headers_without_pixels_are_all_bad(tmp_path: Path, capsys: pyte
     assert status == 1 and site["usable"] == 0 and len(site["bad_files"]) == len(files) == 5
     assert all("pixel" in bad["reason"].lower() for bad in site["bad_files"])
     assert {"GE MEDICAL SYSTEMS", "HOLOGIC, Inc."} <= set(site["vendors"])
+
+
+def test_the_output_names_no_folder_of_the_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: the site's folder is named after a patient, as hospital exports often are
+    manifest = make_site(tmp_path / "MRN0012345 Doe, Jane", num_patients=2)
+    # Execute
+    status, out = run_json(capsys, str(manifest))
+    main(["check-data", str(manifest)])
+    tables = capsys.readouterr().out
+    # Assert: sites are numbered, not named by their path
+    for text in (json.dumps(out), tables):
+        assert "MRN0012345" not in text and "Doe" not in text and str(tmp_path) not in text
+    assert status == 0 and out["sites"][0]["site"] == 1 and "site 1 of 1" in tables
+
+
+def test_a_symlink_loop_is_a_bad_row_with_a_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: line 4's image is a loop of symbolic links (a -> b -> a)
+    manifest = make_site(tmp_path, num_patients=2)
+    image = tmp_path / "images" / "anon01_L.dcm"
+    image.unlink()
+    os.symlink(tmp_path / "images" / "b.dcm", image)
+    os.symlink(image, tmp_path / "images" / "b.dcm")
+    # Execute
+    status, out = run_json(capsys, str(manifest))
+    # Assert
+    site = out["sites"][0]
+    assert status == 0 and site["usable"] == 3
+    assert site["bad_files"] == [
+        {"line": 4, "reason": "DicomError: the image path is a loop of symbolic links; it leads to no file"}
+    ]
+
+
+def test_labels_that_are_no_class_of_the_model_are_unusable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: a three-class label (2) in a manifest checked for a binary run, and for a three-class one
+    manifest = make_site(tmp_path, num_patients=2)
+    rows = manifest.read_text().splitlines()
+    rows[1] = rows[1].replace(",1,anon00,", ",2,anon00,")
+    manifest.write_text("\n".join(rows) + "\n")
+    # Execute / Assert: unusable with the rule under two classes (the default), usable under three
+    binary_status, binary = run_json(capsys, str(manifest))
+    assert binary_status == 0 and binary["sites"][0]["usable"] == 3 and binary["sites"][0]["usable_labels"] == {"0": 3}
+    [bad] = binary["sites"][0]["bad_files"]
+    assert bad["line"] == 2 and bad["reason"].startswith("ManifestError: its label 2 is not a class of a 2-class model")
+    _, three = run_json(capsys, str(manifest), "--num-classes", "3")
+    assert three["sites"][0]["usable"] == 4 and three["sites"][0]["bad_files"] == []
+
+
+def test_a_row_repeating_an_image_is_reported_and_counted_once(tmp_path: Path) -> None:
+    # Prepare: line 6 repeats line 2's image under another spelling of its path
+    manifest = make_site(tmp_path, num_patients=2)
+    rows = manifest.read_text().splitlines()
+    first = rows[1].split(",")
+    rows.append(",".join(["images/../images/" + Path(first[0]).name, *first[1:]]))
+    manifest.write_text("\n".join(rows) + "\n")
+    # Execute
+    check = check_site(manifest, ImagePipeline(SIZE), progress=False)
+    # Assert
+    assert (check.images, check.usable, check.bad_files) == (5, 4, [])
+    assert [(item.line, item.same_as) for item in check.duplicates] == [(6, 2)]

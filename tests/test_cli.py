@@ -71,3 +71,75 @@ def test_the_final_table_of_a_binary_run_is_unchanged(tmp_path: Path) -> None:
 
     text = console.export_text()
     assert "0.750" in text and "vs rest" not in text and "per class" not in text
+
+
+def test_the_final_table_marks_a_site_whose_figures_are_from_an_earlier_round(tmp_path: Path) -> None:
+    import json
+
+    from rich.console import Console
+
+    from simulations.cli import _print_summary
+
+    why = "figures from round 1, its last evaluation; round 2 evaluate: b: DicomError"
+    late = {"round": 1, "num_examples": 10, "auc": 0.9, "epsilon": 1.0, "not_in_final_round": why}
+    summary = {
+        "final_round": 2,
+        "sites": {"a": {"round": 2, "num_examples": 10, "auc": 0.65, "epsilon": 2.0}, "b": late},
+        "pooled": {"round": 2, "num_examples": 10, "auc": 0.65, "epsilon": 2.0},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    console = Console(record=True, width=200)
+
+    _print_summary(tmp_path, console)
+
+    text = console.export_text()
+    assert "(round 2)" in text and re.search(r"│ b \*\s+│\s+1\s+│", text) and re.search(r"│ a\s+│\s+2\s+│", text)
+    assert "* b: not in round 2: figures from round 1, its last evaluation; round 2 evaluate: b: DicomError" in text
+    assert "pooled: round 2, over a only" in text
+
+
+def test_report_of_a_missing_folder_exits_2_with_one_line_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["report", str(tmp_path / "typo" / "run")])
+
+    out = capsys.readouterr().out
+    assert code == 2
+    assert len(out.strip().splitlines()) == 1 and "does not exist" in out and "Traceback" not in out
+    assert not (tmp_path / "typo").exists()
+
+
+def test_report_of_a_folder_that_holds_no_run_exits_2_and_writes_nothing_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["report", str(tmp_path)])
+
+    assert code == 2 and "is not a run folder" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("summary.json", '{"sites": ', "summary.json cannot be read as JSON"),
+        ("summary.json", "[1, 2]", "summary.json must hold a JSON object"),
+        ("config.yaml", "model: [unclosed", "config.yaml cannot be read as YAML"),
+        ("config.yaml", "evaluation: {target_specificity: high}\nprivacy: {mode: local, delta: tiny}\n", ""),
+    ],
+)
+def test_report_of_a_broken_run_folder_exits_2_with_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, says: str
+) -> None:
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"round": 1, "phase": "train", "site": "a", "epsilon": 1.0, "train_loss": 0.5}\n{"round": "x"}\n'
+    )
+    (tmp_path / name).write_text(text)
+
+    code = main(["report", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    if says:  # a file that cannot be read at all
+        assert code == 2 and len(out.strip().splitlines()) == 1 and says in out
+    else:  # values of the wrong kind: the report is still written, each value shown as text
+        assert code == 0 and (tmp_path / "report.html").is_file()

@@ -110,3 +110,45 @@ def test_class_names_default_per_class_count_and_parse_a_comma_separated_string(
 def test_class_names_that_do_not_fit_num_classes_are_a_config_error(names: str, rule: str) -> None:
     with pytest.raises(ConfigError, match=rf"'model.class_names' = {names!r} is invalid: it must be {rule}"):
         load_config({"model.num_classes": 3, "model.class_names": names})
+
+
+def test_an_unknown_model_name_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"'model.name' = 'resnet5' is invalid: it must be one of .*resnet50"):
+        load_config({"model.name": "resnet5"})
+
+
+def test_the_schema_accepts_exactly_the_registered_models() -> None:
+    """The schema lists the names (so a config is checked without importing torch); they must not drift."""
+    from common.config.schema import MODEL_NAMES
+    from common.models import available_models
+
+    assert sorted(MODEL_NAMES) == available_models()
+
+
+FLOAT_KEYS = sorted(key for key, value in AppConfig().to_flat().items() if isinstance(value, float))
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_key_refuses_nan_and_infinity_naming_the_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"'{key}' = {value!r} is invalid: it must be a finite number"):
+        load_config({key: value})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("simulation.cpus_per_site=-1", r"'simulation.cpus_per_site' = -1 is invalid: it must be an int >= 1"),
+        ("simulation.cpus_per_site=1.5", r"'simulation.cpus_per_site' = 1.5 is invalid"),
+        ("simulation.gpus_per_site=nan", r"'simulation.gpus_per_site' = nan is invalid: it must be a finite number"),
+        ("simulation.gpus_per_site=-0.5", r"'simulation.gpus_per_site' = -0.5 is invalid"),
+        ("+simulation.cpus=2", r"unknown config key\(s\) 'simulation.cpus'"),
+        ("privacy.delta=inf", r"'privacy.delta' = inf is invalid: it must be a finite number"),
+        ("model.name=resnet5", r"'model.name' = 'resnet5' is invalid"),
+    ],
+)
+def test_simulation_overrides_that_cannot_work_fail_before_the_run_naming_the_key(override: str, message: str) -> None:
+    from simulations.hydra_config import compose_simulation
+
+    with pytest.raises(ConfigError, match=message):
+        compose_simulation([override])

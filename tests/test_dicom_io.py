@@ -461,3 +461,52 @@ def test_padding_is_left_out_of_the_window_and_shown_as_background(tmp_path: Pat
     tissue = pixels[10, 32:]
     assert tissue.max() - tissue.min() > 0.95
     assert np.all(pixels[:, :32] == 0.0)
+
+
+def write_sparse_claim(path: Path, rows: int, columns: int) -> Path:
+    """A DICOM whose header claims ``rows x columns`` 8-bit pixels, written as a sparse file (a few KB on disk).
+
+    Its Pixel Data element declares the full length, and the file is extended to it with ``truncate``: the
+    file system stores a hole, so the file is cheap to make but a reader that loads Pixel Data allocates it.
+    """
+    write_mg(path, breast_pixels())
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.save_as(path, enforce_file_format=True)
+    length = rows * columns
+    with path.open("r+b") as handle:
+        handle.seek(0, 2)
+        handle.write(b"\xe0\x7f\x10\x00OB\x00\x00" + length.to_bytes(4, "little"))  # (7FE0,0010) OB, its length
+        handle.truncate(handle.tell() + length)
+    return path
+
+
+def test_a_sparse_file_claiming_a_huge_image_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: 20000 x 20000 claimed (400 MB of Pixel Data, a hole on disk); decoding would fail the test
+    import tracemalloc
+
+    import common.data.dicom_io as dicom_io
+
+    path = write_sparse_claim(tmp_path / "MRN0012345.dcm", 20000, 20000)
+    assert path.stat().st_size > 20000 * 20000
+
+    def no_decoding(*_args: object) -> np.ndarray:
+        raise AssertionError("the pixels of a file refused by its header were decoded")
+
+    monkeypatch.setattr(dicom_io, "_decode", no_decoding)
+    # Execute
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomError) as refused:
+            read_mammogram(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Assert: the size rule, said without the file's name, and Pixel Data never read into memory
+    assert peak < 16 * 2**20, f"reading the header allocated {peak / 2**20:.0f} MiB"
+    assert refused.value.lasting and "more than the maximum" in refused.value.public_reason
+    assert "20000 x 20000" in refused.value.public_reason and "MRN" not in refused.value.public_reason

@@ -79,7 +79,7 @@ def test_crash_before_the_index_write_keeps_the_old_cache(tmp_path: Path, monkey
     store(tmp_path, {"a": image(1)})
     cache = cache_at(tmp_path)
 
-    def crash(_entries: object) -> None:
+    def crash(*_index: object) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(cache, "_write_index", crash)

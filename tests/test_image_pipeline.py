@@ -88,7 +88,7 @@ def test_file_without_spacing_is_used_with_a_note(tmp_path: Path, caplog: pytest
     Image.fromarray((breast_pixels() // 16).astype(np.uint8)).save(tmp_path / "plain.png")
     pipeline = ImagePipeline(image_size=32, pixel_spacing_mm=0.1)
     # Execute
-    with caplog.at_level(logging.INFO, logger="common.data.image_pipeline"):
+    with caplog.at_level(logging.INFO, logger="fedmammo.site_files"):  # it names the file: the site's own log
         out = pipeline.load(path)
         pipeline.load(tmp_path / "plain.png")
     # Assert: same image as with resampling off, and one note per file

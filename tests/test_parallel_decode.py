@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from common.data import ImagePipeline, decode_rows, read_manifest
+from common.errors import DicomError
 from tests.test_site_data import SIZE, make_site
 
 
@@ -22,7 +23,7 @@ def test_rows_decode_to_uint16_or_a_reason(tmp_path: Path, progress: bool) -> No
     results = decode_rows(rows, pipeline, workers=2, progress=progress, on_result=lambda n, _r: seen.append(n))
     # Assert
     assert sorted(results) == sorted(seen) == [2, 3, 4, 5]
-    assert isinstance(results[4], str) and "is not a DICOM file" in results[4]
+    assert isinstance(results[4], DicomError) and "is not a DICOM file" in str(results[4])
     good = results[2]
     assert isinstance(good, np.ndarray) and good.dtype == np.uint16 and good.shape == (SIZE, SIZE)
 

@@ -183,9 +183,12 @@ def test_build_report_from_metrics_alone(tmp_path: Path) -> None:
     assert set(binary_metrics(labels, scores)) == set(METRIC_KEYS)
 
 
-def test_build_report_refuses_a_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_report(tmp_path / "typo")
+def test_build_report_refuses_a_missing_folder_without_creating_it(tmp_path: Path) -> None:
+    from server.report import RunFolderError
+
+    with pytest.raises(RunFolderError, match="does not exist"):
+        build_report(tmp_path / "typo" / "run")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_plots_accept_site_names_that_look_like_matplotlib_math(tmp_path: Path) -> None:
@@ -324,3 +327,59 @@ def test_a_three_class_report_from_metrics_alone_reads_the_flat_rows(tmp_path: P
 
     assert "Per-class results" in html_text and html_text.count('<table class="confusion">') == 3
     assert "benign AUC (95% CI)" in html_text  # names from the run's config when summary.json is missing
+
+
+def test_every_config_value_the_report_shows_is_escaped(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "run")
+    run.write_config(
+        {
+            "model": {"name": "<img src=x onerror=alert(1)>"},
+            "evaluation": {"operating_point": "fixed", "threshold": "<script>alert(1)</script>"},
+            "privacy": {"mode": "<b>local</b>", "delta": "<i>tiny</i>"},
+        }
+    )
+
+    html_text = build_report(run.path).read_text()
+
+    assert "<script>" not in html_text and "<img" not in html_text and "<b>local" not in html_text
+    assert "a fixed score threshold of &lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html_text
+
+
+def _late_failure_rows() -> list[dict]:
+    """Sites a and b in round 1; in round 2 b's evaluation failed, so round 2's pooled row is a alone."""
+    labels, scores = _site_data(0)
+    metrics = binary_metrics(labels, scores, bootstrap=0)
+    return [
+        {"round": 1, "phase": "evaluate", "site": "a", "num_examples": 40, **metrics},
+        {"round": 1, "phase": "evaluate", "site": "b", "num_examples": 40, **metrics, "auc": 0.91},
+        {"round": 1, "phase": "evaluate", "site": POOLED_SITE, "num_examples": 80, **metrics},
+        {"round": 2, "phase": "evaluate", "site": "a", "num_examples": 40, **metrics, "auc": 0.62},
+        {"round": 2, "phase": "evaluate", "site": "b", "error": "b: DicomError: unreadable"},
+        {"round": 2, "phase": "evaluate", "site": POOLED_SITE, "num_examples": 40, **metrics, "auc": 0.62},
+    ]
+
+
+@pytest.mark.parametrize("with_summary", [True, False])
+def test_a_site_that_failed_after_round_1_is_shown_with_its_round_and_why(tmp_path: Path, with_summary: bool) -> None:
+    from common.config import load_config
+    from server.summary import build_summary
+
+    run = RunDirectory(tmp_path / "run")
+    run.append_metrics(_late_failure_rows())
+    if with_summary:
+        run.write_summary(build_summary(load_config({"strategy.num_rounds": 2}), run.read_metrics(), duration_s=1.0))
+
+    html_text = build_report(run.path).read_text()
+
+    final = html_text.split("Final results of the global model")[1].split("How to read")[0]
+    assert "<th>Round</th>" in final
+    assert '<tr class="warn"><td>b</td><td>1</td><td>40</td>' in final and "<td>a</td><td>2</td>" in final
+    assert "final round (2)" in final and "The pooled row is round 2 over a only." in final
+    assert "b: figures from round 1, its last evaluation; round 2 evaluate: b: DicomError: unreadable" in final
+
+
+def test_a_run_whose_sites_all_finished_has_no_round_column(fake_run: RunDirectory) -> None:
+    final = build_report(fake_run.path).read_text().split("Final results of the global model")[1].split("How to")[0]
+
+    assert "<th>Round</th>" not in final and "final round" not in final

@@ -41,3 +41,25 @@ def test_a_run_that_released_no_model_saves_the_initial_weights() -> None:
     assert final_weights(ArrayRecord(), initial) is initial
     released = ArrayRecord({"w": torch.zeros(2)})
     assert final_weights(released, initial) is released
+
+
+def test_a_site_that_failed_after_round_1_is_not_passed_off_as_final() -> None:
+    # Prepare: sites a and b evaluated in round 1; in round 2 only a (b failed), so pooled round 2 is a alone
+    rows = [
+        {"round": 1, "phase": "evaluate", "site": "a", "auc": 0.6, "num_examples": 10},
+        {"round": 1, "phase": "evaluate", "site": "b", "auc": 0.9, "num_examples": 10},
+        {"round": 1, "phase": "evaluate", "site": "pooled", "auc": 0.7, "num_examples": 20},
+        {"round": 2, "phase": "evaluate", "site": "a", "auc": 0.65, "num_examples": 10},
+        {"round": 2, "phase": "evaluate", "site": "b", "error": "b: DicomError: unreadable"},
+        {"round": 2, "phase": "evaluate", "site": "pooled", "auc": 0.65, "num_examples": 10},
+    ]
+    # Execute
+    summary = build_summary(load_config({"strategy.num_rounds": 2}), rows, duration_s=1.0)
+    # Assert
+    assert summary["final_round"] == 2
+    assert summary["sites"]["a"]["round"] == 2 and "not_in_final_round" not in summary["sites"]["a"]
+    assert summary["sites"]["b"]["round"] == 1
+    assert summary["sites"]["b"]["not_in_final_round"] == (
+        "figures from round 1, its last evaluation; round 2 evaluate: b: DicomError: unreadable"
+    )
+    assert summary["pooled"]["round"] == 2

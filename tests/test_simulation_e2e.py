@@ -87,7 +87,9 @@ def test_a_broken_site_and_a_corrupt_image_do_not_stop_the_federation(
     assert all(r["error"].startswith("site-2: ManifestError") and str(data) not in r["error"] for r in failures)
     trained = {r["site"] for r in rows if r["phase"] == "train" and "error" not in r}
     assert trained == {"site-0", "site-1", "pooled"}
-    assert "not a DICOM file" in (run_dir / "flower.log").read_text()  # skipped on site-0 with its reason
+    log = (run_dir / "flower.log").read_text()
+    assert "not a DICOM file" in log  # skipped on site-0 with its reason, by manifest line
+    assert str(data) not in log and corrupt.name not in log  # the simulated sites log no file names into the run
 
 
 def test_a_site_declines_once_its_ceiling_is_reached_and_the_federation_finishes(

@@ -22,7 +22,7 @@ def test_a_real_supernode_names_its_manifest_site_and_ledger(tmp_path: Path) -> 
         tmp_path / "a" / "m.csv",
         tmp_path / "a" / "privacy_ledger.json",
     )
-    assert custom.name == "a" and custom.ledger == tmp_path / "l.json"
+    assert custom.name == "unnamed-site" and custom.ledger == tmp_path / "l.json"  # never the folder's name
     assert site.index == resolve_site({"manifest": "x.csv", "site-name": "hospital-a"}, config).index  # stable seed
 
 

@@ -211,16 +211,81 @@ def test_new_settings_decode_everything_again(tmp_path: Path, monkeypatch: pytes
     assert len(reads) == 8 and data.train.stacked().shape[-1] == 2 * SIZE
 
 
-def test_bad_files_are_retried_and_still_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Prepare: a bad file is never cached, so a fixed file is picked up on the next load
+def test_a_bad_file_is_remembered_not_read_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: one image replaced by a sparse file whose header claims 20000 x 20000 pixels
+    from tests.test_dicom_io import write_sparse_claim
+
     manifest = make_site(tmp_path, num_patients=4)
-    (tmp_path / "images" / "anon01_L.dcm").write_text("not a dicom")
+    write_sparse_claim(tmp_path / "images" / "anon01_L.dcm", 20000, 20000)
+    first = load(manifest)
+    reads = count_reads(monkeypatch)
+    # Execute: the next round's load, then one after the file was fixed
+    second = load(manifest)
+    index = "".join(path.read_text() for path in (tmp_path / ".cache" / "preprocessed").glob("*.index.json"))
+    write_mg(tmp_path / "images" / "anon01_L.dcm", breast_pixels(seed=5), laterality="L")
+    fixed = load(manifest)
+    # Assert: skipped with the same reason without being read again (the cache keeps only the fixed reason);
+    # read once more only after it changed
+    assert reads == ["anon01_L.dcm"] and fixed.skipped == []
+    assert [item.row_number for item in first.skipped] == [item.row_number for item in second.skipped] == [4]
+    assert "more than the maximum" in second.skipped[0].public and second.skipped[0].public == first.skipped[0].public
+    assert "more than the maximum" in index and "anon01" not in index and str(tmp_path) not in index
+
+
+def test_a_file_that_may_read_later_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a folder where an image should be (nothing about the file's bytes rules it out for good)
+    manifest = make_site(tmp_path, num_patients=4)
+    (tmp_path / "images" / "anon01_L.dcm").unlink()
+    (tmp_path / "images" / "anon01_L.dcm").mkdir()
     load(manifest)
     reads = count_reads(monkeypatch)
     # Execute
     data = load(manifest)
     # Assert
     assert reads == ["anon01_L.dcm"] and [item.row_number for item in data.skipped] == [4]
+    assert data.skipped[0].public == "DicomError: the image path is not a regular file (a folder, a device or a pipe)"
+
+
+def test_a_symlink_loop_is_a_bad_file_not_a_crash(tmp_path: Path) -> None:
+    # Prepare: line 4's image is a loop of symbolic links (a -> b -> a)
+    import os
+
+    manifest = make_site(tmp_path, num_patients=4)
+    image = tmp_path / "images" / "anon01_L.dcm"
+    image.unlink()
+    os.symlink(tmp_path / "images" / "b.dcm", image)
+    os.symlink(image, tmp_path / "images" / "b.dcm")
+    # Execute: twice, as two rounds would
+    first, second = load(manifest), load(manifest)
+    # Assert
+    for data in (first, second):
+        assert [item.row_number for item in data.skipped] == [4]
+        assert data.skipped[0].public == "DicomError: the image path is a loop of symbolic links; it leads to no file"
+        assert len(data.train) + len(data.val) + len(data.test) == 7
+
+
+def test_an_image_listed_twice_is_used_once_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: line 10 repeats line 2's path (under another patient), line 11 reaches line 3's file by a link
+    import csv
+    import os
+
+    manifest = make_site(tmp_path, num_patients=4)
+    os.symlink(tmp_path / "images", tmp_path / "linked")
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows.append({**rows[0], "patient_id": "someone-else"})
+    rows.append({**rows[1], "image_path": "linked/" + Path(rows[1]["image_path"]).name})
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="common.data.site_data"):
+        data = load(manifest)
+    # Assert: 8 images, each once; the repeats named by line only
+    assert data.duplicates == {10: 2, 11: 3}
+    assert len(data.train) + len(data.val) + len(data.test) == 8 and data.summary()["duplicates"] == 2
+    assert "manifest line 10 lists the same image as line 2" in caplog.text
+    assert "manifest line 11 lists the same image as line 3" in caplog.text
 
 
 def test_preprocess_site_decodes_a_file_listed_twice_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,10 +306,10 @@ def test_preprocess_site_decodes_a_file_listed_twice_once(tmp_path: Path, monkey
 def test_a_crash_mid_build_keeps_what_was_checkpointed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: checkpoint after every image; the third decode is interrupted
     import common.data.image_pipeline as image_pipeline
-    import common.data.site_data as site_data
+    import common.data.site_preprocess as site_preprocess
 
     manifest = make_site(tmp_path, num_patients=4)
-    monkeypatch.setattr(site_data, "CHECKPOINT_SECONDS", 0.0)
+    monkeypatch.setattr(site_preprocess, "CHECKPOINT_SECONDS", 0.0)
     real, calls = image_pipeline.read_mammogram, []
 
     def interrupted(path: Path, **kwargs: object) -> object:

@@ -199,3 +199,48 @@ def test_three_class_summary_nests_per_class_results_by_name() -> None:
         assert entry["per_class"]["cancer"] == {"auc": 0.7, "auc_ci_low": 0.7, "auc_ci_high": 0.7, "num_cases": 12}
         assert entry["macro_auc"] == 0.6 and entry[wire.CONFUSION_MATRIX][2] == [0, 2, 10]
         assert "auc_class0" not in entry and "num_classes" not in entry and entry["auc"] == 0.7
+
+
+def _declined_reply(site: str, history: list[tuple[float, float, int]]) -> Message:
+    """A decline as the site's train handler sends it: the ledger's epsilon in the reason's fixed form."""
+    from client.budget import declined_with_spending
+    from common.errors import PrivacyBudgetExceeded
+
+    declined = declined_with_spending(PrivacyBudgetExceeded("declined: ..."), history, load_config({}).privacy)
+    return Message(Error(code=2, reason=f"{site}: PrivacyBudgetExceeded: {declined}"), reply_to=_query("train"))
+
+
+def test_a_declined_site_is_recorded_with_its_ledgers_epsilon_and_counts_in_the_pooled_one(tmp_path: Path) -> None:
+    # Prepare: site b's ledger has spent more than site a reports
+    from common.privacy import compute_epsilon
+
+    history = [(0.8, 0.25, 40)]
+    spent = compute_epsilon(history, delta=1e-4)
+    strategy, run_dir = _strategy(tmp_path)
+
+    # Execute
+    strategy.aggregate_train(2, [_train_reply("a", 1.0, 5, 0.2), _declined_reply("site-1", history)])
+
+    # Assert
+    rows = run_dir.read_metrics()
+    declined = next(r for r in rows if r.get("declined"))
+    assert declined[wire.EPSILON] == pytest.approx(spent) and spent > 0.2
+    assert next(r for r in rows if r["site"] == "pooled")[wire.EPSILON] == pytest.approx(spent)
+
+
+def test_the_summary_reports_the_ledgers_epsilon_of_a_site_that_declined_every_round() -> None:
+    from server.summary import build_summary
+
+    rows = [
+        {"round": 1, "phase": "train", "site": "a", wire.EPSILON: 1.0},
+        {"round": 1, "phase": "train", "site": "b", "declined": True, "error": "...", wire.EPSILON: 2.17},
+        {"round": 2, "phase": "train", "site": "a", wire.EPSILON: 1.5},
+        {"round": 2, "phase": "train", "site": "b", "declined": True, "error": "...", wire.EPSILON: 2.17},
+        {"round": 2, "phase": "train", "site": "c", "declined": False, "error": "non-finite", wire.EPSILON: 9.0},
+        {"round": 2, "phase": "evaluate", "site": "b", "auc": 0.7},
+    ]
+
+    summary = build_summary(load_config({}), rows, duration_s=1.0)
+
+    assert summary["sites"]["b"]["epsilon"] == 2.17 and summary["pooled"]["epsilon"] == 2.17
+    assert summary["sites"]["a"]["epsilon"] == 1.5

@@ -87,3 +87,17 @@ def test_a_label_beyond_model_num_classes_names_the_manifest_lines_and_the_rule(
     assert "line " not in str(err.value) and "label 2" not in str(err.value)
     assert "line " in caplog.text and "label 2" in caplog.text
     assert "must be class indices in [0, 2) for model.num_classes = 2" in str(err.value)
+    assert "4 manifest row(s) have a 'label' that is not a class of this run's model" in err.value.public_reason
+    assert "line" not in err.value.public_reason and "manifest.csv" not in err.value.public_reason
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_evaluation_never_counts_a_label_outside_the_model_as_benign(tmp_path: Path, num_classes: int) -> None:
+    """A label the model has no class for (past the manifest check) stops scoring instead of reading as 'benign'."""
+    from client.task import _binary
+
+    config = _config(tmp_path, tmp_path, num_classes)
+
+    with pytest.raises(ManifestError, match=r"1 evaluated label\(s\) are not classes"):
+        _binary(np.array([0, num_classes - 1, num_classes]), config)
+    np.testing.assert_array_equal(_binary(np.array([0, num_classes - 1]), config), [0, 1])

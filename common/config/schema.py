@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 from common.errors import ConfigError
 
 __all__ = [
+    "MODEL_NAMES",
     "AppConfig",
     "DataConfig",
     "EvaluationConfig",
@@ -25,8 +27,20 @@ __all__ = [
 
 
 def _check(condition: bool, key: str, value: object, rule: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes `x >= 0`-style rules as False, inf as True
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: it must be a finite number")
     if not condition:
         raise ConfigError(f"config key '{key}' = {value!r} is invalid: it must be {rule}")
+
+
+def _check_finite(section: object, prefix: str) -> None:
+    """Every float field of a section (and of the sections inside it) must be finite: no rule means nan or inf."""
+    for f in dataclasses.fields(section):  # type: ignore[arg-type]
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            _check(True, f"{prefix}{f.name}", value, "a finite number")
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,24 @@ class DataConfig:
         _check(0.0 < self.test_fraction < 0.6, "data.test_fraction", self.test_fraction, "in (0, 0.6)")
 
 
+MODEL_NAMES: tuple[str, ...] = (
+    "alexnet",
+    "densenet121",
+    "efficientnet_b0",
+    "inception_v3",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "resnet101",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "small_cnn",
+    "vgg16",
+    "vgg19",
+)
+"""Names ``model.name`` accepts: the model registry's (`common.models.available_models`; a test keeps the two
+equal). Listed here so the config is checked before a run starts without importing torch."""
+
 DEFAULT_CLASS_NAMES: dict[int, tuple[str, ...]] = {
     2: ("benign/normal", "malignant"),
     3: ("normal", "benign", "malignant"),
@@ -129,6 +161,7 @@ class ModelConfig:
     """Comma-separated display names, one per class index (``normal,benign,malignant``); empty = defaults."""
 
     def __post_init__(self) -> None:
+        _check(self.name in MODEL_NAMES, "model.name", self.name, f"one of {', '.join(MODEL_NAMES)}")
         _check(self.norm in ("groupnorm", "frozen_bn"), "model.norm", self.norm, "'groupnorm' or 'frozen_bn'")
         _check(self.num_classes >= 2, "model.num_classes", self.num_classes, ">= 2")
         resolve_class_names(self.class_names, self.num_classes)
@@ -206,6 +239,14 @@ class PrivacyConfig:
             "privacy.noise_multiplier",
             self.noise_multiplier,
             "> 0 with privacy.mode=central (or set privacy.target_epsilon)",
+        )
+        _check(
+            not (self.local and self.noise_multiplier <= 0 and self.target_epsilon <= 0),
+            "privacy.noise_multiplier",
+            self.noise_multiplier,
+            # Un-noised DP-SGD releases each update as it is: epsilon is infinite from the first step, for good.
+            "> 0 with privacy.mode=local (or set privacy.target_epsilon, from which each site derives it; "
+            "privacy.mode=none trains without DP)",
         )
         _check(self.noise_multiplier >= 0.0, "privacy.noise_multiplier", self.noise_multiplier, ">= 0")
         _check(self.target_epsilon >= 0.0, "privacy.target_epsilon", self.target_epsilon, ">= 0 (0 = off)")
@@ -323,6 +364,7 @@ class AppConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "")
         if self.privacy.central:
             # Flower's wrapper noises every array it aggregates: frozen BatchNorm statistics would come back
             # noised (a variance can turn negative); GroupNorm has no statistics to spoil.

@@ -1,8 +1,10 @@
 """The data path of one site: DICOM reading, preprocessing, manifests, cache, splits, site datasets, augmentation.
 
-Import from here; the submodules are detail (``dicom_io`` reads a file, ``breast_mask`` and ``preprocessing`` turn it
-into the model's input, ``image_pipeline`` holds the settings that decide it, ``image_cache``/``parallel_decode``
-decode each file once, ``manifest*`` list a site's images, ``site_data``/``site_images``/``splits`` make the splits).
+Import from here; the submodules are detail (``dicom_io`` reads a file, ``image_checks`` refuses one with a reason,
+``breast_mask`` and ``preprocessing`` turn it into the model's input, ``image_pipeline`` holds the settings that
+decide it, ``image_cache``/``parallel_decode`` decode each file once, ``manifest*`` list a site's images,
+``duplicates`` finds an image listed twice, ``site_data``/``site_preprocess``/``site_images``/``splits`` make the
+splits).
 """
 
 from common.data.augment import BRIGHTNESS, CONTRAST, GAMMA, MAX_SHIFT, augment_batch
@@ -26,6 +28,7 @@ from common.data.dicom_windows import (
     apply_display_transform,
     robust_window,
 )
+from common.data.duplicates import duplicate_rows, file_identity
 from common.data.image_cache import INDEX_FORMAT, SiteImageCache, dequantise, quantise
 from common.data.image_pipeline import ImagePipeline
 from common.data.manifest import (
@@ -37,6 +40,7 @@ from common.data.manifest import (
     ManifestRow,
     csv_read_errors,
     read_manifest,
+    unknown_labels,
     write_manifest,
 )
 from common.data.manifest_dicom import (
@@ -127,6 +131,8 @@ __all__ = [
     "default_workers",
     "dequantise",
     "dicom_folder_manifest",
+    "duplicate_rows",
+    "file_identity",
     "header_from_dataset",
     "intent_matches",
     "list_sites",
@@ -146,6 +152,7 @@ __all__ = [
     "segment_breast",
     "site_manifest",
     "split_by_patient",
+    "unknown_labels",
     "write_federation_index",
     "write_manifest",
 ]

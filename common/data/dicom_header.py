@@ -87,15 +87,23 @@ def read_header(path: str | Path) -> DicomHeader:
         If the file is missing, not DICOM, or its header cannot be parsed; the message names the file.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DicomError(f"DICOM file {path} does not exist or is not a regular file; check the manifest")
+    if not path.is_file():  # False, not an error, for a symbolic-link loop or a NUL byte in the name
+        raise DicomError(
+            f"DICOM file {path} does not exist or is not a regular file; check the manifest",
+            public="the DICOM file does not exist or is not a regular file; check the manifest",
+        )
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)  # Pixel Data's tag is seen, its bytes stay on disk
         return header_from_dataset(ds)
     except InvalidDicomError as exc:
-        raise DicomError(f"{path} is not a DICOM file ({exc}); give a DICOM Part 10 file") from exc
+        raise DicomError(
+            f"{path} is not a DICOM file ({exc}); give a DICOM Part 10 file", public="not a DICOM file", lasting=True
+        ) from exc
     except Exception as exc:  # a malformed header is the file's problem, never the caller's crash
-        raise DicomError(f"{path}: DICOM header could not be parsed ({type(exc).__name__}: {exc})") from exc
+        raise DicomError(
+            f"{path}: DICOM header could not be parsed ({type(exc).__name__}: {exc})",
+            public="the DICOM header could not be parsed",
+        ) from exc
 
 
 def header_from_dataset(ds: pydicom.Dataset) -> DicomHeader:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,23 +11,19 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 
-from common.data.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, intent_matches, read_header
+from common.data.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, read_header
 from common.data.dicom_windows import apply_display_transform, robust_window
+from common.data.image_checks import MAX_PIXELS, MIN_SIDE, check_header, check_path, check_shape
 from common.errors import DicomError
+from common.file_log import file_log
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_PIXELS", "MIN_SIDE", "DicomHeader", "Mammogram", "read_header", "read_mammogram"]
-
-logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".pgm", ".jpg", ".jpeg", ".tif", ".tiff")
 """Non-DICOM suffixes read with Pillow (public datasets ship these)."""
 
-MIN_SIDE = 16
-"""Images smaller than this in either dimension are rejected as degenerate."""
-
-MAX_PIXELS = 64 * 2**20
-"""Larger images (the biggest mammography detectors give ~30 M pixels) are refused before decoding: a corrupt
-Rows/Columns would otherwise make a decoder allocate gigabytes."""
+_DEFER_BYTES = 64 * 1024
+"""Elements larger than this (Pixel Data) are read from disk only when used, so the header is checked first."""
 
 _PLUGINS = "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls"
 _PLUGIN_HINT = (
@@ -90,12 +85,12 @@ def read_mammogram(path: str | Path, *, require_mg: bool = True, presentation_in
         exceptions from pydicom or numpy are wrapped too, so a bad file never crashes a caller.
     """
     if presentation_intent not in INTENT_CHOICES:
-        raise DicomError(f"presentation_intent {presentation_intent!r} is not one of {sorted(INTENT_CHOICES)}")
+        raise DicomError(
+            f"presentation_intent {presentation_intent!r} is not one of {sorted(INTENT_CHOICES)}",
+            public="data.presentation_intent is not one of any, for_presentation, for_processing",
+        )
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DicomError(f"image file {path} does not exist; check the manifest's image_path column")
-    if not path.is_file():
-        raise DicomError(f"image path {path} is not a regular file")
+    check_path(path)
     try:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return _read_plain_image(path)
@@ -103,27 +98,45 @@ def read_mammogram(path: str | Path, *, require_mg: bool = True, presentation_in
     except DicomError:
         raise
     except MemoryError as exc:  # a corrupt header asking for gigabytes is the file's fault
-        raise DicomError(f"{path}: decoding needs more memory than available; the header may be corrupt") from exc
+        raise DicomError(
+            f"{path}: decoding needs more memory than available; the header may be corrupt",
+            public="decoding the image needs more memory than available (its header may be corrupt)",
+        ) from exc
+    except OSError as exc:  # the disk, a permission, a file that vanished between the check and the read
+        raise DicomError(
+            f"{path}: could not be read from disk ({type(exc).__name__}: {exc})",
+            public="the file could not be read from disk (error number {})",
+            figures=(exc.errno or 0,),
+        ) from exc
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # any library failure (even a Rust plugin panic) becomes a named error
-        raise DicomError(f"{path}: could not be read as a mammogram ({type(exc).__name__}: {exc})") from exc
+        raise DicomError(
+            f"{path}: could not be read as a mammogram ({type(exc).__name__}: {exc})",
+            public="the file could not be read as a mammogram (a reading library failed; details in the site's log)",
+        ) from exc
 
 
 def _read_dicom(path: Path, *, require_mg: bool, wanted_intent: str) -> Mammogram:
-    try:
-        ds = pydicom.dcmread(path)
+    try:  # the header only: Pixel Data's bytes stay on disk until the header has passed its checks
+        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
     except InvalidDicomError as exc:
         raise DicomError(
-            f"{path} is not a DICOM file ({exc}); give a DICOM Part 10 file or a .png/.pgm/.jpg/.tif image"
+            f"{path} is not a DICOM file ({exc}); give a DICOM Part 10 file or a .png/.pgm/.jpg/.tif image",
+            public="not a DICOM file (nor a .png/.pgm/.jpg/.tif image)",
+            lasting=True,
         ) from exc
     header = header_from_dataset(ds)
-    _check_header(path, header, require_mg=require_mg, wanted_intent=wanted_intent)
+    check_header(path, header, require_mg=require_mg, wanted_intent=wanted_intent)
     stored = _decode(path, ds)
-    _check_shape(path, stored)
+    check_shape(path, stored)
     values = _modality_values(path, stored, ds)
     if values.ndim != 2 or not np.isfinite(values).all() or values.max() == values.min():
-        raise DicomError(f"{path}: image is constant or not finite after the modality LUT; it holds no tissue")
+        raise DicomError(
+            f"{path}: image is constant or not finite after the modality LUT; it holds no tissue",
+            public="the image is constant or not finite after the modality LUT; it holds no tissue",
+            lasting=True,
+        )
     padding = _padding_mask(ds, stored)
     pixels, transform = apply_display_transform(path, values, ds, intent=header.presentation_intent, padding=padding)
     if header.photometric == "MONOCHROME1":
@@ -147,7 +160,7 @@ def _read_dicom(path: Path, *, require_mg: bool, wanted_intent: str) -> Mammogra
 def _modality_values(path: Path, stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     """The modality LUT's output; an empty Rescale Slope/Intercept (seen in anonymised exports) means identity."""
     if any(keyword in ds and ds[keyword].value in (None, "") for keyword in ("RescaleSlope", "RescaleIntercept")):
-        logger.warning("%s: empty Rescale Slope/Intercept; using the stored values as they are", path)
+        file_log().warning("%s: empty Rescale Slope/Intercept; using the stored values as they are", path)
         return stored.astype(np.float64)
     return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
 
@@ -163,46 +176,22 @@ def _padding_mask(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() and not mask.all() else None
 
 
-def _check_header(path: Path, header: DicomHeader, *, require_mg: bool, wanted_intent: str) -> None:
-    """Reject what the header alone shows to be unusable, before any pixel is decoded."""
-    if require_mg and header.modality and header.modality != "MG":
-        raise DicomError(
-            f"{path}: (0008,0060) Modality is {header.modality!r}, not 'MG'; only mammograms are accepted "
-            "(pass require_mg=False to read other modalities)"
-        )
-    if not intent_matches(header.presentation_intent, wanted_intent):
-        raise DicomError(
-            f"{path}: (0008,0068) Presentation Intent Type is {header.presentation_intent!r} but "
-            f"data.presentation_intent is {wanted_intent!r}; skipped (set it to 'any' to use both kinds)"
-        )
-    if not header.has_pixel_data:
-        raise DicomError(f"{path} has no Pixel Data (7FE0,0010); it is not an image (maybe a structured report)")
-    if header.frames > 1:
-        raise DicomError(
-            f"{path}: (0028,0008) Number of Frames is {header.frames}; multi-frame images (tomosynthesis) are not "
-            "supported, give a single-frame 2-D mammogram"
-        )
-    if header.rows is not None and header.columns is not None and min(header.rows, header.columns) < MIN_SIDE:
-        raise DicomError(
-            f"{path}: image is {header.rows}x{header.columns} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE} "
-            "(a header whose pixels were stripped?)"
-        )
-    if header.rows is not None and header.columns is not None and header.rows * header.columns > MAX_PIXELS:
-        raise DicomError(
-            f"{path}: image is {header.rows}x{header.columns} pixels, more than the maximum {MAX_PIXELS}; "
-            "(0028,0010) Rows or (0028,0011) Columns is probably corrupt"
-        )
-
-
 def _decode(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     """The stored pixel values, through ``pydicom.pixels`` and whichever plugin handles the syntax."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
-        raise DicomError(f"{path}: (0028,0002) Samples per Pixel is {samples}; a mammogram must be grayscale (1)")
+        raise DicomError(
+            f"{path}: (0028,0002) Samples per Pixel is {samples}; a mammogram must be grayscale (1)",
+            public="Samples per Pixel (0028,0002) is {}; a mammogram must be grayscale (1)",
+            figures=(samples,),
+            lasting=True,
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(
-            f"{path}: (0028,0004) Photometric Interpretation is {photometric!r}; it must be MONOCHROME1 or MONOCHROME2"
+            f"{path}: (0028,0004) Photometric Interpretation is {photometric!r}; it must be MONOCHROME1 or MONOCHROME2",
+            public="its Photometric Interpretation (0028,0004) is not a grayscale one (MONOCHROME 1 or 2)",
+            lasting=True,
         )
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
@@ -210,36 +199,67 @@ def _decode(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         try:
             decoder = get_decoder(syntax)
         except NotImplementedError as exc:
-            raise DicomError(f"{path}: pydicom has no decoder for transfer syntax {name}; {_PLUGIN_HINT}") from exc
+            raise DicomError(
+                f"{path}: pydicom has no decoder for transfer syntax {name}; {_PLUGIN_HINT}",
+                public="pydicom has no decoder for the file's transfer syntax; convert the file to an uncompressed one",
+            ) from exc
         if not decoder.is_available:
             missing = "; ".join(decoder.missing_dependencies) or "no plugin installed"
             raise DicomError(
-                f"{path}: no pixel-data plugin is installed for transfer syntax {name} ({missing}); {_PLUGIN_HINT}"
+                f"{path}: no pixel-data plugin is installed for transfer syntax {name} ({missing}); {_PLUGIN_HINT}",
+                public="no pixel-data plugin is installed for the file's compressed transfer syntax; install "
+                "fedmammo's dependencies (pylibjpeg and its plugins, pyjpegls)",
             )
     try:
         return ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # Rust plugins (pylibjpeg-rle) panic with a BaseException
-        hint = _PLUGIN_HINT if syntax is not None and syntax.is_compressed else "the file may be truncated or corrupt"
-        raise DicomError(f"{path}: pixel data could not be decoded (transfer syntax {name}): {exc}; {hint}") from exc
+        compressed = syntax is not None and syntax.is_compressed
+        hint = _PLUGIN_HINT if compressed else "the file may be truncated or corrupt"
+        raise DicomError(
+            f"{path}: pixel data could not be decoded (transfer syntax {name}): {exc}; {hint}",
+            public="its compressed pixel data could not be decoded (a plugin failed, or the file is corrupt)"
+            if compressed
+            else "its pixel data could not be decoded (the file may be truncated or corrupt)",
+            lasting=not compressed,  # a plugin may be fixed by an update; raw bytes stay what they are
+        ) from exc
 
 
 def _read_plain_image(path: Path) -> Mammogram:
     try:
         with Image.open(path) as image:
             if getattr(image, "n_frames", 1) > 1:
-                raise DicomError(f"{path}: has {image.n_frames} frames/pages; give a single 2-D image")
+                raise DicomError(
+                    f"{path}: has {image.n_frames} frames/pages; give a single 2-D image",
+                    public="the image file has {} frames or pages; give a single 2-D image",
+                    figures=(image.n_frames,),
+                    lasting=True,
+                )
             mode = image.mode
             if mode in ("RGB", "RGBA", "LA", "P", "CMYK", "YCbCr", "1"):
                 image = image.convert("L")
                 mode = "L"
             array = np.asarray(image)
     except UnidentifiedImageError as exc:
-        raise DicomError(f"{path}: Pillow cannot read this as an image ({exc}); is the file corrupt?") from exc
+        raise DicomError(
+            f"{path}: Pillow cannot read this as an image ({exc}); is the file corrupt?",
+            public="Pillow cannot read this image file; is it corrupt?",
+            lasting=True,
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise DicomError(
+            f"{path}: {exc}",
+            public="the image file claims more pixels than Pillow's safety limit; its pixels were not read",
+            lasting=True,
+        ) from exc
     if array.ndim != 2:
-        raise DicomError(f"{path}: image has shape {array.shape}; a mammogram must be 2-D grayscale")
-    _check_shape(path, array)
+        raise DicomError(
+            f"{path}: image has shape {array.shape}; a mammogram must be 2-D grayscale",
+            public="the image is not 2-D grayscale",
+            lasting=True,
+        )
+    check_shape(path, array)
     if mode == "L":
         bits, pixels = 8, array.astype(np.float64) / 255.0
     elif mode == "F":
@@ -247,10 +267,16 @@ def _read_plain_image(path: Path) -> Mammogram:
         bits, pixels = None, (array.astype(np.float64) - low) / ((high - low) or 1.0)
     else:  # I;16 variants and I: often 10-14-bit detector data in a 16-bit container, so /65535 would be dark
         if not np.isfinite(array).all():
-            raise DicomError(f"{path}: image is not finite; it holds no tissue")
+            raise DicomError(
+                f"{path}: image is not finite; it holds no tissue", public="the image is not finite", lasting=True
+            )
         bits, pixels = 16, robust_window(path, array.astype(np.float64))
     if not np.isfinite(pixels).all() or pixels.max() == pixels.min():
-        raise DicomError(f"{path}: image is constant or not finite; it holds no tissue")
+        raise DicomError(
+            f"{path}: image is constant or not finite; it holds no tissue",
+            public="the image is constant or not finite; it holds no tissue",
+            lasting=True,
+        )
     return Mammogram(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         laterality="",
@@ -261,12 +287,3 @@ def _read_plain_image(path: Path) -> Mammogram:
         presentation_intent="",
         manufacturer="",
     )
-
-
-def _check_shape(path: Path, array: np.ndarray) -> None:
-    if array.ndim != 2:
-        raise DicomError(f"{path}: decoded pixels have shape {array.shape}; a mammogram must be one 2-D frame")
-    if min(array.shape) < MIN_SIDE:
-        raise DicomError(
-            f"{path}: image is {array.shape[0]}x{array.shape[1]} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}"
-        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from pydicom.pixels import apply_voi_lut
 
 from common.data.dicom_header import FOR_PROCESSING
 from common.errors import DicomError
+from common.file_log import file_log
 
 __all__ = [
     "ROBUST_PERCENTILES",
@@ -22,8 +22,6 @@ __all__ = [
     "apply_display_transform",
     "robust_window",
 ]
-
-logger = logging.getLogger(__name__)
 
 ROBUST_PERCENTILES = (0.1, 99.9)
 """Where the fallback window is cut: ignores a few dead/hot pixels without saturating calcifications."""
@@ -91,7 +89,7 @@ def apply_display_transform(
         if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
             return _scaled_voi(path, values, ds, None), VOI_WINDOW
     except (ValueError, TypeError, NotImplementedError, AttributeError, IndexError, KeyError) as exc:
-        logger.warning("%s: its VOI LUT/window cannot be applied (%s); using a robust window instead", path, exc)
+        file_log().warning("%s: its VOI LUT/window cannot be applied (%s); using a robust window instead", path, exc)
     image = values if padding is None or padding.all() else values[~padding]  # the pixels that are image
     if intent == FOR_PROCESSING and str(ds.get("PixelIntensityRelationship", "")).upper() != "LOG":
         offset = 0.0 if image.min() >= 1.0 else 1.0 - float(image.min())  # log needs positive values

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.file_log import file_log
+
 try:  # POSIX: serialise writers of one store; elsewhere a lost race only costs a re-decode
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -51,7 +53,9 @@ class SiteImageCache:
     through a memory map). ``<store>`` hashes the site (its manifest's resolved path), the settings
     and the image shape; an image key hashes the file's resolved path, size, mtime (ns) and a per-image
     ``extra`` (e.g. the manifest's laterality), so a changed file or setting misses and only that image
-    is decoded again.
+    is decoded again. The index also remembers, under the same keys, files that cannot be used for a
+    lasting reason (:attr:`common.errors.DicomError.lasting`): their error type and fixed public reason, never
+    the full message (which names the file), so a bad file is not read again every round until it changes.
 
     Crash safety: new slots are only appended past the slots the index references, and the data is
     fsync'ed before the index is replaced atomically (temporary file + ``os.replace``); compaction
@@ -82,6 +86,7 @@ class SiteImageCache:
         self.index_path = self.cache_dir / f"{self.store}.index.json"
         self._slot_items = self.image_shape[0] * self.image_shape[1]
         self._entries: dict[str, tuple[int, int]] = {}  # key -> (slot, crc32)
+        self._failures: dict[str, tuple[str, str]] = {}  # key -> (error type, public reason) of an unusable file
         self._data_name = ""
         self._used = 0
         self._pixels: np.ndarray = np.zeros((0, *self.image_shape), dtype=np.uint16)
@@ -92,7 +97,7 @@ class SiteImageCache:
         try:
             resolved = Path(path).expanduser().resolve()
             stat = resolved.stat()
-        except OSError:
+        except (OSError, RuntimeError, ValueError):  # missing, unreadable, a symbolic-link loop, a NUL in the name
             return None
         identity = json.dumps([str(resolved), stat.st_size, stat.st_mtime_ns, extra])
         return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
@@ -104,7 +109,9 @@ class SiteImageCache:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             handle = open(self.cache_dir / f"{self.store}.lock", "a+b")  # noqa: SIM115 - held for the block
         except OSError as exc:
-            logger.warning("cache folder %s is not writable (%s); building without a lock", self.cache_dir, exc)
+            logger.warning("the preprocessed-image cache folder is not writable (%s); building without a lock",
+                           type(exc).__name__)  # fmt: skip
+            file_log().warning("cache folder %s is not writable (%s)", self.cache_dir, exc)
             yield
             return
         try:
@@ -116,7 +123,7 @@ class SiteImageCache:
 
     def open(self) -> None:
         """Read the index and map its data file; anything inconsistent means an empty cache (rebuilt, never trusted)."""
-        self._entries, self._data_name, self._used = {}, "", 0
+        self._entries, self._failures, self._data_name, self._used = {}, {}, "", 0
         self._pixels = np.zeros((0, *self.image_shape), dtype=np.uint16)
         try:
             index = json.loads(self.index_path.read_text(encoding="utf-8"))
@@ -126,6 +133,7 @@ class SiteImageCache:
             if not re.fullmatch(rf"{self.store}\.\d+\.u16", data_name):
                 raise ValueError(f"the index names a data file {data_name!r} that is not this store's")
             entries = {str(k): (int(v[0]), int(v[1])) for k, v in index["entries"].items()}
+            failures = {str(k): (str(v[0]), str(v[1])) for k, v in index.get("failures", {}).items()}
             data_path = self.cache_dir / data_name
             if any(not 0 <= slot < used for slot, _ in entries.values()) or data_path.stat().st_size < self._bytes(
                 used
@@ -134,10 +142,17 @@ class SiteImageCache:
             pixels = self._map(data_path, used)
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("preprocessed-image cache %s is unreadable (%s); rebuilding it", self.index_path.name, exc)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            logger.warning("preprocessed-image cache %s is unreadable (%s); rebuilding it", self.index_path.name,
+                           type(exc).__name__)  # fmt: skip
+            file_log().warning("preprocessed-image cache %s is unreadable: %s", self.index_path, exc)
             return
         self._entries, self._data_name, self._used, self._pixels = entries, data_name, used, pixels
+        self._failures = failures
+
+    def failure(self, key: str | None) -> tuple[str, str] | None:
+        """``(error type, public reason)`` remembered for ``key`` (a file unusable for a lasting reason), else None."""
+        return None if key is None else self._failures.get(key)
 
     def lookup(self, key: str | None) -> np.ndarray | None:
         """A copy of the stored uint16 image of ``key``, or ``None`` on a miss or a slot that fails its CRC."""
@@ -164,29 +179,40 @@ class SiteImageCache:
             return None
         return self._pixels[self._entries[key][0]]
 
-    def commit(self, keep: Iterable[str], new: Mapping[str, np.ndarray]) -> bool:
+    def commit(
+        self,
+        keep: Iterable[str],
+        new: Mapping[str, np.ndarray],
+        failed: Mapping[str, tuple[str, str]] | None = None,
+    ) -> bool:
         """Make the index hold exactly ``keep`` (cached keys still wanted) plus ``new`` (uint16 images to store).
 
         Keys not kept (files changed or gone from the manifest) are dropped; their slots are reclaimed
-        by compaction once most of the file is dead. Failures to write are logged, not raised: the
-        images are then simply decoded again next time. Call under :meth:`locked`.
+        by compaction once most of the file is dead. ``failed`` adds unusable files, each as ``(error type,
+        public reason)``: fixed texts, never a message that names the file; kept failures stay. Failures to
+        write are logged, not raised: the images are then simply decoded again next time. Call under
+        :meth:`locked`.
 
         Returns
         -------
         bool
             Whether ``new`` was written; ``False`` means the caller must keep those images itself.
         """
+        keep = list(keep)
         entries = {key: self._entries[key] for key in keep if key in self._entries}
+        failures = {key: self._failures[key] for key in keep if key in self._failures and key not in new}
+        failures.update({key: (str(kind), str(reason)) for key, (kind, reason) in (failed or {}).items()})
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             compact = self._used > 0 and len(entries) < _COMPACT_BELOW * self._used
             if compact or not self._data_name:
                 entries = self._rewrite(entries)
             entries.update(self._append(new))
-            self._write_index(entries)
+            self._write_index(entries, failures)
             self._remove_orphans()
         except OSError as exc:
-            logger.warning("could not write the preprocessed-image cache in %s (%s); continuing", self.cache_dir, exc)
+            logger.warning("could not write the preprocessed-image cache (%s); continuing", type(exc).__name__)
+            file_log().warning("could not write the preprocessed-image cache in %s (%s)", self.cache_dir, exc)
             self.open()
             return False
         self.open()
@@ -226,13 +252,14 @@ class SiteImageCache:
             os.fsync(handle.fileno())
         return added
 
-    def _write_index(self, entries: Mapping[str, tuple[int, int]]) -> None:
+    def _write_index(self, entries: Mapping[str, tuple[int, int]], failures: Mapping[str, tuple[str, str]]) -> None:
         index = {
             "format": INDEX_FORMAT,
             "shape": list(self.image_shape),
             "data": self._data_name,
             "slots": self._used,
             "entries": {key: list(value) for key, value in entries.items()},
+            "failures": {key: list(value) for key, value in failures.items()},
         }
         temp_name = None
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +11,9 @@ from common.config import DataConfig
 from common.data.dicom_io import read_mammogram
 from common.data.preprocessing import preprocess, preprocess_settings
 from common.errors import DicomError
+from common.file_log import file_log
 
 __all__ = ["ImagePipeline"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class ImagePipeline:
         """
         mammogram = read_mammogram(path, require_mg=self.require_mg, presentation_intent=self.presentation_intent)
         if self.pixel_spacing_mm > 0 and mammogram.pixel_spacing_mm is None:
-            logger.info("%s has no pixel spacing; used at its own resolution", Path(path).name)
+            file_log().info("%s has no pixel spacing; used at its own resolution", Path(path).name)
         try:
             return preprocess(
                 mammogram.pixels,
@@ -81,4 +79,8 @@ class ImagePipeline:
                 target_spacing_mm=self.pixel_spacing_mm,
             )
         except ValueError as exc:
-            raise DicomError(f"{path}: could not be preprocessed ({exc})") from exc
+            raise DicomError(
+                f"{path}: could not be preprocessed ({exc})",
+                public="the image could not be preprocessed (details in the site's log)",
+                lasting=True,  # preprocessing is deterministic, and its version and settings key the cache
+            ) from exc

@@ -44,6 +44,7 @@ __all__ = [
     "ManifestRow",
     "csv_read_errors",
     "read_manifest",
+    "unknown_labels",
     "write_manifest",
 ]
 
@@ -210,28 +211,52 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ManifestError(
-            f"manifest {path} does not exist (expected a CSV with columns {', '.join(REQUIRED_COLUMNS)})"
+            f"manifest {path} does not exist (expected a CSV with columns {', '.join(REQUIRED_COLUMNS)})",
+            public="the site's manifest does not exist (a CSV with columns image_path, label, patient_id)",
         )
     with csv_read_errors(path, "manifest"), path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise ManifestError(f"manifest {path} lacks required column(s) {', '.join(missing)}; header is {header}")
+            raise ManifestError(
+                f"manifest {path} lacks required column(s) {', '.join(missing)}; header is {header}",
+                public="the manifest lacks a required column (it needs image_path, label and patient_id)",
+            )
         reader.fieldnames = header
         problems: list[str] = []
+        bad_lines: list[int] = []
         rows: list[ManifestRow] = []
         for line, raw in enumerate(reader, start=2):
+            before = len(problems)
             row = _parse_row(raw, line, path.parent, problems, f"manifest {path} line {line}")
             if row is not None:
                 rows.append(row)
+            if len(problems) > before:
+                bad_lines.append(line)
     if problems:
         shown = "\n  ".join(problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise ManifestError(f"manifest {path} has {len(problems)} problem(s):\n  {shown}{more}")
+        raise ManifestError(
+            f"manifest {path} has {len(problems)} problem(s):\n  {shown}{more}",
+            public="the manifest has {} invalid row(s); each problem, with the rule it breaks, is in the site's log",
+            figures=(len(bad_lines),),
+            lines=bad_lines,
+        )
     if not rows:
-        raise ManifestError(f"manifest {path} has a header but no image rows")
+        raise ManifestError(
+            f"manifest {path} has a header but no image rows", public="the manifest has a header but no image rows"
+        )
     return rows
+
+
+def unknown_labels(rows: Iterable[ManifestRow], num_classes: int) -> list[ManifestRow]:
+    """The rows whose label is not a class index of a ``num_classes``-class model (``label >= num_classes``).
+
+    One rule for training (which refuses such a manifest) and ``check-data`` (which lists the rows), so a row
+    that passes the check is one training accepts.
+    """
+    return [row for row in rows if not 0 <= row.label < num_classes]
 
 
 def write_manifest(
@@ -259,7 +284,11 @@ def csv_read_errors(path: Path, what: str) -> Iterator[None]:
         yield
     except UnicodeDecodeError as exc:
         raise ManifestError(
-            f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as 'CSV UTF-8'"
+            f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as 'CSV UTF-8'",
+            public="a table of the site (its manifest) is not UTF-8 text; save it as 'CSV UTF-8'",
         ) from exc
     except csv.Error as exc:
-        raise ManifestError(f"{what} {path} is not a readable CSV ({exc})") from exc
+        raise ManifestError(
+            f"{what} {path} is not a readable CSV ({exc})",
+            public="a table of the site (its manifest) is not a readable CSV",
+        ) from exc

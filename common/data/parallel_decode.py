@@ -31,9 +31,9 @@ def decode_rows(
     *,
     workers: int | None = None,
     progress: bool | None = None,
-    on_result: Callable[[int, np.ndarray | str], None] | None = None,
+    on_result: Callable[[int, np.ndarray | DicomError], None] | None = None,
     keep_images: bool = True,
-) -> dict[int, np.ndarray | str]:
+) -> dict[int, np.ndarray | DicomError]:
     """Run every row's image through ``pipeline`` in a thread pool.
 
     Threads, not processes: reading, decoding and resizing spend their time in pydicom's and numpy's
@@ -61,10 +61,10 @@ def decode_rows(
     -------
     dict
         Per row number, the quantised uint16 image (:func:`common.data.image_cache.quantise`) or, for a file
-        that cannot be used, the reason (it may name the file: keep it on site). Without
-        ``keep_images``, only the reasons.
+        that cannot be used, the :class:`DicomError` saying why (its message may name the file: keep it on site;
+        its ``public_reason`` never does). Without ``keep_images``, only the errors.
     """
-    results: dict[int, np.ndarray | str] = {}
+    results: dict[int, np.ndarray | DicomError] = {}
     if not rows:
         return results
     with (
@@ -75,7 +75,7 @@ def decode_rows(
         try:
             for future in as_completed(futures):
                 number, result = futures.pop(future), future.result()
-                if keep_images or isinstance(result, str):
+                if keep_images or isinstance(result, DicomError):
                     results[number] = result
                 if on_result is not None:
                     on_result(number, result)
@@ -86,12 +86,17 @@ def decode_rows(
     return results
 
 
-def _decode_one(row: ManifestRow, pipeline: ImagePipeline) -> np.ndarray | str:
-    """The quantised preprocessed image of one row, or the reason it cannot be used."""
+def _decode_one(row: ManifestRow, pipeline: ImagePipeline) -> np.ndarray | DicomError:
+    """The quantised preprocessed image of one row, or the error saying why it cannot be used."""
     try:
         return quantise(pipeline.load(row.image_path, row.laterality))
-    except Exception as exc:  # a bad file is skipped with its reason; it never stops the site
-        return str(exc) if isinstance(exc, DicomError) else f"{row.image_path}: {type(exc).__name__}: {exc}"
+    except DicomError as exc:  # a bad file is skipped with its reason; it never stops the site
+        return exc
+    except Exception as exc:
+        return DicomError(
+            f"{row.image_path}: {type(exc).__name__}: {exc}",
+            public="the file could not be read (an unexpected error; details in the site's log)",
+        )
 
 
 @contextlib.contextmanager

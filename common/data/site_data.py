@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from common.data.image_cache import SiteImageCache
+from common.data.duplicates import duplicate_rows
 from common.data.image_pipeline import ImagePipeline
-from common.data.manifest import SPLITS, ManifestRow, read_manifest
-from common.data.parallel_decode import decode_rows
+from common.data.manifest import SPLITS, read_manifest
 from common.data.site_images import SiteImages
+from common.data.site_preprocess import (
+    CHECKPOINT_SECONDS,
+    DEFAULT_CACHE_SUBDIR,
+    SkippedImage,
+    cache_root,
+    preprocess_site,
+)
 from common.data.splits import split_by_patient
 from common.errors import DicomError, ManifestError
+from common.file_log import file_log
 
 __all__ = [
     "CHECKPOINT_SECONDS",
@@ -32,20 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_SUBDIR = Path(".cache") / "preprocessed"
-"""Where preprocessed images are cached, relative to the manifest's folder, when no cache dir is given."""
-
-CHECKPOINT_SECONDS = 30.0
-"""While decoding, what is done is committed to the cache this often, so a crash loses at most this much work."""
-
-
-@dataclass
-class SkippedImage:
-    """A manifest row whose image could not be used, and why (the reason may name the file: keep it on site)."""
-
-    row_number: int
-    reason: str
-
 
 @dataclass
 class SiteData:
@@ -56,6 +45,8 @@ class SiteData:
     test: SiteImages
     skipped: list[SkippedImage] = field(default_factory=list)
     num_patients: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[int, int] = field(default_factory=dict)
+    """``{manifest line: earlier line}`` of rows listing an image already listed; each image is used once."""
 
     def summary(self) -> dict[str, object]:
         """Counts per split and label, and the number skipped: safe to log or send (no ids, no paths)."""
@@ -69,6 +60,7 @@ class SiteData:
                 "labels": {str(label): counts[label] for label in sorted(counts)},
             }
         out["skipped"] = len(self.skipped)
+        out["duplicates"] = len(self.duplicates)
         return out
 
 
@@ -90,7 +82,12 @@ def load_site(
     A hospital archive always holds a few bad files; one of them must not stop the site. So an
     image that cannot be read (missing, not DICOM, no pixels, undecodable, wrong modality...) is
     skipped: logged with its manifest line and reason and listed in ``skipped``. Splitting happens
-    on the manifest (by patient) before reading, so a skipped image never moves a patient.
+    on the manifest (by patient) before reading, so a skipped image never moves a patient. A row that
+    lists an image an earlier row already lists (the same path, or the same file by another path) is
+    logged and left out (``duplicates``): differential privacy protects one image, used once.
+
+    The site's shared log gets each skipped line with its error type and fixed reason; the full reason,
+    which names the file, goes to the site's own log only (:mod:`common.file_log`).
 
     Parameters
     ----------
@@ -126,7 +123,11 @@ def load_site(
         If no image of the manifest could be used at all.
     """
     manifest_path = Path(manifest_path).expanduser()
-    rows = read_manifest(manifest_path)
+    listed = read_manifest(manifest_path)
+    repeats = duplicate_rows(listed)
+    for line, first in repeats.items():
+        logger.warning("manifest line %d lists the same image as line %d; the image is used once", line, first)
+    rows = [row for row in listed if row.row_number not in repeats]
     splits = split_by_patient(rows, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     pipeline = pipeline or ImagePipeline(image_size=image_size, require_mg=require_mg)
     size = pipeline.image_size
@@ -134,11 +135,15 @@ def load_site(
         manifest_path, rows, pipeline, cache_root(manifest_path, cache_dir), workers=workers, progress=progress
     )
     for item in skipped:
-        logger.warning("manifest %s line %d skipped: %s", manifest_path.name, item.row_number, item.reason)
+        logger.warning("manifest line %d skipped: %s", item.row_number, item.public)
+        file_log().warning("manifest %s line %d skipped: %s", manifest_path, item.row_number, item.reason)
     if not images:
         reasons = "\n  ".join(f"line {s.row_number}: {s.reason}" for s in skipped[:10])
         raise DicomError(
-            f"manifest {manifest_path}: none of its {len(rows)} image(s) could be used; first reasons:\n  {reasons}"
+            f"manifest {manifest_path}: none of its {len(rows)} image(s) could be used; first reasons:\n  {reasons}",
+            public="none of the manifest's {} image(s) could be used (`fedmammo check-data` on the site lists each "
+            "line with its reason)",
+            figures=(len(rows),),
         )
     usable = {name: [row for row in splits[name] if row.row_number in images] for name in SPLITS}
     datasets = {
@@ -151,110 +156,13 @@ def load_site(
         if counts[name] == 0:
             raise ManifestError(
                 f"manifest {manifest_path}: the {name} split has no usable image (images per split {counts}, "
-                f"{len(skipped)} skipped); add patients or readable images, or fix the manifest's 'split' column"
+                f"{len(skipped)} skipped); add patients or readable images, or fix the manifest's 'split' column",
+                public="the train split has no usable image ({} image(s) in all, {} skipped)"
+                if name == "train"
+                else "the test split has no usable image ({} image(s) in all, {} skipped)",
+                figures=(sum(counts.values()), len(skipped)),
             )
-    data = SiteData(datasets["train"], datasets["val"], datasets["test"], skipped, patients)
+    data = SiteData(datasets["train"], datasets["val"], datasets["test"], skipped, patients, repeats)
     held = sum(split.bytes_in_memory for split in (data.train, data.val, data.test))
     logger.info("site loaded: %s; %.1f MB of images held in memory", data.summary(), held / 1e6)
     return data
-
-
-def cache_root(manifest_path: str | Path, cache_dir: str | Path | None) -> Path:
-    """The cache folder of a site: ``cache_dir``, or ``<manifest dir>/.cache/preprocessed`` when it is empty."""
-    return Path(cache_dir).expanduser() if cache_dir else Path(manifest_path).expanduser().parent / DEFAULT_CACHE_SUBDIR
-
-
-def preprocess_site(
-    manifest_path: str | Path,
-    rows: Sequence[ManifestRow],
-    pipeline: ImagePipeline,
-    cache_dir: str | Path,
-    *,
-    workers: int | None = None,
-    progress: bool | None = None,
-    collect: bool = True,
-) -> tuple[dict[int, np.ndarray], list[SkippedImage]]:
-    """Preprocess every row through the site's cache: decode only what the cache lacks, in parallel threads.
-
-    Decoded images are committed to the cache every :data:`CHECKPOINT_SECONDS` and at the end, under
-    the store's lock (a second process building the same site waits, then finds everything cached).
-
-    Parameters
-    ----------
-    manifest_path : str or Path
-        The site's manifest; its resolved path names the site's cache store (hashed).
-    rows : sequence of ManifestRow
-        The images to preprocess.
-    pipeline : ImagePipeline
-        The preprocessing; its settings key the cache.
-    cache_dir : str or Path
-        The cache folder (see :func:`cache_root`).
-    workers : int or None
-        Decoding threads; ``None`` uses up to 4 (bounded by the CPU count).
-    progress : bool or None
-        Progress bar on stderr; ``None`` shows it only when stderr is a terminal (quiet in tests and logs).
-    collect : bool
-        Return the images; ``False`` only fills the cache and reports bad rows (e.g. ``check-data``).
-
-    Returns
-    -------
-    images : dict
-        uint16 ``S x S`` image per usable row number: a read-only view of the cache's memory map, or an
-        array in memory where the cache could not be written (see :func:`common.data.image_cache.dequantise`).
-    skipped : list of SkippedImage
-        The rows that could not be used, by line number, with the reason (it may name the file).
-    """
-    size = pipeline.image_size
-    site = str(Path(manifest_path).expanduser().resolve())
-    cache = SiteImageCache(cache_dir, pipeline.settings(), site=site, image_shape=(size, size))
-    in_memory: dict[str, np.ndarray] = {}  # images the cache could not take (unwritable folder, file not stat'able)
-    first_of: dict[str, int] = {}  # key -> the row decoded for it (a file listed twice is decoded once)
-    todo: list[ManifestRow] = []
-    with cache.locked():
-        cache.open()
-        keys = {row.row_number: cache.item_key(row.image_path, f"laterality={row.laterality}") for row in rows}
-        for row in rows:
-            key = keys[row.row_number]
-            if cache.verify(key):
-                continue
-            if key is None or first_of.setdefault(key, row.row_number) == row.row_number:
-                todo.append(row)
-        wanted = [key for key in keys.values() if key is not None]
-        pending: dict[str, np.ndarray] = {}
-        last_commit = time.monotonic()
-
-        def checkpoint() -> None:
-            if not cache.commit(wanted, pending):
-                in_memory.update(pending)
-            pending.clear()
-
-        def store(number: int, result: np.ndarray | str) -> None:
-            nonlocal last_commit
-            if isinstance(result, str):
-                return
-            key = keys[number]
-            if key is None:
-                in_memory[f"row {number}"] = result
-            else:
-                pending[key] = result
-            if time.monotonic() - last_commit >= CHECKPOINT_SECONDS:
-                checkpoint()
-                last_commit = time.monotonic()
-
-        reasons = decode_rows(todo, pipeline, workers=workers, progress=progress, on_result=store, keep_images=False)
-        checkpoint()
-        images: dict[int, np.ndarray] = {}
-        skipped: list[SkippedImage] = []
-        for row in rows:
-            key = keys[row.row_number]
-            stored_as = f"row {row.row_number}" if key is None else key
-            reason = reasons.get(row.row_number if key is None else first_of.get(key, row.row_number))
-            if reason is not None:
-                skipped.append(SkippedImage(row.row_number, str(reason)))
-            elif collect:
-                image = in_memory.get(stored_as)
-                image = cache.view(stored_as) if image is None else image
-                if image is None:  # pragma: no cover - every usable row was either cached or kept in memory
-                    raise RuntimeError(f"manifest line {row.row_number}: preprocessed image lost from the cache")
-                images[row.row_number] = image
-    return images, skipped

@@ -9,6 +9,7 @@ from common.privacy.accounting import (
 )
 from common.privacy.batches import MODES_WITHOUT_EMPTY_BATCHES, empty_batch_step, physical_batches
 from common.privacy.budget import noise_multiplier_for_budget, planned_sampling, privacy_for_budget
+from common.privacy.declines import SPENT_FIELD, SPENT_TEMPLATE, parse_spent, spent_note
 from common.privacy.engine import (
     PrivateTraining,
     grad_sample_mode_guard,
@@ -20,6 +21,8 @@ from common.privacy.engine import (
 __all__ = [
     "HISTORY_KEYS",
     "MODES_WITHOUT_EMPTY_BATCHES",
+    "SPENT_FIELD",
+    "SPENT_TEMPLATE",
     "History",
     "PrivateTraining",
     "compute_epsilon",
@@ -31,7 +34,9 @@ __all__ = [
     "make_private_training",
     "new_privacy_engine",
     "noise_multiplier_for_budget",
+    "parse_spent",
     "physical_batches",
     "planned_sampling",
     "privacy_for_budget",
+    "spent_note",
 ]

@@ -16,6 +16,7 @@ from server.report.run_files import (
     SUMMARY_FILE,
     RocData,
     RunDirectory,
+    RunFolderError,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "SUMMARY_FILE",
     "RocData",
     "RunDirectory",
+    "RunFolderError",
     "build_report",
     "class_results",
     "confusion_matrix",

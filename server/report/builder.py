@@ -12,6 +12,7 @@ from typing import Any
 from common.metrics import DEFAULT_TARGET_SPECIFICITY, DEFAULT_THRESHOLD
 from server.report.class_results import class_names_of
 from server.report.class_section import render_class_section
+from server.report.final_round import mark_final_round
 from server.report.page import render_page
 from server.report.plots import (
     CLASS_ROC_PLOT,
@@ -25,7 +26,15 @@ from server.report.plots import (
     plot_roc_per_class,
     plot_roc_per_site,
 )
-from server.report.run_files import POOLED_SITE, RocData, RunDirectory
+from server.report.run_files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    POOLED_SITE,
+    SUMMARY_FILE,
+    RocData,
+    RunDirectory,
+    RunFolderError,
+)
 
 __all__ = ["build_report"]
 
@@ -51,16 +60,22 @@ def latest_rows(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, dict
 
 
 def _results(summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Final per-site and pooled results: from summary.json, else the last recorded round of each site."""
+    """Final per-site and pooled results: from summary.json, else the last recorded round of each site.
+
+    A site whose figures are older than the final round is marked with why (`mark_final_round`), also for
+    summaries written before summary.json said so.
+    """
     if summary and (summary.get("sites") or summary.get("pooled")):
-        results = {str(site): dict(entry) for site, entry in (summary.get("sites") or {}).items()}
-        if summary.get("pooled"):
+        sites = summary.get("sites") if isinstance(summary.get("sites"), Mapping) else {}
+        results = {str(site): dict(entry) for site, entry in sites.items() if isinstance(entry, Mapping)}
+        if isinstance(summary.get("pooled"), Mapping) and summary["pooled"]:
             results[POOLED_SITE] = dict(summary["pooled"])
-        return results
-    evaluated, trained = latest_rows(rows, "evaluate"), latest_rows(rows, "train")
-    results = {}
-    for site in set(evaluated) | set(trained):
-        results[site] = {**evaluated.get(site, {}), "epsilon": trained.get(site, {}).get("epsilon", math.nan)}
+    else:
+        evaluated, trained = latest_rows(rows, "evaluate"), latest_rows(rows, "train")
+        results = {}
+        for site in set(evaluated) | set(trained):
+            results[site] = {**evaluated.get(site, {}), "epsilon": trained.get(site, {}).get("epsilon", math.nan)}
+    mark_final_round(results, rows)
     return results
 
 
@@ -86,10 +101,14 @@ def _text(value: Any) -> str:
 
 
 def operating_point_text(config: Mapping[str, Any] | None) -> tuple[str, float]:
-    """How sensitivity/specificity were read (from the run's evaluation config), and the target specificity."""
+    """How sensitivity/specificity were read (from the run's evaluation config), and the target specificity.
+
+    Plain text: the caller escapes it. A target that is not a number (a hand-edited config) reads as NaN.
+    """
     evaluation = (config or {}).get("evaluation")
     evaluation = evaluation if isinstance(evaluation, Mapping) else {}
-    target = float(evaluation.get("target_specificity", DEFAULT_TARGET_SPECIFICITY))
+    target = evaluation.get("target_specificity", DEFAULT_TARGET_SPECIFICITY)
+    target = float(target) if isinstance(target, (int, float)) and not isinstance(target, bool) else math.nan
     if evaluation.get("operating_point", "fixed") == "fixed":
         return f"a fixed score threshold of {_text(evaluation.get('threshold', DEFAULT_THRESHOLD))}", target
     return (
@@ -210,12 +229,15 @@ def build_report(run_dir: str | Path) -> Path:
 
     Raises
     ------
-    FileNotFoundError
-        If ``run_dir`` does not exist (a typo should not silently create an empty report).
+    RunFolderError
+        If ``run_dir`` does not exist (a typo must neither create a folder nor an empty report), holds none of
+        metrics.jsonl, summary.json and config.yaml, or one of those cannot be read.
     """
-    if not Path(run_dir).expanduser().is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the folder that holds metrics.jsonl")
-    folder = RunDirectory(run_dir)
+    folder = RunDirectory(run_dir, create=False)
+    if not any((folder.path / name).is_file() for name in (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE)):
+        raise RunFolderError(
+            f"{folder.path} is not a run folder: it holds none of {METRICS_FILE}, {SUMMARY_FILE} and {CONFIG_FILE}"
+        )
     rows = folder.read_metrics()
     summary, config = folder.read_summary(), folder.read_config()
     roc, roc_note = _read_roc(folder)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from server.report.final_round import NOT_IN_FINAL_ROUND, ROUND, final_round, sites_in_final_round
 from server.report.plots import site_order
 
 __all__ = ["auc_cell", "fmt", "html_table", "render_page"]
@@ -94,8 +95,11 @@ def html_table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]
 
 
 def _results_table(results: Mapping[str, Mapping[str, Any]], privacy_enabled: bool) -> str:
+    """The final results per site and pooled; a Round column (and a warning row class) when rounds differ."""
+    mixed = any(NOT_IN_FINAL_ROUND in entry for entry in results.values())
     headers = [
         "Site",
+        *(["Round"] if mixed else []),
         "Test images",
         "Positives",
         "AUC (95% CI)",
@@ -109,6 +113,7 @@ def _results_table(results: Mapping[str, Mapping[str, Any]], privacy_enabled: bo
         epsilon = fmt(entry.get("epsilon"), 2) if privacy_enabled else "off"
         cells = [
             escape(site),
+            *([fmt(entry.get(ROUND))] if mixed else []),
             fmt(entry.get("num_examples")),
             fmt(entry.get("num_positives")),
             auc_cell(entry),
@@ -116,8 +121,23 @@ def _results_table(results: Mapping[str, Mapping[str, Any]], privacy_enabled: bo
             *(fmt(entry.get(key)) for key, _ in _RESULT_COLUMNS),
             epsilon,
         ]
-        rows.append(("pooled" if site == "pooled" else "", cells))
+        rows.append(("pooled" if site == "pooled" else "warn" if NOT_IN_FINAL_ROUND in entry else "", cells))
     return html_table(headers, rows)
+
+
+def _final_round_note(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which sites' figures are not from the final round and why, and what the pooled row covers; "" if none."""
+    behind = {site: entry[NOT_IN_FINAL_ROUND] for site, entry in results.items() if NOT_IN_FINAL_ROUND in entry}
+    if not behind:
+        return ""
+    last = final_round(results)
+    pooled = ", ".join(escape(site) for site in site_order(sites_in_final_round(results))) or "no site"
+    items = "".join(f"<li>{escape(site)}: {escape(str(why))}</li>" for site, why in behind.items())
+    return (
+        f'<p class="warn">Not every site\'s figures are from the final round ({last}); the Round column says '
+        f"which round each row is from. The pooled row is round {last} over {pooled} only.</p>"
+        f'<ul class="warn">{items}</ul>'
+    )
 
 
 def _round_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -162,7 +182,9 @@ def render_page(
 
     ``settings`` are ``(name, formatted value)`` pairs; ``plots`` are ``(file name, caption)`` pairs linked
     relatively, so the folder can be moved or zipped; ``notes`` say what is missing and why (no ROC data,
-    privacy off, ...). Every text is HTML-escaped here, except ``class_section``, HTML that
+    privacy off, ...). A site whose figures are older than the final round (`server.report.final_round`) gets
+    a Round column and a warning saying why. Every text is HTML-escaped here (a run folder's files are input a
+    reader may have edited), except ``class_section``, HTML that
     `server.report.class_section` already escaped. ``class_names`` (more than two classes) say which class
     the headline results are about.
     """
@@ -178,6 +200,8 @@ def render_page(
         if results
         else '<p class="note">No final results (summary.json is missing and no round was evaluated).</p>',
     ]
+    if note := _final_round_note(results):
+        parts.insert(-1, note)
     if class_names:
         last, others = escape(class_names[-1]), ", ".join(escape(n) for n in class_names[:-1])
         note = f"<b>{last}</b> vs the rest ({others}): the score is the model's probability of {last}."
@@ -194,7 +218,7 @@ def render_page(
                 for f in entries
             )
             parts.append(f'<h2>{escape(title)}</h2><ul class="warn">{items}</ul>')
-    how_to = _HOW_TO_READ.format(threshold=threshold, target=target_specificity)
+    how_to = _HOW_TO_READ.format(threshold=escape(threshold), target=escape(str(target_specificity)))
     if class_names:
         names = ", ".join(escape(n) for n in class_names)
         how_to += _HOW_TO_READ_CLASSES.format(names=names, last=escape(class_names[-1]))

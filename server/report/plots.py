@@ -170,7 +170,8 @@ def plot_epsilon_per_round(rows: Sequence[Mapping[str, Any]], delta: float | Non
     """Cumulative epsilon per site after each round (train rows); lower means a stronger privacy guarantee."""
     figure = _new_figure(6.5, 4.2)
     axes = figure.add_subplot()
-    title = "Privacy spent: cumulative ε per site" + (f" (δ = {delta:g})" if delta is not None else "")
+    numeric = isinstance(delta, (int, float)) and not isinstance(delta, bool)  # a hand-edited config may hold text
+    title = "Privacy spent: cumulative ε per site" + (f" (δ = {delta:g})" if numeric else "")
     _line_axes(axes, _series(rows, "train", "epsilon"), "ε (cumulative)", title)
     axes.set_ylim(bottom=0)
     axes.legend(fontsize="small", loc="upper left")

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from common.errors import FedMammoError
 from common.metrics import ScoreHistogram
 from server.report.json_safe import from_json_safe, to_json_safe
+from server.report.metrics_rows import METRICS_SCHEMA, PHASES, POOLED_SITE, check_row
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -33,6 +34,7 @@ __all__ = [
     "SUMMARY_FILE",
     "RocData",
     "RunDirectory",
+    "RunFolderError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,21 +45,10 @@ ROC_FILE = "roc.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 CHECKPOINTS_DIR = "checkpoints"
-POOLED_SITE = "pooled"
-"""The ``site`` of rows holding all sites as one population."""
-PHASES = ("train", "evaluate")
 
-METRICS_SCHEMA = """\
-metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "evaluate", "site": str, ...numbers}.
-  train rows:    num_examples, train_loss, epsilon (cumulative over the site's rounds), seconds.
-  evaluate rows: num_examples, loss, and every key of common.metrics.METRIC_KEYS (auc, auc_ci_low, ...), about
-                 the last class vs the rest; with more than two classes also num_classes, macro_auc,
-                 auc/auc_ci_low/auc_ci_high/num_cases_class<c> per class (one vs rest) and confusion_matrix
-                 (K lists of K counts: row = true class, column = argmax prediction).
-  site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
-                 train: example-weighted mean loss, largest epsilon of any site).
-  failed replies: {"round", "phase", "site", "error": str} and no numbers.
-  NaN is null, +/-infinity is "Infinity"/"-Infinity"."""
+
+class RunFolderError(FedMammoError, ValueError):
+    """A run folder is missing, holds no run, or one of its files cannot be read; the message names it."""
 
 
 def _write_atomic(path: Path, text: str) -> Path:
@@ -66,18 +57,6 @@ def _write_atomic(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def _check_row(row: Mapping[str, Any]) -> None:
-    problems = []
-    if not isinstance(row.get("round"), (int, np.integer)) or isinstance(row.get("round"), bool):
-        problems.append(f"'round' = {row.get('round')!r} must be an int")
-    if row.get("phase") not in PHASES:
-        problems.append(f"'phase' = {row.get('phase')!r} must be one of {PHASES}")
-    if not isinstance(row.get("site"), str) or not row.get("site"):
-        problems.append(f"'site' = {row.get('site')!r} must be a non-empty string")
-    if problems:
-        raise ValueError(f"metrics row {dict(row)!r} is invalid: {'; '.join(problems)} (see METRICS_SCHEMA)")
 
 
 def _summed(histograms: list[ScoreHistogram]) -> ScoreHistogram:
@@ -107,11 +86,16 @@ class RunDirectory:
     """One run's output folder; every file the report needs is written and read back here.
 
     The report is built from these files alone, so it can be rebuilt offline from a copied folder.
+    ``create=False`` only reads (and writes into) a folder that exists: a reader pointed at a mistyped path
+    must not create it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path).expanduser()
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            raise RunFolderError(f"run folder {self.path} does not exist; pass the folder that holds {METRICS_FILE}")
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -152,10 +136,23 @@ class RunDirectory:
         return _write_atomic(self.config_path, text)
 
     def read_config(self) -> dict[str, Any] | None:
-        """The resolved config, or None when the run wrote none."""
+        """The resolved config, or None when the run wrote none.
+
+        Raises
+        ------
+        RunFolderError
+            If ``config.yaml`` is not YAML holding a mapping (or cannot be read).
+        """
         if not self.config_path.exists():
             return None
-        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        try:
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise RunFolderError(f"{self.config_path} cannot be read as YAML: {_one_line(exc)}") from exc
+        if not isinstance(config, dict):
+            kind = type(config).__name__
+            raise RunFolderError(f"{self.config_path} must hold a mapping of config sections, got {kind}")
+        return config
 
     def append_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Append rows to ``metrics.jsonl`` and flush to disk, so a crash keeps every finished round.
@@ -167,7 +164,7 @@ class RunDirectory:
         """
         rows = list(rows)
         for row in rows:
-            _check_row(row)
+            check_row(row)
         lines = "".join(json.dumps(to_json_safe(row), allow_nan=False) + "\n" for row in rows)
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(lines)
@@ -177,12 +174,22 @@ class RunDirectory:
     def read_metrics(self) -> list[dict[str, Any]]:
         """All rows of ``metrics.jsonl``, nulls back to NaN; [] if absent.
 
-        A line that is not valid JSON (one cut short by a crash) is skipped with a warning naming it.
+        A line that is not valid JSON (one cut short by a crash), or not a row of `METRICS_SCHEMA`, is skipped
+        with a warning naming it.
+
+        Raises
+        ------
+        RunFolderError
+            If the file cannot be read as UTF-8 text.
         """
         if not self.metrics_path.exists():
             return []
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunFolderError(f"{self.metrics_path} cannot be read: {_one_line(exc)}") from exc
         rows = []
-        for number, line in enumerate(self.metrics_path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -190,8 +197,12 @@ class RunDirectory:
             except json.JSONDecodeError as exc:  # e.g. a line cut short by a crash
                 logger.warning("%s line %d is not valid JSON (%s); skipped", self.metrics_path, number, exc.msg)
                 continue
-            if isinstance(row, dict):
-                rows.append(from_json_safe(row))
+            try:
+                check_row(row if isinstance(row, dict) else {})
+            except ValueError as exc:
+                logger.warning("%s line %d is not a metrics row (%s); skipped", self.metrics_path, number, exc)
+                continue
+            rows.append(from_json_safe(row))
         return rows
 
     def write_roc(
@@ -243,7 +254,24 @@ class RunDirectory:
         return _write_atomic(self.summary_path, json.dumps(to_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
     def read_summary(self) -> dict[str, Any] | None:
-        """``summary.json`` with nulls back to NaN, or None when the run did not finish."""
+        """``summary.json`` with nulls back to NaN, or None when the run did not finish.
+
+        Raises
+        ------
+        RunFolderError
+            If ``summary.json`` is not a JSON object (or cannot be read).
+        """
         if not self.summary_path.exists():
             return None
-        return from_json_safe(json.loads(self.summary_path.read_text(encoding="utf-8")))
+        try:
+            summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFolderError(f"{self.summary_path} cannot be read as JSON: {_one_line(exc)}") from exc
+        if not isinstance(summary, dict):
+            raise RunFolderError(f"{self.summary_path} must hold a JSON object, got {type(summary).__name__}")
+        return from_json_safe(summary)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (YAML's errors span several)."""
+    return " ".join(str(exc).split())

@@ -40,7 +40,7 @@ def measure_rounds(config: AppConfig, resources: SimulationResources, run_dir: P
     Round 1 includes starting the simulation's actors and is reported apart.
     """
     started = time.time()
-    run_simulation(config, run_dir, resources=resources)
+    run_dir = run_simulation(config, run_dir, resources=resources)  # run_dir-2 if run_dir already held a run
     total = time.time() - started
     rows = RunDirectory(run_dir).read_metrics()
     ends = {r["round"]: r["time"] for r in rows if r["phase"] == "evaluate" and r["site"] == "pooled"}

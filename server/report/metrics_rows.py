@@ -1,0 +1,39 @@
+"""The row format of metrics.jsonl: its schema, and the check every row passes when written and when read back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["METRICS_SCHEMA", "PHASES", "POOLED_SITE", "check_row"]
+
+POOLED_SITE = "pooled"
+"""The ``site`` of rows holding all sites as one population."""
+PHASES = ("train", "evaluate")
+
+METRICS_SCHEMA = """\
+metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "evaluate", "site": str, ...numbers}.
+  train rows:    num_examples, train_loss, epsilon (cumulative over the site's rounds), seconds.
+  evaluate rows: num_examples, loss, and every key of common.metrics.METRIC_KEYS (auc, auc_ci_low, ...), about
+                 the last class vs the rest; with more than two classes also num_classes, macro_auc,
+                 auc/auc_ci_low/auc_ci_high/num_cases_class<c> per class (one vs rest) and confusion_matrix
+                 (K lists of K counts: row = true class, column = argmax prediction).
+  site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
+                 train: example-weighted mean loss, largest epsilon of any site).
+  failed replies: {"round", "phase", "site", "error": str} and no numbers.
+  NaN is null, +/-infinity is "Infinity"/"-Infinity"."""
+
+
+def check_row(row: Mapping[str, Any]) -> None:
+    """Raise ValueError naming every way ``row`` is not a metrics row (int round, known phase, site name)."""
+    problems = []
+    if not isinstance(row.get("round"), (int, np.integer)) or isinstance(row.get("round"), bool):
+        problems.append(f"'round' = {row.get('round')!r} must be an int")
+    if row.get("phase") not in PHASES:
+        problems.append(f"'phase' = {row.get('phase')!r} must be one of {PHASES}")
+    if not isinstance(row.get("site"), str) or not row.get("site"):
+        problems.append(f"'site' = {row.get('site')!r} must be a non-empty string")
+    if problems:
+        raise ValueError(f"metrics row {dict(row)!r} is invalid: {'; '.join(problems)} (see METRICS_SCHEMA)")
