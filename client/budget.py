@@ -25,6 +25,7 @@ __all__ = [
     "SiteBudget",
     "check_round",
     "declined_with_spending",
+    "guarded_epsilon",
     "site_budget",
     "site_epsilon",
 ]
@@ -44,9 +45,9 @@ SITE_ACCOUNTANTS = ("both", "rdp", "prv")
 """``both`` (the default): the larger of the RDP and PRV epsilons, so neither accountant's optimism counts."""
 
 _PRV_ABOVE_RDP = 200.0
-"""Above this RDP epsilon ``both`` keeps RDP's figure without computing PRV's: PRV's grid (and memory, gigabytes
-at epsilon in the thousands) grows with epsilon, and RDP's figure is an upper bound on its own, far past any
-ceiling a hospital would set."""
+"""Above this RDP epsilon RDP's figure stands without computing PRV's (`guarded_epsilon`): PRV's grid (and memory,
+gigabytes at epsilon in the thousands) grows with epsilon, and RDP's figure is an upper bound on its own, far past
+any ceiling a hospital would set."""
 
 DEFAULT_SITE_DELTA = 1e-5
 """The delta a site's ceiling is read at when it names none: its own, so the run config (the server's)
@@ -147,46 +148,55 @@ def site_budget(node_config: Mapping[str, object], site_dir: Path | None = None)
     )
 
 
+def guarded_epsilon(history: Sequence[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
+    """Epsilon of ``history`` at ``delta`` by ``accountant`` (``rdp``, ``prv`` or ``both``), PRV kept in bounds.
+
+    PRV is computed only where RDP's figure is finite and at most :data:`_PRV_ABOVE_RDP`, and a PRV that fails
+    numerically leaves RDP's figure (logged): RDP is an analytic upper bound on its own, so the answer never
+    reads lower than the truth, and a huge history cannot take the site's memory while it holds its ledger.
+    ``both`` takes the larger of the two.
+    """
+    entries = list(history)
+    rdp = compute_epsilon(entries, delta=delta, accountant="rdp")
+    if accountant == "rdp" or not math.isfinite(rdp) or rdp > _PRV_ABOVE_RDP:
+        return rdp
+    try:
+        prv = compute_epsilon(entries, delta=delta, accountant="prv")
+    except (ValueError, ArithmeticError) as exc:
+        logger.warning("PRV accountant failed (%s: %s); RDP's epsilon stands", type(exc).__name__, exc)
+        return rdp
+    return max(rdp, prv) if accountant == "both" else prv
+
+
 def site_epsilon(budget: SiteBudget, history: Sequence[tuple[float, float, int]]) -> float:
     """Epsilon of ``history`` as the site reads its ceiling: at its own delta, by its own accountant.
 
     ``both`` takes the larger of RDP's and PRV's figures. Both are upper bounds on the true epsilon, but
     neither is provably the smaller one, and the run (the server) could otherwise pick whichever reads lower;
-    the larger costs the site at most the gap between them (PRV is usually about 10% lower). Should PRV fail
-    numerically, RDP's figure, an analytic bound on its own, stands (logged).
+    the larger costs the site at most the gap between them (PRV is usually about 10% lower). PRV is guarded
+    as `guarded_epsilon` says.
     """
-    entries = list(history)
-    if budget.accountant != "both":
-        return compute_epsilon(entries, delta=budget.delta, accountant=budget.accountant)
-    rdp = compute_epsilon(entries, delta=budget.delta, accountant="rdp")
-    if not math.isfinite(rdp) or rdp > _PRV_ABOVE_RDP:
-        return rdp
-    try:
-        prv = compute_epsilon(entries, delta=budget.delta, accountant="prv")
-    except (ValueError, ArithmeticError) as exc:
-        logger.warning(
-            "PRV accountant failed (%s: %s); the site's ceiling is read by RDP alone", type(exc).__name__, exc
-        )
-        return rdp
-    return max(rdp, prv)
+    return guarded_epsilon(history, delta=budget.delta, accountant=budget.accountant)
 
 
 def declined_with_spending(
     declined: PrivacyBudgetExceeded, history: Sequence[tuple[float, float, int]], privacy: PrivacyConfig
 ) -> PrivacyBudgetExceeded:
     """The decline with the ledger's epsilon appended, in its message and its public reason, in the fixed form
-    the server reads (`common.privacy.spent_note`).
+    the server reads (:data:`common.privacy.SPENT_TEMPLATE`, parsed by `common.privacy.parse_spent`).
 
     A declined round sends no metrics, only a reason; without this the server would show the site as having
     spent nothing. The figure is at the run's ``privacy.delta`` by its ``privacy.accountant``, as a trained
     round reports it, so a site's epsilon column stays one quantity (the decline's own text keeps the site's).
+    It is computed as the budget check computes (`guarded_epsilon`), as this runs while the round holds the
+    ledger's lock; should it fail anyway, the decline goes out without the figure rather than as a crash.
     """
     try:
-        epsilon = compute_epsilon(list(history), delta=privacy.delta, accountant=privacy.accountant)
-    except (ValueError, ArithmeticError):  # the decline still goes out, without a figure
-        logger.exception("could not compute the ledger's epsilon for the decline")
+        epsilon = guarded_epsilon(history, delta=privacy.delta, accountant=privacy.accountant)
+        return declined.extended(SPENT_TEMPLATE, epsilon, privacy.delta)
+    except Exception:  # the decline is what the hospital decided: it must reach the server whatever else fails
+        logger.exception("could not compute the ledger's epsilon for the decline; it goes out without the figure")
         return declined
-    return declined.extended(SPENT_TEMPLATE, epsilon, privacy.delta)
 
 
 def check_round(

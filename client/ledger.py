@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -15,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.ledger_file import LEDGER_KEY, check_folder, exclusive, lock_path, not_writable, real_path, seal, sealed
 from common.errors import ConfigError
 from common.file_log import file_log
 from common.privacy import history_from_lists, history_to_lists
 
-__all__ = ["LEDGER_FILE_NAME", "PrivacyLedger", "lock_path"]
+__all__ = ["LEDGER_FILE_NAME", "LEDGER_KEY", "PrivacyLedger", "lock_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +27,11 @@ LEDGER_FILE_NAME = "privacy_ledger.json"
 _VERSION = 2
 """2: with a checksum. Version 1 (no checksum) is read once, then rewritten as version 2."""
 _LEGACY_VERSION = 1
-_SEAL = "fedmammo privacy ledger lock: this site writes checksummed ledgers (version 2)\n"
-"""Written into the lock file with the first checksummed ledger, so a checksum stripped later is not
-taken for an old ledger being migrated."""
 
+_MISSING = (
+    "the site's privacy ledger is missing although this site kept one (its lock file says so); the site will not "
+    "train until the ledger is restored from a backup"
+)
 _TAMPERED = (
     "the site's privacy ledger is tampered with (it fails its checksum); the site will not train until the ledger "
     "is restored from a backup"
@@ -80,27 +81,26 @@ def _checksum(lists: dict[str, list]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def lock_path(path: Path) -> Path:
-    """The sidecar file whose ``flock`` serializes every use of the ledger at ``path`` (kept, never deleted)."""
-    return path.with_name(path.name + ".lock")
-
-
-def _sealed(path: Path) -> bool:
-    try:
-        return lock_path(path).read_text(encoding="utf-8") == _SEAL
-    except OSError:
-        return False
-
-
 def _read(path: Path) -> tuple[History, bool]:
     """The history in the file and whether it is a version-1 ledger still to be rewritten with a checksum.
 
     Raises
     ------
     ConfigError
-        If the file cannot be read, or fails its checksum (fails closed: a hand edit could lower the spending).
+        If the file cannot be read, or fails its checksum (fails closed: a hand edit could lower the spending), or
+        is absent where "nothing spent" cannot be told from "spending lost": its folder is missing, or the lock
+        file's seal says this site has written a ledger there.
     """
     if not path.exists():
+        check_folder(path)
+        if sealed(path):
+            raise ConfigError(
+                f"privacy ledger {path} is missing, but its lock file {lock_path(path)} says this site has written "
+                "one there: it was deleted or moved, and reading it as 'nothing spent' would forget the site's "
+                "spending; the site will not train until the ledger is restored from a backup (delete the lock "
+                "file as well only to start counting from zero on purpose)",
+                public=_MISSING,
+            )
         return [], False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -115,7 +115,7 @@ def _read(path: Path) -> tuple[History, bool]:
             public="the site's privacy ledger is unreadable; the site will not train until it can tell how much "
             "privacy it has spent (restore the ledger from a backup)",
         ) from exc
-    if version == _LEGACY_VERSION and _sealed(path):
+    if version == _LEGACY_VERSION and sealed(path):
         raise ConfigError(
             f"privacy ledger {path} is tampered with: it has no checksum, but this site has written checksummed "
             "ledgers (its lock file says so), so it was edited or replaced; the site will not train until the "
@@ -140,7 +140,7 @@ class PrivacyLedger:
     loss composes over every use of the same patients; so the ledger is a file that only ever grows. Two
     trainings on one site at once (two nodes, two runs, a retry) must not lose each other's spending, so a
     round holds the ledger's lock (`locked`) from its budget check to its write, and every write re-reads
-    the file under the lock and adds only its own new steps.
+    the file under the lock and adds only its own new steps. ``path`` is the real file, links followed.
     """
 
     path: Path
@@ -155,10 +155,11 @@ class PrivacyLedger:
         Raises
         ------
         ConfigError
-            If the file exists but cannot be read or fails its checksum: the site must not train while it
-            cannot tell what it spent.
+            If the file exists but cannot be read or fails its checksum, or is absent though the lock file's
+            seal says the site kept one, or its folder is missing: the site must not train while it cannot tell
+            what it spent.
         """
-        path = Path(path).expanduser()
+        path = real_path(path)
         history, _ = _read(path)
         return cls(path, history)
 
@@ -174,10 +175,10 @@ class PrivacyLedger:
         Raises
         ------
         ConfigError
-            As `open`.
+            As `open`; also if the ledger's folder is not writable (checked before the round trains).
         """
-        path = Path(path).expanduser()
-        with _exclusive(path) as handle:
+        path = real_path(path)
+        with exclusive(path, writable=True) as handle:
             history, legacy = _read(path)
             ledger = cls(path, history, _lock=handle)
             if legacy:
@@ -210,7 +211,7 @@ class PrivacyLedger:
         if self._lock is not None:
             yield
             return
-        with _exclusive(self.path) as handle:
+        with exclusive(self.path) as handle:
             self._lock = handle
             try:
                 yield
@@ -222,38 +223,26 @@ class PrivacyLedger:
         lists = history_to_lists(history)
         payload = {"version": _VERSION, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "history": lists, "checksum": _checksum(lists)}  # fmt: skip
-        handle, temporary = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
+        try:
+            handle, temporary = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
+        except OSError as exc:
+            raise not_writable(self.path, exc) from exc
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 json.dump(payload, stream, indent=1)
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temporary, self.path)
-        except BaseException:
+        except BaseException as exc:
             Path(temporary).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise not_writable(self.path, exc) from exc
             raise
         folder = os.open(self.path.parent, os.O_RDONLY)
         try:  # the rename itself must survive a power cut, or the round's steps would be lost with it
             os.fsync(folder)
         finally:
             os.close(folder)
-        if self._lock is not None and not _sealed(self.path):
-            os.ftruncate(self._lock, 0)
-            os.pwrite(self._lock, _SEAL.encode("utf-8"), 0)
+        if self._lock is not None and not sealed(self.path):
+            seal(self._lock)
         self.history = list(history)
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[int]:
-    """An exclusive ``flock`` on the ledger's lock file (Linux/macOS), waiting for whoever holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file_log().info("privacy ledger %s is in use by another training on this site: waiting for it", path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield handle
-    finally:
-        os.close(handle)  # closing the descriptor releases the lock

@@ -9,15 +9,13 @@ from collections.abc import Callable, Mapping
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
+from client.site import PARTITION_ID_KEY, SITE_NAME_KEY, UNNAMED_SITE_NAME
 from common.errors import FedMammoError, public_text
 from common.file_log import file_log
 
-__all__ = ["UNNAMED_SITE", "reply_with_error_on_failure", "site_label"]
+__all__ = ["reply_with_error_on_failure", "site_label"]
 
 logger = logging.getLogger(__name__)
-
-UNNAMED_SITE = "unnamed site"
-"""The label of a site whose node config names neither a ``site-name`` nor a simulation partition."""
 
 Handler = Callable[[Message, Context], Message]
 
@@ -26,13 +24,14 @@ def site_label(node_config: Mapping[str, object]) -> str:
     """A name for the site even when its configuration is broken: its chosen name or simulation partition.
 
     Never a folder or file name: ``site-name`` is what the hospital chose for the server to see, and a
-    partition id is a number.
+    partition id is a number. A site without either is :data:`client.site.UNNAMED_SITE_NAME`, as its
+    successful replies name it, so the server sees one site, not two.
     """
-    if node_config.get("site-name"):
-        return str(node_config["site-name"])
-    if "partition-id" in node_config:
-        return f"site-{node_config['partition-id']}"
-    return UNNAMED_SITE
+    if node_config.get(SITE_NAME_KEY):
+        return str(node_config[SITE_NAME_KEY])
+    if PARTITION_ID_KEY in node_config:
+        return f"site-{node_config[PARTITION_ID_KEY]}"
+    return UNNAMED_SITE_NAME
 
 
 def reply_with_error_on_failure(handler: Handler) -> Handler:

@@ -7,20 +7,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.ledger import LEDGER_FILE_NAME
+from client.ledger import LEDGER_FILE_NAME, LEDGER_KEY
 from common.config import AppConfig
 from common.data import FEDERATION_INDEX, NUM_CLASSES_KEY, recorded_num_classes, site_manifest
 from common.errors import ConfigError, ManifestError
 
-__all__ = ["SiteSpec", "phantom_site_dir", "resolve_site"]
+__all__ = ["PARTITION_ID_KEY", "SITE_NAME_KEY", "UNNAMED_SITE_NAME", "SiteSpec", "phantom_site_dir", "resolve_site"]
 
 # SuperNode --node-config keys a hospital sets (deployment).
 MANIFEST_KEY = "manifest"
 SITE_NAME_KEY = "site-name"
 CACHE_DIR_KEY = "cache-dir"
-LEDGER_KEY = "ledger"
+# LEDGER_KEY (the privacy ledger file) is defined with the ledger, which refuses a bad one naming it.
 UNNAMED_SITE_NAME = "unnamed-site"
-"""What a SuperNode without ``site-name`` reports: never its manifest's folder name, which may carry identifiers."""
+"""What a SuperNode without ``site-name`` reports, in replies and error replies alike (`client.safe_reply`): never
+its manifest's folder name, which may carry identifiers."""
 # Keys the simulation engine sets.
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"

@@ -42,7 +42,7 @@ def tiny_three_class_federation(tiny_federation: Path, tmp_path_factory: pytest.
     import shutil
 
     root = tmp_path_factory.mktemp("three_class") / "phantoms"
-    shutil.copytree(tiny_federation, root, ignore=shutil.ignore_patterns(".cache", "privacy_ledger.json"))
+    shutil.copytree(tiny_federation, root, ignore=shutil.ignore_patterns(".cache", "privacy_ledger.json*"))
     for manifest in sorted(root.glob("site_*/manifest.csv")):
         with manifest.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from client.budget import LIMITS_FILE_NAME, SiteBudget, check_round, site_budget, site_epsilon
+import client.budget
+from client.budget import LIMITS_FILE_NAME, SiteBudget, check_round, declined_with_spending, site_budget, site_epsilon
+from common.config import load_config
 from common.errors import ConfigError, PrivacyBudgetExceeded
-from common.privacy import compute_epsilon
+from common.privacy import compute_epsilon, parse_spent
 
 PLANNED = (1.0, 0.25, 8)
 
@@ -162,3 +164,55 @@ def test_an_unreadable_limits_file_fails_closed(tmp_path: Path, monkeypatch: pyt
 
 def test_no_limits_file_is_no_limits(tmp_path: Path) -> None:
     assert site_budget({}, tmp_path).max_epsilon is None
+
+
+HUGE = (1.0, 0.5, 2000)
+"""A history whose RDP epsilon (about 392 at delta 1e-4) is past the point where PRV's grid is not computed."""
+
+
+def _decline() -> PrivacyBudgetExceeded:
+    return PrivacyBudgetExceeded("declined: over the ceiling", public="declined: over the ceiling")
+
+
+@pytest.mark.parametrize(
+    ("history", "accountant"), [([ROUND], "prv"), ([ROUND], "rdp"), ([(0.0, 0.25, 1)], "rdp"), ([], "prv")]
+)
+def test_a_decline_carries_the_ledgers_epsilon_in_the_form_the_server_reads(history: list, accountant: str) -> None:
+    privacy = load_config({"privacy.accountant": accountant}).privacy
+
+    declined = declined_with_spending(_decline(), history, privacy)
+
+    expected = compute_epsilon(history, delta=privacy.delta, accountant=accountant)  # inf once a step had no noise
+    assert parse_spent(declined.public_reason) == expected and parse_spent(str(declined)) == expected
+    assert declined.public_reason.startswith("declined: over the ceiling [ledger-epsilon=")
+
+
+def test_a_declines_epsilon_is_computed_as_guarded_as_the_budget_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a run reporting by PRV, a ledger far past any ceiling; PRV there would take gigabytes (refused here)
+    def rdp_only(history: list, *, delta: float, accountant: str = "rdp") -> float:
+        if accountant == "prv":
+            raise AssertionError("PRV computed on a huge epsilon while the ledger's lock is held")
+        return compute_epsilon(history, delta=delta, accountant=accountant)
+
+    monkeypatch.setattr(client.budget, "compute_epsilon", rdp_only)
+    privacy = load_config({"privacy.accountant": "prv"}).privacy
+
+    # Execute
+    declined = declined_with_spending(_decline(), [HUGE], privacy)
+
+    # Assert: RDP's figure, an upper bound on its own
+    assert parse_spent(declined.public_reason) == compute_epsilon([HUGE], delta=privacy.delta, accountant="rdp")
+
+
+@pytest.mark.parametrize("failure", [MemoryError, RuntimeError, ValueError])
+def test_a_decline_goes_out_without_the_figure_when_it_cannot_be_computed(
+    monkeypatch: pytest.MonkeyPatch, failure: type[Exception]
+) -> None:
+    def failing(*args: object, **kwargs: object) -> float:
+        raise failure("the accountant failed")
+
+    monkeypatch.setattr(client.budget, "compute_epsilon", failing)
+
+    declined = declined_with_spending(_decline(), [ROUND], load_config({}).privacy)
+
+    assert declined.public_reason == "declined: over the ceiling" and parse_spent(declined.public_reason) is None

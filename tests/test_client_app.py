@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from common.config import AppConfig, load_config
 from common.metrics import NUM_SCORE_BINS
 from common.models import build_model
 from common.privacy import compute_epsilon
+from tests.test_ledger import refuse_writes_in
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
@@ -135,6 +137,52 @@ def test_an_unreadable_ledger_stops_training(tiny_federation: Path, tmp_path: Pa
     reply = app(_message("train", config, 1), _context(config))
 
     assert reply.has_error() and "ConfigError: the site's privacy ledger is unreadable" in reply.error.reason
+
+
+def test_a_ledger_in_a_read_only_folder_is_refused_naming_the_key(
+    tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the ledger on a data mount the SuperNode may read but not write
+    config = _config(tiny_federation, tmp_path)
+    (tmp_path / "mount").mkdir()
+    refuse_writes_in(tmp_path / "mount", monkeypatch, errno.EROFS)
+
+    # Execute
+    reply = app(_message("train", config, 1), _context(config, ledger=str(tmp_path / "mount" / "l.json")))
+
+    # Assert: the key and the rule, not "unexpected PermissionError", and no path
+    assert reply.has_error() and "ConfigError: the site's privacy ledger cannot be written" in reply.error.reason
+    assert "node config 'ledger'" in reply.error.reason and "point ledger= at a writable place" in reply.error.reason
+    assert str(tmp_path) not in reply.error.reason
+
+
+def test_a_ledger_under_a_missing_folder_is_refused_and_the_folder_not_created(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    config = _config(tiny_federation, tmp_path)
+
+    reply = app(_message("train", config, 1), _context(config, ledger=str(tmp_path / "gone" / "l.json")))
+
+    assert reply.has_error() and "ConfigError: the folder of the site's privacy ledger does not exist" in (
+        reply.error.reason
+    )
+    assert "node config 'ledger'" in reply.error.reason and not (tmp_path / "gone").exists()
+
+
+def test_a_deleted_ledger_stops_training_while_its_lock_file_remembers_it(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    # Prepare: a site that has spent, whose ledger file is then deleted (its lock file stays)
+    config = _config(tiny_federation, tmp_path)
+    PrivacyLedger.open(tmp_path / "ledger_0.json").record([(1.0, 0.25, 8)])
+    (tmp_path / "ledger_0.json").unlink()
+
+    # Execute
+    reply = app(_message("train", config, 1), _context(config))
+
+    # Assert: no fresh start from zero
+    assert reply.has_error() and "ConfigError: the site's privacy ledger is missing although" in reply.error.reason
+    assert not (tmp_path / "ledger_0.json").exists()
 
 
 @pytest.mark.parametrize("mode", ["none", "central"])

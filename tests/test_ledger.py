@@ -1,17 +1,19 @@
-"""The site's privacy ledger file: survives reopening, only grows, loses no step to a concurrent writer, fails
-closed when unreadable or edited by hand."""
+"""The site's privacy ledger file: survives reopening, only grows, loses no step to a concurrent writer, stays one
+ledger behind a symbolic link, fails closed when unreadable, edited by hand, deleted, unmounted or read-only."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from client.ledger import PrivacyLedger
+from client.ledger import PrivacyLedger, lock_path
 from common.errors import ConfigError
 
 
@@ -122,3 +124,116 @@ def test_an_old_ledger_without_a_checksum_is_accepted_once_and_rewritten_with_on
     (tmp_path / "l.json").write_text(json.dumps({**old, "history": {**old["history"], "num_steps": [1]}}))
     with pytest.raises(ConfigError, match="has no checksum, but this site has written checksummed ledgers"):
         PrivacyLedger.open(tmp_path / "l.json")
+
+
+def test_a_ledger_reached_through_a_symbolic_link_stays_one_ledger(tmp_path: Path) -> None:
+    # Prepare: the site's ledger path is a link to the real ledger, which already holds 10 steps
+    (tmp_path / "secure").mkdir()
+    (tmp_path / "site").mkdir()
+    real, link = tmp_path / "secure" / "ledger.json", tmp_path / "site" / "privacy_ledger.json"
+    link.symlink_to(Path("..") / "secure" / "ledger.json")
+    PrivacyLedger.open(real).record([(1.0, 0.25, 10)])
+
+    # Execute: a round through the link adds 10 more
+    with PrivacyLedger.locked(link) as ledger:
+        seen = list(ledger.history)
+        ledger.record([(1.0, 0.25, 20)])
+
+    # Assert: the link is still a link, the real file holds every step, and one lock file guards it
+    assert seen == [(1.0, 0.25, 10)]
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert PrivacyLedger.open(real).history == [(1.0, 0.25, 20)]
+    assert lock_path(link) == lock_path(real) == real.resolve().with_name("ledger.json.lock")
+    assert not (tmp_path / "site" / "privacy_ledger.json.lock").exists()
+
+
+def test_the_lock_taken_through_the_real_path_holds_back_a_user_of_the_link(tmp_path: Path) -> None:
+    (tmp_path / "secure").mkdir()
+    real, link = tmp_path / "secure" / "ledger.json", tmp_path / "privacy_ledger.json"
+    link.symlink_to(real)
+    context = multiprocessing.get_context("fork")
+    entered = context.Event()
+    first = context.Process(target=_hold_the_lock, args=(real, entered, (1.0, 0.25, 8)))
+    first.start()
+    assert entered.wait(timeout=30)
+
+    with PrivacyLedger.locked(link) as ledger:
+        seen = list(ledger.history)
+    first.join(timeout=30)
+
+    assert seen == [(1.0, 0.25, 8)]
+
+
+def test_a_deleted_ledger_fails_closed_while_its_lock_file_is_sealed(tmp_path: Path) -> None:
+    # Prepare: a site that has spent, then loses its ledger file (its lock file stays)
+    path = tmp_path / "l.json"
+    PrivacyLedger.open(path).record([(1.0, 0.25, 16)])
+    path.unlink()
+
+    # Execute / Assert: never "nothing spent", whether read or locked
+    with pytest.raises(ConfigError, match=r"privacy ledger .*l\.json is missing, but its lock file") as caught:
+        PrivacyLedger.open(path)
+    assert "missing although this site kept one" in caught.value.public_reason
+    assert str(tmp_path) not in caught.value.public_reason
+    with pytest.raises(ConfigError, match="is missing"), PrivacyLedger.locked(path):
+        pytest.fail("a round would train on a ledger that forgot its spending")
+    # Deleting the lock file as well is the deliberate reset
+    lock_path(path).unlink()
+    assert PrivacyLedger.open(path).history == []
+
+
+@pytest.mark.parametrize("use", ["open", "locked"])
+def test_a_ledger_under_a_missing_folder_is_refused_not_created(tmp_path: Path, use: str) -> None:
+    path = tmp_path / "gone" / "mount" / "l.json"  # an unmounted drive, say
+
+    with pytest.raises(ConfigError, match=r"folder .*gone.mount does not exist.*node config 'ledger'") as caught:
+        if use == "open":
+            PrivacyLedger.open(path)
+        else:
+            with PrivacyLedger.locked(path):
+                pytest.fail("a round would train on a new, empty ledger")
+
+    assert "node config 'ledger'" in caught.value.public_reason and str(tmp_path) not in caught.value.public_reason
+    assert not (tmp_path / "gone").exists()
+
+
+def refuse_writes_in(folder: Path, monkeypatch: pytest.MonkeyPatch, error: int = errno.EACCES) -> None:
+    """Make ``folder`` read-only as the OS would (tests run as root, for whom chmod does not stop a write).
+
+    New files (``O_CREAT`` of a file not there, ``O_TMPFILE``) are refused with ``error``; with ``EROFS`` (a
+    read-only mount) so is opening any file there for writing.
+    """
+    real_open = os.open
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+
+    def guarded(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        inside = str(path).startswith(str(folder))
+        creates = (flags & os.O_CREAT and not os.path.exists(path)) or (tmpfile and flags & tmpfile == tmpfile)
+        writes = flags & (os.O_WRONLY | os.O_RDWR)
+        if inside and (creates or (error == errno.EROFS and writes)):
+            raise OSError(error, os.strerror(error), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+
+
+@pytest.mark.parametrize("error", [errno.EACCES, errno.EROFS])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_read_only_ledger_folder_stops_the_round_before_it_trains_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, existing: bool
+) -> None:
+    # Prepare: a data mount that is read-only, fresh or holding a ledger and its lock file from before
+    path = tmp_path / "mount" / "l.json"
+    path.parent.mkdir()
+    if existing:
+        PrivacyLedger.open(path).record([(1.0, 0.25, 8)])
+    refuse_writes_in(path.parent, monkeypatch, error)
+
+    # Execute / Assert: a ConfigError naming the key and the rule, before the round could train
+    refused = r"cannot be written .*must be writable.*node config 'ledger='"
+    with pytest.raises(ConfigError, match=refused) as caught, PrivacyLedger.locked(path):
+        pytest.fail("a round would train and then fail to record its spending")
+    assert caught.value.public_reason.endswith("the ledger must be writable; point ledger= at a writable place")
+    assert str(tmp_path) not in caught.value.public_reason
+    if existing:  # a snapshot read still works
+        assert PrivacyLedger.open(path).history == [(1.0, 0.25, 8)]

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.client_app import app
-from client.safe_reply import reply_with_error_on_failure
+from client.safe_reply import reply_with_error_on_failure, site_label
+from client.site import UNNAMED_SITE_NAME, resolve_site
 from common import wire
 from common.config import AppConfig, load_config
 from common.errors import DicomError, FedMammoError, ManifestError, public_text
@@ -185,9 +186,8 @@ def test_a_failing_site_sends_no_fragment_of_its_names(
     # Assert: both fail, with the type and a fixed reason, and nothing sent or logged holds a fragment
     for reply in replies:
         assert reply.has_error(), failure
-        assert reply.error.reason.startswith(("hosp-a: " if named else "unnamed site: ") + "ManifestError: ") or (
-            reply.error.reason.startswith(("hosp-a: " if named else "unnamed site: ") + "DicomError: ")
-        ), reply.error.reason
+        label = "hosp-a: " if named else f"{UNNAMED_SITE_NAME}: "
+        assert reply.error.reason.startswith((label + "ManifestError: ", label + "DicomError: ")), reply.error.reason
     assert _leaks([text for reply in replies for text in _texts(reply)], fragments) == []
     assert _leaks(logged, fragments) == []
 
@@ -352,6 +352,13 @@ def test_every_public_reason_in_the_code_is_a_fixed_text() -> None:
             loose = [value for value in given if not _is_literal(value, names)]
             offenders += [f"{path.relative_to(REPO)}:{value.lineno}" for value in loose]
     assert offenders == []
+
+
+def test_an_unnamed_site_has_one_name_in_its_replies_and_its_error_replies() -> None:
+    # The server must not see an unnamed SuperNode's failures under another site than its results
+    node_config = {"manifest": "/data/site.csv"}
+
+    assert site_label(node_config) == resolve_site(node_config, load_config({})).name == UNNAMED_SITE_NAME
 
 
 def test_an_error_class_without_a_fixed_reason_still_sends_its_class_default() -> None:

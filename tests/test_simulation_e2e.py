@@ -100,7 +100,8 @@ def test_a_site_declines_once_its_ceiling_is_reached_and_the_federation_finishes
     from client.ledger import PrivacyLedger
 
     data = tmp_path_factory.mktemp("ceiling") / "phantoms"
-    shutil.copytree(tiny_federation, data, ignore=shutil.ignore_patterns("privacy_ledger.json"))
+    # A fresh ledger: the file and its lock file (whose seal would refuse the copy without its ledger).
+    shutil.copytree(tiny_federation, data, ignore=shutil.ignore_patterns("privacy_ledger.json*"))
     # Site 1's hospital allows a little more than one round's epsilon (about 4.3 for this plan).
     (data / "site_1" / "privacy_limits.toml").write_text("max-epsilon = 5.0\nmax-delta = 1e-4\n")
     config = tiny_config(

@@ -9,7 +9,7 @@ from common.privacy.accounting import (
 )
 from common.privacy.batches import MODES_WITHOUT_EMPTY_BATCHES, empty_batch_step, physical_batches
 from common.privacy.budget import noise_multiplier_for_budget, planned_sampling, privacy_for_budget
-from common.privacy.declines import SPENT_FIELD, SPENT_TEMPLATE, parse_spent, spent_note
+from common.privacy.declines import SPENT_FIELD, SPENT_TEMPLATE, parse_spent
 from common.privacy.engine import (
     PrivateTraining,
     grad_sample_mode_guard,
@@ -38,5 +38,4 @@ __all__ = [
     "physical_batches",
     "planned_sampling",
     "privacy_for_budget",
-    "spent_note",
 ]
