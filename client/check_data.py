@@ -59,9 +59,11 @@ class SiteCheck:
     """What a site's manifest holds: counts (no identifiers: no patient ids, UIDs, files or folders), bad rows.
 
     Counts describe every listed row (a header that cannot be read counts as ``(unknown)``); ``usable``,
-    ``usable_patients`` and ``usable_labels`` count only the images that will train: readable, with a label the
+    ``usable_patients`` and ``usable_labels`` count the images that pass row by row: readable, with a label the
     model has, each image once (a repeated row is in ``duplicates``, not ``bad_files``). Spreads are
-    ``{min, median, max}``.
+    ``{min, median, max}``. ``refused`` is empty, or says why training refuses the whole manifest (then no
+    image trains, whatever ``usable`` counts): a label that is no class of the model means the manifest and
+    the run disagree on the task, and training (``client.task.check_labels``) refuses such a manifest outright.
     """
 
     images: int
@@ -81,6 +83,12 @@ class SiteCheck:
     bad_files: list[BadFile] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     num_classes: int = DEFAULT_NUM_CLASSES
+    refused: str = ""
+
+    @property
+    def trainable(self) -> bool:
+        """Whether training would accept this site: some image is usable and nothing refuses the manifest."""
+        return self.usable > 0 and not self.refused
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (for ``--json``)."""
@@ -101,8 +109,9 @@ def check_site(
     The verdict on each row comes from the same code as training (:func:`preprocess_site`, and the label
     rule of :func:`common.data.unknown_labels`), so a row passes here exactly when it will train; the images
     land in the site's cache on the way, so the first round does not decode them again. A row whose label is
-    no class of the model is a bad row (training refuses such a manifest); a row repeating an earlier row's
-    image is listed in ``duplicates`` (training uses the image once).
+    no class of the model is a bad row, and it makes the whole site unusable (``refused``), as training refuses
+    such a manifest outright; a row repeating an earlier row's image is listed in ``duplicates`` (training uses
+    the image once).
 
     Parameters
     ----------
@@ -129,7 +138,8 @@ def check_site(
     with ThreadPoolExecutor(max_workers=workers or 4) as pool:
         headers = list(pool.map(_header_facts, [row.image_path for row in rows]))
     repeats = duplicate_rows(rows)
-    reasons = {row.row_number: _label_reason(row.label, num_classes) for row in unknown_labels(rows, num_classes)}
+    unknown = unknown_labels(rows, num_classes)
+    reasons = {row.row_number: _label_reason(row.label, num_classes) for row in unknown}
     _, skipped = preprocess_site(
         manifest_path,
         [row for row in rows if row.row_number not in repeats and row.row_number not in reasons],
@@ -164,6 +174,17 @@ def check_site(
         bad_files=[BadFile(row.row_number, reasons[row.row_number]) for row in rows if row.row_number in reasons],
         duplicates=[Duplicate(line, first) for line, first in repeats.items() if line not in reasons],
         num_classes=num_classes,
+        refused=_refusal(len(unknown), num_classes),
+    )
+
+
+def _refusal(unknown: int, num_classes: int) -> str:
+    """Why training refuses the whole manifest (``unknown`` rows hold no class of the model), or ``""``."""
+    if not unknown:
+        return ""
+    return (
+        f"training refuses this manifest: {unknown} row(s) have labels outside [0, {num_classes}); fix the manifest "
+        "or check with --num-classes of the run"
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.config import DataConfig
@@ -28,7 +29,8 @@ def add_check_data_parser(commands: argparse._SubParsersAction) -> None:  # type
     parser = commands.add_parser(
         "check-data",
         help="count a site's images, patients, labels, views, vendors, sizes, and list every unusable row",
-        description="Exit status 1 only when a site has no usable image (or its manifest is invalid). Give the "
+        description="Exit status 1 when a site has no usable image, or training would refuse its manifest (a "
+        "label that is no class of --num-classes), or the manifest is invalid. Give the "
         "run's data settings (image size, presentation intent, pixel spacing) and its number of classes so the "
         "verdicts and the warmed cache are the ones training will use. The output names no file or folder (in "
         "hospitals they often carry identifiers): rows are given by manifest line, sites by their number in the "
@@ -76,7 +78,7 @@ def find_manifests(manifest: str | None, data_dir: str | None) -> list[Path]:
 
 
 def run_check_data(args: argparse.Namespace, console: Console) -> int:
-    """Check every named site; exit status 1 when any of them has no usable image."""
+    """Check every named site; exit status 1 when training would not use one of them (`SiteCheck.trainable`)."""
     if args.num_classes < 2:
         raise ConfigError(f"--num-classes {args.num_classes} is invalid: a model has at least 2 classes")
     from client.check_data import check_site
@@ -106,7 +108,7 @@ def run_check_data(args: argparse.Namespace, console: Console) -> int:
     else:
         for number, check in enumerate(checks, start=1):
             render_check(check, console, title=f"site {number} of {len(checks)}")
-    return 0 if all(check.usable for check in checks) else 1
+    return 0 if all(check.trainable for check in checks) else 1
 
 
 def render_check(check: SiteCheck, console: Console, *, title: str = "site") -> None:
@@ -146,11 +148,14 @@ def render_check(check: SiteCheck, console: Console, *, title: str = "site") -> 
     if not check.bad_files:
         console.print("[green]no bad files[/]")
     else:
-        bad = Table(title=f"{len(check.bad_files)} bad row(s), not used in training", title_justify="left")
+        title = f"{len(check.bad_files)} bad row(s)" + ("" if check.refused else ", not used in training")
+        bad = Table(title=title, title_justify="left")
         for column in ("manifest line", "reason"):
             bad.add_column(column, overflow="fold")
         for item in check.bad_files:
             bad.add_row(str(item.line), item.reason)
         console.print(bad)
-    if not check.usable:
+    if check.refused:
+        console.print(f"[bold red]{escape(check.refused)}[/]: this site cannot join a federation", soft_wrap=True)
+    elif not check.usable:
         console.print("[bold red]no usable image: this site cannot join a federation[/]")

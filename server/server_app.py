@@ -15,6 +15,7 @@ from common.config import AppConfig, load_config
 from common.models import build_model
 from common.privacy.noise_seed import simulation_noise_seed
 from server.report import RunDirectory, build_report
+from server.report.run_folder import server_run_dir
 from server.strategy import build_strategy
 from server.summary import build_summary
 
@@ -49,8 +50,13 @@ def final_weights(released: ArrayRecord, initial: ArrayRecord) -> ArrayRecord:
 
 
 def run_federation(grid: Grid, config: AppConfig) -> Path:
-    """Run all rounds, then write final weights, ROC data, summary and report; return the run directory."""
-    run_dir = RunDirectory(Path(config.output.run_dir).expanduser())
+    """Run all rounds, then write final weights, ROC data, summary and report; return the run directory.
+
+    The run writes into a folder of its own (`server_run_dir`): the one ``fedmammo simulate`` claimed for it,
+    else a fresh one claimed from ``output.run_dir``, so runs given one folder (``flwr run .`` with the
+    default ``~/.fedmammo/runs/latest``) never mix their rows.
+    """
+    run_dir = RunDirectory(server_run_dir(config.output.run_dir))
     run_dir.write_config(config.to_nested())
     strategy = build_strategy(config, run_dir)
     noise_seed = simulation_noise_seed()

@@ -5,26 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import wire
 from common.config import AppConfig
 from server.report import POOLED_SITE, latest_rows, nest_class_results
+from server.report.epsilons import final_epsilons
 from server.report.final_round import FINAL_ROUND, mark_final_round
 
 __all__ = ["build_summary"]
-
-
-def _spent(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Each site's largest epsilon over its train rows, declined ones included (they carry the ledger's).
-
-    A site that declined its later rounds (or all of them) has still spent what its ledger holds; epsilon only
-    grows, so the largest figure is the latest one.
-    """
-    spent: dict[str, float] = {}
-    for row in rows:
-        if row.get("phase") == "train" and wire.EPSILON in row and ("error" not in row or row.get("declined")):
-            site = str(row["site"])
-            spent[site] = max(spent.get(site, 0.0), float(row[wire.EPSILON]))
-    return spent
 
 
 def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, duration_s: float) -> dict[str, Any]:
@@ -37,18 +23,16 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
     """
     evaluated = latest_rows(rows, "evaluate")
     trained = latest_rows(rows, "train")
-    # Central DP gives every site the same (site-level) guarantee: the federation's epsilon on the pooled row.
-    central_epsilon = trained.get(POOLED_SITE, {}).get(wire.EPSILON, 0.0) if config.privacy.central else None
-    spent = _spent(rows)
+    # Central DP gives every site the same (site-level) guarantee; local DP the site's own ledger, the pooled row
+    # the worst site's (declined rounds included). The report's fallback without summary.json uses the same rule.
+    epsilons = final_epsilons(rows, central=config.privacy.central)
     sites: dict[str, dict[str, Any]] = {}
-    for site in sorted(set(evaluated) | set(trained) | set(spent)):
+    for site in sorted(set(evaluated) | set(trained) | set(epsilons)):
         entry = {k: v for k, v in evaluated.get(site, {}).items() if k not in ("phase", "site")}
-        entry["epsilon"] = central_epsilon if central_epsilon is not None else spent.get(site, 0.0)
+        entry["epsilon"] = epsilons.get(site, 0.0)
         sites[site] = entry
     last_round = mark_final_round(sites, rows)
     pooled = sites.pop(POOLED_SITE, {})
-    if central_epsilon is None and sites:  # the worst site overall: one that declined late rounds still counts
-        pooled["epsilon"] = max(float(entry["epsilon"]) for entry in sites.values())
     names = config.model.class_labels
     sites = {site: nest_class_results(entry, names) for site, entry in sites.items()}
     pooled = nest_class_results(pooled, names)

@@ -23,11 +23,11 @@ logger = logging.getLogger("fedmammo")
 
 
 def _simulate(args: argparse.Namespace, console: Console) -> int:
+    from server.report.run_folder import claim_run_dir
     from simulations.hydra_config import compose_simulation
     from simulations.launcher import SimulationInterrupted, run_simulation
     from simulations.phantoms import generate_configured_federation
     from simulations.progress import RoundProgress
-    from simulations.run_folder import claim_run_dir
 
     config, resources = compose_simulation(args.overrides)
     if config.federation.synthetic:

@@ -14,8 +14,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.config import AppConfig, load_config
 from common.errors import ConfigError
+from server.report.run_folder import timestamped_run_dir
 from simulations.launcher import SimulationResources
-from simulations.run_folder import timestamped_run_dir
 
 __all__ = ["CONF_DIR", "compose_simulation"]
 

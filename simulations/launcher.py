@@ -21,8 +21,8 @@ from common.config import AppConfig
 from common.errors import ConfigError, FedMammoError
 from common.file_log import FILE_LOG_ENV
 from common.privacy.noise_seed import SIMULATION_NOISE_SEED_ENV
+from server.report.run_folder import CLAIMED_RUN_DIR_ENV, claim_run_dir
 from simulations.processes import ChildProcesses, SimulationInterrupted, finish_despite_signal, stop_on_signals
-from simulations.run_folder import claim_run_dir
 from simulations.run_outcome import failure_message, parse_run_id, read_run_status
 
 __all__ = [
@@ -159,8 +159,10 @@ def run_simulation(
 
     ``run_dir`` is claimed first (`claim_run_dir`: a folder holding anything is never reused, the next free
     ``<run_dir>-N`` is taken), unless ``claimed`` says `claim_run_dir` already returned it. The ServerApp
-    writes into the returned folder (``config.output.run_dir`` is overridden to it). Flower's log goes to
-    ``flower.log`` there; each of its lines is also passed to ``on_output``.
+    writes into the returned folder: ``config.output.run_dir`` is overridden to it, and `CLAIMED_RUN_DIR_ENV`
+    in the SuperLink's environment tells the ServerApp it was claimed for this run (otherwise it would claim
+    another, as it does under a deployed SuperLink). Flower's log goes to ``flower.log`` there; each of its
+    lines is also passed to ``on_output``.
 
     Every process this starts (the SuperLink, and through it the SuperExec, the apps and Ray) runs in a
     session of its own and is stopped, with the temporary Flower home removed, however the call ends.
@@ -187,6 +189,7 @@ def run_simulation(
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_DIR), env.get("PYTHONPATH", "")) if p)
         env[SIMULATION_NOISE_SEED_ENV] = str(config.seed)  # reproducible central-DP noise, in simulation only
         env[FILE_LOG_ENV] = "off"  # flower.log (in the run folder) gets the sites' output: no file names in it
+        env[CLAIMED_RUN_DIR_ENV] = str(run_dir)  # the ServerApp writes here rather than claim a folder of its own
         # The SuperLink starts flower-superexec (and that the app processes) by name, from PATH.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
         port = _local_superlink(flwr_home, run_dir / "superlink.log", env, children)

@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "ChildProcesses",
     "SimulationInterrupted",
     "descendants",
     "finish_despite_signal",
+    "session_members",
     "stop_on_signals",
     "stop_trees",
 ]
@@ -60,14 +61,24 @@ def finish_despite_signal(cleanup: Callable[[], None]) -> None:
         raise interrupted
 
 
-def _stat(pid: int) -> tuple[int, int, str, int] | None:
-    """``(ppid, pgid, state, start time)`` from ``/proc/<pid>/stat``; None once the process is gone."""
+class _Stat(NamedTuple):
+    """The fields of ``/proc/<pid>/stat`` used here."""
+
+    ppid: int
+    pgid: int
+    session: int
+    state: str
+    start: int
+
+
+def _stat(pid: int) -> _Stat | None:
+    """Parent, group, session, state and start time from ``/proc/<pid>/stat``; None once the process is gone."""
     try:
         text = (_PROC / str(pid) / "stat").read_text()
     except (OSError, ValueError):
         return None
     fields = text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
-    return int(fields[1]), int(fields[2]), fields[0], int(fields[19])
+    return _Stat(int(fields[1]), int(fields[2]), int(fields[3]), fields[0], int(fields[19]))
 
 
 def _name(pid: int) -> str:
@@ -79,13 +90,13 @@ def _name(pid: int) -> str:
 
 def _identity(pid: int) -> Identity | None:
     stat = _stat(pid)
-    return (pid, stat[3]) if stat else None
+    return (pid, stat.start) if stat else None
 
 
 def _alive(identity: Identity) -> bool:
     """Running and still the same process (a zombie, or a reused pid, counts as gone)."""
     stat = _stat(identity[0])
-    return stat is not None and stat[2] not in ("Z", "X") and stat[3] == identity[1]
+    return stat is not None and stat.state not in ("Z", "X") and stat.start == identity[1]
 
 
 def descendants(roots: Iterable[int]) -> set[Identity]:
@@ -100,7 +111,7 @@ def descendants(roots: Iterable[int]) -> set[Identity]:
     children: dict[int, list[int]] = {}
     for entry in _PROC.iterdir():
         if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            children.setdefault(stat[0], []).append(int(entry.name))
+            children.setdefault(stat.ppid, []).append(int(entry.name))
     found: set[Identity] = set()
     pending = list(roots)
     while pending:
@@ -111,6 +122,30 @@ def descendants(roots: Iterable[int]) -> set[Identity]:
     return found
 
 
+def session_members(leaders: Iterable[Identity]) -> set[Identity]:
+    """Every process in the session of one of ``leaders`` (each a started child, ``(pid, start time)``), read from
+    ``/proc`` (Linux; none without it), the leaders themselves included while they run.
+
+    Why: the launcher starts each child as a session leader, and everything it starts stays in that session
+    unless it calls ``setsid`` itself. When a child dies first (a crashed SuperLink), its SuperExec, apps and Ray
+    workers are re-parented to init, out of reach of a walk down parent links; their session id still names it.
+    A session id is a pid, so a member is taken only if it started no earlier than the leader, and not when the
+    leader's pid now belongs to another process (the pid was reused).
+    """
+    starts = {pid: start for pid, start in leaders if pid > 0}
+    if not starts or not _PROC.is_dir():
+        return set()
+    reused = {pid for pid, start in starts.items() if (now := _identity(pid)) is not None and now[1] != start}
+    found: set[Identity] = set()
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit() or (stat := _stat(int(entry.name))) is None:
+            continue
+        start = starts.get(stat.session)
+        if start is not None and stat.session not in reused and stat.start >= start:
+            found.add((int(entry.name), stat.start))
+    return found
+
+
 def _signal_all(tree: set[Identity], signum: int) -> None:
     """Send ``signum`` to each process of ``tree`` that is still itself, and to each group one of them leads."""
     own_group = os.getpgrp()
@@ -118,29 +153,34 @@ def _signal_all(tree: set[Identity], signum: int) -> None:
         if not _PROC.is_dir() or _alive(identity):
             stat = _stat(identity[0])
             try:
-                if stat is not None and stat[1] == identity[0] and stat[1] != own_group:
+                if stat is not None and stat.pgid == identity[0] and stat.pgid != own_group:
                     os.killpg(identity[0], signum)  # a group leader: its whole group, members not yet seen too
                 os.kill(identity[0], signum)
             except (ProcessLookupError, PermissionError):
                 pass
 
 
-def stop_trees(roots: Sequence[int], grace_s: float = 2.0) -> None:
-    """Stop ``roots`` and all their descendants: SIGTERM, up to ``grace_s`` for them to exit, then SIGKILL.
+def stop_trees(roots: Sequence[int], grace_s: float = 2.0, *, sessions: Sequence[Identity] = ()) -> None:
+    """Stop ``roots``, all their descendants and every member of the ``sessions`` of these leaders (see
+    `session_members`): SIGTERM, up to ``grace_s`` for them to exit, then SIGKILL.
 
     The tree is read before anything is signalled: once a parent exits its children are re-parented and
     could no longer be found. Processes started while it stops are added on each poll.
     """
-    tree = descendants(roots)
+
+    def everything(pids: Iterable[int]) -> set[Identity]:
+        return descendants([*pids, *(pid for pid, _ in session_members(sessions))])
+
+    tree = everything(roots)
     _signal_all(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while (alive := {i for i in tree if _alive(i)}) and time.monotonic() < deadline:
-        tree |= descendants(pid for pid, _ in alive)
+        tree |= everything(pid for pid, _ in alive)
         time.sleep(_POLL_S)
     if alive:
         names = sorted(_name(pid) for pid, _ in alive)
         logger.info("%d process(es) still running %.0f s after SIGTERM, killed: %s", len(alive), grace_s, names)
-        tree |= descendants(pid for pid, _ in alive)
+        tree |= everything(pid for pid, _ in alive)
         _signal_all(tree, signal.SIGKILL)
         deadline = time.monotonic() + 1.0
         while any(_alive(i) for i in tree) and time.monotonic() < deadline:
@@ -157,11 +197,15 @@ class ChildProcesses:
     def __init__(self, grace_s: float = 2.0) -> None:
         self.grace_s = grace_s
         self._processes: list[subprocess.Popen[Any]] = []
+        self._sessions: list[Identity] = []
 
     def start(self, command: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
-        """``subprocess.Popen(command, **popen)`` in a new session, remembered for `stop`."""
+        """``subprocess.Popen(command, **popen)`` in a new session, remembered for `stop` (with its start time,
+        read while it cannot have exited unreaped, so its session can be told from a later one of a reused pid)."""
         process = subprocess.Popen(command, start_new_session=True, **popen)
         self._processes.append(process)
+        if (identity := _identity(process.pid)) is not None:
+            self._sessions.append(identity)
         return process
 
     def stop(self) -> None:
@@ -169,7 +213,10 @@ class ChildProcesses:
         finish_despite_signal(self._stop)
 
     def _stop(self) -> None:
-        stop_trees([p.pid for p in self._processes if p.poll() is None], self.grace_s)
+        # A child that already died is not signalled (its pid may be reused once reaped), but what it started is
+        # still found by its session: a crashed SuperLink's SuperExec, apps and Ray workers, re-parented to init.
+        running = [p.pid for p in self._processes if p.poll() is None]
+        stop_trees(running, self.grace_s, sessions=self._sessions)
         for process in self._processes:
             try:
                 process.wait(timeout=self.grace_s)
@@ -177,6 +224,7 @@ class ChildProcesses:
                 process.kill()
                 process.wait()
         self._processes.clear()
+        self._sessions.clear()
 
     def __enter__(self) -> ChildProcesses:
         return self

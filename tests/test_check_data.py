@@ -182,19 +182,31 @@ def test_a_symlink_loop_is_a_bad_row_with_a_reason(tmp_path: Path, capsys: pytes
     ]
 
 
-def test_labels_that_are_no_class_of_the_model_are_unusable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_label_that_is_no_class_of_the_model_makes_the_site_unusable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Prepare: a three-class label (2) in a manifest checked for a binary run, and for a three-class one
     manifest = make_site(tmp_path, num_patients=2)
     rows = manifest.read_text().splitlines()
     rows[1] = rows[1].replace(",1,anon00,", ",2,anon00,")
     manifest.write_text("\n".join(rows) + "\n")
-    # Execute / Assert: unusable with the rule under two classes (the default), usable under three
+    # Execute / Assert: under two classes (the default) training refuses the whole manifest, so the site fails
     binary_status, binary = run_json(capsys, str(manifest))
-    assert binary_status == 0 and binary["sites"][0]["usable"] == 3 and binary["sites"][0]["usable_labels"] == {"0": 3}
+    assert binary_status == 1 and binary["sites"][0]["usable_labels"] == {"0": 3}
+    assert binary["sites"][0]["refused"] == (
+        "training refuses this manifest: 1 row(s) have labels outside [0, 2); fix the manifest or check with "
+        "--num-classes of the run"
+    )
     [bad] = binary["sites"][0]["bad_files"]
     assert bad["line"] == 2 and bad["reason"].startswith("ManifestError: its label 2 is not a class of a 2-class model")
-    _, three = run_json(capsys, str(manifest), "--num-classes", "3")
-    assert three["sites"][0]["usable"] == 4 and three["sites"][0]["bad_files"] == []
+    table_status = main(["check-data", str(manifest)])
+    tables = capsys.readouterr().out
+    assert table_status == 1 and "training refuses this manifest: 1 row(s) have labels outside [0, 2)" in tables
+    assert "not used in training" not in tables  # no row of a refused manifest trains
+    # ...and usable under three classes
+    three_status, three = run_json(capsys, str(manifest), "--num-classes", "3")
+    assert three_status == 0 and three["sites"][0]["usable"] == 4 and three["sites"][0]["bad_files"] == []
+    assert three["sites"][0]["refused"] == ""
 
 
 def test_a_row_repeating_an_image_is_reported_and_counted_once(tmp_path: Path) -> None:

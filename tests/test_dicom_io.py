@@ -403,6 +403,39 @@ def test_corrupt_huge_dimensions_are_refused_before_decoding(tmp_path: Path) -> 
         read_mammogram(path)
 
 
+def test_a_png_claiming_more_than_the_pixel_limit_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a tiny valid PNG whose IHDR (and its CRC) is edited to claim 9000 x 8000 = 72 M pixels: above our
+    # 64 M limit, below what Pillow refuses (or even warns about) by itself
+    import struct
+    import zlib
+
+    from PIL import ImageFile
+
+    from common.data import MAX_PIXELS
+    from common.errors import public_text
+
+    path = tmp_path / "huge.png"
+    Image.new("L", (32, 32), 128).save(path)
+    png = bytearray(path.read_bytes())
+    png[16:24] = struct.pack(">II", 8000, 9000)  # IHDR width, height
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # the IHDR chunk's CRC
+    path.write_bytes(bytes(png))
+    decoded: list[object] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image))
+    assert MAX_PIXELS < 8000 * 9000
+    # Execute
+    with pytest.raises(DicomError, match=r"huge\.png: its header claims 9000x8000 pixels") as raised:
+        read_mammogram(path)
+    # Assert: refused with a fixed public reason, and no pixel decoded
+    assert public_text(raised.value) == (
+        "DicomError: the image file's header claims 9000 x 8000 pixels, more than the maximum of 67108864 (the file "
+        "is probably corrupt); its pixels were not read"
+    )
+    assert raised.value.lasting and decoded == []
+
+
 @pytest.mark.parametrize(("window", "transform"), [(None, "robust-min-max"), ((2000, 4000), "window")])
 def test_display_transform_and_model_are_recorded(
     tmp_path: Path, window: tuple[int, int] | None, transform: str

@@ -58,6 +58,43 @@ def test_stopping_reaches_a_grandchild_that_left_the_process_group(tmp_path: Pat
         parent.stdout.close()
 
 
+_SPAWNS_A_GRANDCHILD_AND_DIES = """
+import subprocess, sys
+# Like a crashing SuperLink: it started its SuperExec (same session), then died before the launcher stopped it.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(child.pid, flush=True)
+"""
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads sessions from /proc (Linux)")
+def test_stopping_reaches_what_a_dead_child_left_in_its_session() -> None:
+    import subprocess
+
+    # Prepare: the child exits at once; its grandchild, in the child's session, is re-parented away from it
+    children = ChildProcesses(grace_s=2.0)
+    parent = children.start([sys.executable, "-c", _SPAWNS_A_GRANDCHILD_AND_DIES], stdout=subprocess.PIPE, text=True)
+    grandchild = int(parent.stdout.readline())
+    try:
+        assert parent.wait(timeout=30) == 0
+        assert _running(grandchild) and _parent_pid(grandchild) != parent.pid
+        assert os.getsid(grandchild) == parent.pid
+        # Execute
+        children.stop()
+        # Assert
+        deadline = time.monotonic() + 2.0
+        while _running(grandchild) and time.monotonic() < deadline:  # reaped by whoever adopted it
+            time.sleep(0.05)
+        assert not _running(grandchild)
+    finally:
+        if _running(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+        parent.stdout.close()
+
+
 def test_a_signal_in_the_block_raises_once_and_the_old_handlers_come_back() -> None:
     before = signal.getsignal(signal.SIGTERM)
 

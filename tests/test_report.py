@@ -383,3 +383,55 @@ def test_a_run_whose_sites_all_finished_has_no_round_column(fake_run: RunDirecto
     final = build_report(fake_run.path).read_text().split("Final results of the global model")[1].split("How to")[0]
 
     assert "<th>Round</th>" not in final and "final round" not in final
+
+
+def _declined_late_rows() -> list[dict]:
+    """Site b spent 3.0 in round 1, then declined round 2 (its ledger's 3.0 on the declined row); a spent 1.5."""
+    labels, scores = _site_data(0)
+    metrics = binary_metrics(labels, scores, bootstrap=0)
+    rows = []
+    for site, epsilon in (("a", 1.0), ("b", 3.0)):
+        rows.append({"round": 1, "phase": "train", "site": site, "num_examples": 40, "epsilon": epsilon})
+        rows.append({"round": 1, "phase": "evaluate", "site": site, "num_examples": 40, **metrics})
+    rows.append({"round": 1, "phase": "train", "site": POOLED_SITE, "num_examples": 80, "epsilon": 3.0})
+    rows.append({"round": 1, "phase": "evaluate", "site": POOLED_SITE, "num_examples": 80, **metrics})
+    rows.append({"round": 2, "phase": "train", "site": "a", "num_examples": 40, "epsilon": 1.5})
+    rows.append({"round": 2, "phase": "train", "site": "b", "declined": True, "error": "b: declined", "epsilon": 3.0})
+    rows.append({"round": 2, "phase": "train", "site": POOLED_SITE, "num_examples": 40, "epsilon": 1.5})
+    return rows
+
+
+def _epsilon_cells(html_text: str) -> dict[str, str]:
+    """The "ε at end" cell (the last) of each row of the final results table, by site."""
+    import re
+
+    final = html_text.split("Final results of the global model")[1].split("How to read")[0]
+    return {
+        site: cells[-1]
+        for site, cells in (
+            (re.search(r"<td>(?:<b>)?([^<]*)", row).group(1), re.findall(r"<td>([^<]*)</td>", row))
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", final, flags=re.S)
+            if "<td>" in row
+        )
+    }
+
+
+@pytest.mark.parametrize("with_summary", [True, False])
+def test_a_site_that_declined_late_rounds_shows_its_ledgers_epsilon_with_or_without_summary(
+    tmp_path: Path, with_summary: bool
+) -> None:
+    # Prepare: an interrupted run has no summary.json; the report then reads metrics.jsonl alone
+    from common.config import load_config
+    from server.summary import build_summary
+
+    run = RunDirectory(tmp_path / "run")
+    run.write_config({"privacy": {"mode": "local"}})
+    run.append_metrics(_declined_late_rows())
+    summary = build_summary(load_config({"strategy.num_rounds": 2}), run.read_metrics(), duration_s=1.0)
+    if with_summary:
+        run.write_summary(summary)
+    # Execute
+    cells = _epsilon_cells(build_report(run.path).read_text())
+    # Assert: the same figures as summary.json: b spent 3.0, and the pooled row is the worst site
+    assert summary["sites"]["b"]["epsilon"] == 3.0 and summary["pooled"]["epsilon"] == 3.0
+    assert cells["a"] == "1.50" and cells["b"] == "3.00" and cells[POOLED_SITE] == "3.00"

@@ -1,16 +1,19 @@
-"""Run folders: each run claims its own, atomically, even when runs start within the same second."""
+"""Run folders: each run claims its own, atomically, even when runs start within the same second or are given one
+fixed folder (``flwr run .`` with the default ``~/.fedmammo/runs/latest``)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from common.config import AppConfig
+from common.config import AppConfig, load_config
 from common.errors import ConfigError
-from simulations.run_folder import CLAIM_FILE, claim_run_dir
+from server.report.run_folder import CLAIM_FILE, CLAIMED_RUN_DIR_ENV, claim_run_dir, server_run_dir
 
 
 def _claim_together(requested: Path, count: int) -> list[Path]:
@@ -104,3 +107,93 @@ def test_a_run_folder_inside_a_file_is_a_config_error_naming_the_key(tmp_path: P
 
     with pytest.raises(ConfigError, match=r"'output.run_dir' = .*cannot create its parent"):
         claim_run_dir(tmp_path / "a-file" / "run")
+
+
+class _OneRoundStrategy:
+    """Stands in for the recording strategy: one round, one train row appended to the run's metrics.jsonl."""
+
+    central = None
+    latest_round = 0
+
+    def __init__(self, run_dir: object) -> None:
+        self.run_dir = run_dir
+        self.latest_histograms: dict = {}
+        self.latest_class_histograms: dict = {}
+
+    def start(self, **_: object) -> object:
+        from types import SimpleNamespace
+
+        from flwr.app import ArrayRecord
+
+        self.run_dir.append_metrics([{"round": 1, "phase": "train", "site": "site-0", "epsilon": 1.0}])
+        return SimpleNamespace(arrays=ArrayRecord())
+
+
+def test_two_server_runs_given_one_folder_write_separate_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: `flwr run .` twice with the same output.run_dir, no launcher in between
+    from server import server_app
+    from server.report import RunDirectory
+
+    monkeypatch.delenv(CLAIMED_RUN_DIR_ENV, raising=False)
+    monkeypatch.setattr(server_app, "build_strategy", lambda config, run_dir: _OneRoundStrategy(run_dir))
+    config = load_config({"output.run_dir": str(tmp_path / "runs" / "shared"), "model.name": "small_cnn"})
+    # Execute
+    first = server_app.run_federation(None, config)
+    second = server_app.run_federation(None, config)
+    # Assert: two folders, each with its own run's one row
+    assert first == tmp_path / "runs" / "shared" and second == tmp_path / "runs" / "shared-2"
+    for folder in (first, second):
+        assert len(RunDirectory(folder).read_metrics()) == 1 and (folder / "summary.json").is_file()
+
+
+def test_the_server_claims_its_folder_unless_the_launcher_claimed_it_for_this_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configured = tmp_path / "runs" / "20250101-120000"
+    monkeypatch.delenv(CLAIMED_RUN_DIR_ENV, raising=False)
+    # no launcher: each call claims a folder of its own
+    assert server_run_dir(str(configured)) == configured
+    assert server_run_dir(str(configured)) == configured.with_name(f"{configured.name}-2")
+    # the launcher claimed -3 and says so: the server writes there, holding the launcher's files already
+    launched = claim_run_dir(configured)
+    (launched / "flower.log").write_text("Flower's log\n")
+    monkeypatch.setenv(CLAIMED_RUN_DIR_ENV, str(launched))
+    assert launched == configured.with_name(f"{configured.name}-3") and server_run_dir(str(launched)) == launched
+    # ...but never once an earlier run's metrics.jsonl is there
+    (launched / "metrics.jsonl").write_text('{"round": 1, "phase": "train", "site": "a"}\n')
+    fresh = server_run_dir(str(launched))
+    assert fresh == launched.with_name(f"{launched.name}-2")
+    assert (launched / "metrics.jsonl").read_text() == '{"round": 1, "phase": "train", "site": "a"}\n'
+    # and a folder the launcher did not claim for this run is claimed afresh
+    assert server_run_dir(str(configured)) not in (configured, launched, fresh)
+
+
+def test_a_folder_named_latest_becomes_a_link_to_each_new_runs_timestamped_folder(tmp_path: Path) -> None:
+    # Prepare: the default output.run_dir, ~/.fedmammo/runs/latest, here under tmp_path
+    requested = tmp_path / "runs" / "latest"
+    # Execute
+    first = claim_run_dir(requested)
+    (first / "metrics.jsonl").write_text('{"round": 1, "phase": "train", "site": "a"}\n')
+    second = claim_run_dir(requested)
+    # Assert: two timestamped folders beside it; latest opens the newest, the first run is untouched
+    assert first != second and first.parent == second.parent == tmp_path / "runs"
+    assert all(re.fullmatch(r"\d{8}-\d{6}(-\d+)?", folder.name) for folder in (first, second))
+    assert requested.is_symlink() and requested.resolve() == second and os.readlink(requested) == second.name
+    assert (first / "metrics.jsonl").read_text() == '{"round": 1, "phase": "train", "site": "a"}\n'
+    assert not (second / "metrics.jsonl").exists()
+    assert sorted(p.name for p in requested.parent.iterdir()) == sorted(["latest", first.name, second.name])
+
+
+def test_a_real_latest_folder_of_an_older_run_is_left_intact(tmp_path: Path) -> None:
+    # Prepare: an older fedmammo wrote a run into runs/latest itself
+    requested = tmp_path / "runs" / "latest"
+    requested.mkdir(parents=True)
+    (requested / "metrics.jsonl").write_text('{"round": 1, "phase": "train", "site": "a"}\n')
+    # Execute
+    claimed = claim_run_dir(requested)
+    # Assert: the run went to a timestamped folder; the old run is not touched (nor replaced by a link)
+    assert claimed.parent == requested.parent and claimed != requested
+    assert requested.is_dir() and not requested.is_symlink()
+    assert (requested / "metrics.jsonl").read_text() == '{"round": 1, "phase": "train", "site": "a"}\n'

@@ -13,7 +13,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 
 from common.data.dicom_header import INTENT_CHOICES, DicomHeader, header_from_dataset, read_header
 from common.data.dicom_windows import apply_display_transform, robust_window
-from common.data.image_checks import MAX_PIXELS, MIN_SIDE, check_header, check_path, check_shape
+from common.data.image_checks import MAX_PIXELS, MIN_SIDE, check_header, check_path, check_plain_size, check_shape
 from common.errors import DicomError
 from common.file_log import file_log
 
@@ -228,7 +228,8 @@ def _decode(path: Path, ds: pydicom.Dataset) -> np.ndarray:
 
 def _read_plain_image(path: Path) -> Mammogram:
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # the header only: pixels are decoded by np.asarray below
+            check_plain_size(path, image.width, image.height)
             if getattr(image, "n_frames", 1) > 1:
                 raise DicomError(
                     f"{path}: has {image.n_frames} frames/pages; give a single 2-D image",

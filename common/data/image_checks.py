@@ -16,14 +16,15 @@ import numpy as np
 from common.data.dicom_header import DicomHeader, intent_matches
 from common.errors import DicomError
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "check_header", "check_path", "check_shape"]
+__all__ = ["MAX_PIXELS", "MIN_SIDE", "check_header", "check_path", "check_plain_size", "check_shape"]
 
 MIN_SIDE = 16
 """Images smaller than this in either dimension are rejected as degenerate."""
 
 MAX_PIXELS = 64 * 2**20
 """Larger images (the biggest mammography detectors give ~30 M pixels) are refused before decoding: a corrupt
-Rows/Columns would otherwise make a decoder allocate gigabytes. Checked on the header, before Pixel Data is read."""
+Rows/Columns would otherwise make a decoder allocate gigabytes. Checked on the header, before Pixel Data is read
+(DICOM: `check_header`; PNG/PGM/JPEG/TIFF: `check_plain_size`)."""
 
 
 def check_path(path: Path) -> None:
@@ -106,6 +107,24 @@ def check_header(path: Path, header: DicomHeader, *, require_mg: bool, wanted_in
             public="its header claims {} x {} pixels, more than the maximum of {} (Rows or Columns is probably "
             "corrupt); its pixels were not read",
             figures=(header.rows, header.columns, MAX_PIXELS),
+            lasting=True,
+        )
+
+
+def check_plain_size(path: Path, width: int, height: int) -> None:
+    """Refuse a PNG/PGM/JPEG/TIFF whose header claims more than `MAX_PIXELS`, before its pixels are decoded.
+
+    Why here and not Pillow's own guard: Pillow only warns up to twice its ``MAX_IMAGE_PIXELS`` (about 179 M
+    pixels) and raises only beyond, so a corrupt or hostile header just under that would still be decoded into
+    hundreds of megabytes. ``Image.open`` reads the header alone, so the size is known before any pixel.
+    """
+    if width * height > MAX_PIXELS:
+        raise DicomError(
+            f"{path}: its header claims {height}x{width} pixels (rows x columns), more than the maximum "
+            f"{MAX_PIXELS}; the file is probably corrupt",
+            public="the image file's header claims {} x {} pixels, more than the maximum of {} (the file is "
+            "probably corrupt); its pixels were not read",
+            figures=(height, width, MAX_PIXELS),
             lasting=True,
         )
 

@@ -12,6 +12,7 @@ from typing import Any
 from common.metrics import DEFAULT_TARGET_SPECIFICITY, DEFAULT_THRESHOLD
 from server.report.class_results import class_names_of
 from server.report.class_section import render_class_section
+from server.report.epsilons import final_epsilons
 from server.report.final_round import mark_final_round
 from server.report.page import render_page
 from server.report.plots import (
@@ -59,11 +60,15 @@ def latest_rows(rows: Sequence[Mapping[str, Any]], phase: str) -> dict[str, dict
     return latest
 
 
-def _results(summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _results(
+    summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]], *, central: bool
+) -> dict[str, dict[str, Any]]:
     """Final per-site and pooled results: from summary.json, else the last recorded round of each site.
 
-    A site whose figures are older than the final round is marked with why (`mark_final_round`), also for
-    summaries written before summary.json said so.
+    Without summary.json (an interrupted run) each epsilon comes from `final_epsilons`, the rule summary.json
+    is written with, so a site that declined its later rounds still shows what its ledger spent. A site whose
+    figures are older than the final round is marked with why (`mark_final_round`), also for summaries written
+    before summary.json said so.
     """
     if summary and (summary.get("sites") or summary.get("pooled")):
         sites = summary.get("sites") if isinstance(summary.get("sites"), Mapping) else {}
@@ -71,10 +76,10 @@ def _results(summary: Mapping[str, Any] | None, rows: Sequence[Mapping[str, Any]
         if isinstance(summary.get("pooled"), Mapping) and summary["pooled"]:
             results[POOLED_SITE] = dict(summary["pooled"])
     else:
-        evaluated, trained = latest_rows(rows, "evaluate"), latest_rows(rows, "train")
+        evaluated, epsilons = latest_rows(rows, "evaluate"), final_epsilons(rows, central=central)
         results = {}
-        for site in set(evaluated) | set(trained):
-            results[site] = {**evaluated.get(site, {}), "epsilon": trained.get(site, {}).get("epsilon", math.nan)}
+        for site in set(evaluated) | set(epsilons):
+            results[site] = {**evaluated.get(site, {}), "epsilon": epsilons.get(site, math.nan)}
     mark_final_round(results, rows)
     return results
 
@@ -242,7 +247,7 @@ def build_report(run_dir: str | Path) -> Path:
     summary, config = folder.read_summary(), folder.read_config()
     roc, roc_note = _read_roc(folder)
     privacy = _privacy(summary, config)
-    results = _results(summary, rows)
+    results = _results(summary, rows, central=privacy.get("mode") == "central")
     sites = sorted({str(r["site"]) for r in rows} | set(results) | set(roc.sites if roc else ()))
     sites = [s for s in sites if s != POOLED_SITE]
     class_names = class_names_of(summary, config, results)

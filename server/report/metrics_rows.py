@@ -22,7 +22,9 @@ metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "eval
                  (K lists of K counts: row = true class, column = argmax prediction).
   site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
                  train: example-weighted mean loss, largest epsilon of any site).
-  failed replies: {"round", "phase", "site", "error": str} and no numbers.
+  failed replies: {"round", "phase", "site", "time", "declined": bool, "error": str}, no metrics; a declined
+                 train reply ("declined": true, a site's privacy ceiling) also carries epsilon: what the site's
+                 ledger has spent (cumulative), which counts towards its final epsilon.
   NaN is null, +/-infinity is "Infinity"/"-Infinity"."""
 
 
