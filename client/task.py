@@ -25,6 +25,7 @@ from common.data import (
 )
 from common.errors import ManifestError
 from common.file_log import file_log
+from common.loss import class_weights_for
 from common.metrics import ClassEvaluation, ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.privacy import planned_sampling, privacy_for_budget
@@ -149,8 +150,17 @@ def train_on_site(
     ``privacy.target_epsilon > 0`` the noise multiplier is derived from the site's own training-set size
     and the whole plan (``strategy.num_rounds`` x ``training.local_epochs``), the same in every round, so a
     site taking part in every round ends the federation at the target epsilon.
+
+    ``training.class_weights=balanced`` weighs the loss by the site's own training-split label counts
+    (`common.loss.class_weights_for`); the counts and weights stay on the site.
     """
     data = load_site_data(site, config)
+    class_weights = class_weights_for(config.training.class_weights, data.train.labels, config.model.num_classes)
+    if class_weights is not None:
+        shown = ", ".join(f"{w:.3g}" for w in class_weights)
+        logger.info(
+            "site %s: class weights %s (training.class_weights=%s)", site.name, shown, config.training.class_weights
+        )
     model = _model_with(config, state_dict)
     privacy = config.privacy
     if privacy.local and privacy.target_epsilon > 0 and len(data.train) > 0:
@@ -187,6 +197,7 @@ def train_on_site(
         seed=round_seed(config.seed, site.index, server_round),
         augment=augment_batch if config.data.augment else None,
         device=pick_device(config.training.device),
+        class_weights=class_weights,
     )
 
 

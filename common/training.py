@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.config import PrivacyConfig, TrainingConfig
 from common.errors import ManifestError
+from common.loss import WeightedCrossEntropy
 from common.privacy import (
     MODES_WITHOUT_EMPTY_BATCHES,
     History,
@@ -46,7 +47,8 @@ class TrainResult:
     num_examples: int
     """Size of the training set (the FedAvg weight)."""
     train_loss: float
-    """Mean cross-entropy over the non-empty steps of the round."""
+    """Mean training loss over the non-empty steps of the round: cross-entropy, class-weighted when
+    ``class_weights`` were given (evaluation loss is always unweighted)."""
     num_steps: int
     """Optimizer steps taken (logical batches with DP), including DP steps on empty Poisson batches."""
     epsilon: float
@@ -105,6 +107,7 @@ def train_local(
     seed: int = 0,
     augment: Augment | None = None,
     device: str = "cpu",
+    class_weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``training.local_epochs`` epochs of cross-entropy on ``dataset``.
 
@@ -116,7 +119,9 @@ def train_local(
     logical batch, which gives the same update with less memory; without DP the physical size is ignored.
     Empty Poisson batches still take a (noise-only) step and count in the accountant, as the privacy
     analysis requires; they are left out of the mean loss. Without privacy it is plain minibatch training.
-    Frozen BatchNorm layers stay in eval mode throughout.
+    Frozen BatchNorm layers stay in eval mode throughout. With ``class_weights`` the loss is
+    ``mean_i(w[y_i] * CE_i)`` (`common.loss.WeightedCrossEntropy`: each image's gradient is its own weighted
+    term, as per-sample clipping needs); without them it is exactly the plain cross-entropy of before.
 
     Parameters
     ----------
@@ -135,6 +140,9 @@ def train_local(
         Applied to each CPU batch with its own generator before the forward pass.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    class_weights : sequence of float, optional
+        One loss weight per class index, resolved by the caller (`common.loss.class_weights_for`); None is the
+        unweighted loss.
 
     Returns
     -------
@@ -148,7 +156,8 @@ def train_local(
         If the grad-sample mode does not work for ``model`` (raised at wrapping or the first step), or
         secure mode is asked for without torchcsprng.
     ValueError
-        If a label is not a class index of the model's output (a site checks its manifest before this).
+        If a label is not a class index of the model's output (a site checks its manifest before this), or
+        ``class_weights`` is not one finite weight > 0 per class.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ManifestError("the training set is empty: the site's manifest has no rows in its 'train' split")
@@ -164,10 +173,13 @@ def train_local(
     )
     optimizer = _optimizer(model, training)
     module: nn.Module = model
-    criterion: Callable[[Tensor, Tensor], Any] = F.cross_entropy
+    weighted = None if class_weights is None else WeightedCrossEntropy(class_weights).to(target)
+    criterion: Callable[[Tensor, Tensor], Any] = F.cross_entropy if weighted is None else weighted
     private = None
     if privacy.local:
-        private = make_private_training(model, optimizer, loader, privacy=privacy, history=history, seed=noise_seed)
+        private = make_private_training(
+            model, optimizer, loader, privacy=privacy, history=history, seed=noise_seed, criterion=weighted
+        )
         module, optimizer, loader, criterion = private.module, private.optimizer, private.data_loader, private.criterion
     physical = training.physical_batch_size
     split = private is not None and 0 < physical < min(training.batch_size, len(dataset))  # type: ignore[arg-type]
@@ -191,7 +203,11 @@ def train_local(
                     first_dp_step = private is not None and steps == 0
                     with grad_sample_mode_guard(privacy.grad_sample_mode, model) if first_dp_step else nullcontext():
                         logits = module(images)
-                        _check_labels(cpu_labels, int(logits.shape[1]))
+                    # Outside the guard, which would report a bad label or weight count as a grad-sample mode failure.
+                    _check_labels(cpu_labels, int(logits.shape[1]))
+                    if weighted is not None:
+                        weighted.check_num_classes(int(logits.shape[1]))
+                    with grad_sample_mode_guard(privacy.grad_sample_mode, model) if first_dp_step else nullcontext():
                         loss = criterion(logits, labels)
                         loss.backward()
                         optimizer.step()

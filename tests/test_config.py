@@ -152,3 +152,40 @@ def test_simulation_overrides_that_cannot_work_fail_before_the_run_naming_the_ke
 
     with pytest.raises(ConfigError, match=message):
         compose_simulation([override])
+
+
+def test_class_weights_default_to_none_and_take_balanced_or_one_weight_per_class() -> None:
+    assert AppConfig().training.class_weights == "none"
+    assert load_config({"training.class_weights": "balanced"}).training.class_weights == "balanced"
+    assert load_config({"model.num_classes": 3, "training.class_weights": "1, 2,4.5"}).training.class_weights
+
+
+@pytest.mark.parametrize(
+    ("weights", "num_classes", "rule"),
+    [
+        ("1,2", 3, r"3 comma-separated weights, one per class index 0..2 \(model.num_classes = 3\)"),
+        ("1,2,4", 2, r"2 comma-separated weights, one per class index 0..1 \(model.num_classes = 2\)"),
+        ("1,0", 2, r"a list of finite weights > 0 \('0' is not\)"),
+        ("1,-2", 2, r"a list of finite weights > 0 \('-2' is not\)"),
+        ("nan,1", 2, r"a list of finite weights > 0 \('nan' is not\)"),
+        ("1,inf", 2, r"a list of finite weights > 0 \('inf' is not\)"),
+        ("1;2", 2, r"'none' or 'balanced' or comma-separated numbers, one weight per class \('1;2' is not a number\)"),
+        ("inverse", 2, r"'none' or 'balanced' or comma-separated numbers"),
+        ("", 2, r"'none' or 'balanced' or comma-separated numbers"),
+    ],
+)
+def test_class_weights_that_cannot_work_are_a_config_error_naming_the_key(
+    weights: str, num_classes: int, rule: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"'training.class_weights' = {weights!r} is invalid: it must be {rule}"):
+        load_config({"model.num_classes": num_classes, "training.class_weights": weights})
+
+
+def test_class_weights_are_checked_in_hydra_overrides_too() -> None:
+    from simulations.hydra_config import compose_simulation
+
+    config, _ = compose_simulation(['training.class_weights="1,3"'])
+
+    assert config.training.class_weights == "1,3"
+    with pytest.raises(ConfigError, match=r"'training.class_weights' = '1,2,3' is invalid"):
+        compose_simulation(['training.class_weights="1,2,3"'])

@@ -101,3 +101,30 @@ def test_evaluation_never_counts_a_label_outside_the_model_as_benign(tmp_path: P
     with pytest.raises(ManifestError, match=r"1 evaluated label\(s\) are not classes"):
         _binary(np.array([0, num_classes - 1, num_classes]), config)
     np.testing.assert_array_equal(_binary(np.array([0, num_classes - 1]), config), [0, 1])
+
+
+@pytest.mark.parametrize("setting", ["none", "balanced", "2,1"])
+def test_a_site_trains_with_class_weights_from_its_own_training_labels(
+    tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    # Prepare
+    import dataclasses
+
+    import client.task as task
+    from common.loss import balanced_class_weights
+
+    base = _config(tiny_federation, tmp_path, 2)
+    config = dataclasses.replace(base, training=dataclasses.replace(base.training, class_weights=setting))
+    site = resolve_site({"partition-id": 0}, config)
+    counts = np.bincount(load_site_data(site, config).train.labels.numpy(), minlength=2).tolist()
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(task, "train_local", lambda *args, **kwargs: seen.update(kwargs))
+
+    # Execute
+    task.train_on_site(site, config, _weights(2), [], server_round=1)
+
+    # Assert: balanced weighs by the site's own training split; an explicit list goes through as given
+    expected = {"none": None, "balanced": balanced_class_weights(counts), "2,1": (2.0, 1.0)}[setting]
+    assert seen["class_weights"] == expected
+    if setting == "balanced":
+        assert min(counts) > 0 and len(set(counts)) > 1 and expected[0] != expected[1]

@@ -393,3 +393,97 @@ def test_three_classes_train_with_dp_and_a_label_beyond_the_model_is_refused_by_
         evaluate(_small(), _three_class())
     with pytest.raises(ValueError, match=r"must be in \[0, 2\) \(model.num_classes = 2\)"):
         train_local(_small(), _three_class(), training=TrainingConfig(batch_size=4, local_epochs=1), privacy=NO_DP)
+
+
+def test_without_class_weights_training_is_exactly_plain_cross_entropy_sgd() -> None:
+    # Prepare: the loop train_local ran before class weights existed, by hand (same seed derivation)
+    training = TrainingConfig(local_epochs=2, batch_size=4, learning_rate=0.05)
+    dataset = _toy(12)
+    reference = _small()
+    loader_seed = int(np.random.SeedSequence(5).generate_state(3)[0])
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(loader_seed)
+    )
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.0, weight_decay=0.0)
+    for _ in range(2):
+        for images, labels in loader:
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(reference(images), labels).backward()
+            optimizer.step()
+
+    # Execute
+    result = train_local(_small(), dataset, training=training, privacy=NO_DP, seed=5, class_weights=None)
+
+    # Assert: bit for bit
+    for key, value in reference.state_dict().items():
+        assert torch.equal(result.state_dict[key], value), key
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_without_class_weights_dp_training_is_unchanged(mode: str) -> None:
+    privacy = dataclasses.replace(DP, grad_sample_mode=mode)
+    training = TrainingConfig(local_epochs=2, batch_size=4)
+
+    default = train_local(_small(), _toy(16), training=training, privacy=privacy, seed=3)
+    none = train_local(_small(), _toy(16), training=training, privacy=privacy, seed=3, class_weights=None)
+    weighted = train_local(_small(), _toy(16), training=training, privacy=privacy, seed=3, class_weights=(1.0, 3.0))
+
+    assert all(torch.equal(none.state_dict[k], v) for k, v in default.state_dict.items())
+    assert none.train_loss == default.train_loss
+    assert not torch.equal(weighted.state_dict["fc.weight"], default.state_dict["fc.weight"])
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-full backward hook:UserWarning")
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+@pytest.mark.parametrize("physical", [0, 3], ids=["whole", "physical-3"])
+def test_weighted_dp_plumbing_gives_the_plain_weighted_update(mode: str, physical: int) -> None:
+    """Without noise or clipping, DP-SGD's update is the mean of the per-sample gradients of w[y] * CE, in
+    every grad-sample mode and with logical batches split into physical ones (each chunk's mean is undone)."""
+    # Prepare
+    weights = (0.5, 2.5)
+    training = TrainingConfig(local_epochs=1, batch_size=8, learning_rate=0.1, physical_batch_size=physical)
+
+    # Execute
+    plain = train_local(_small(), _toy(16), training=training, privacy=NO_DP, seed=0, class_weights=weights)
+    private = train_local(
+        _small(),
+        _toy(16),
+        training=training,
+        privacy=_unchecked(EXACT, grad_sample_mode=mode),
+        seed=0,
+        class_weights=weights,
+    )
+    unweighted = train_local(_small(), _toy(16), training=training, privacy=NO_DP, seed=0)
+
+    # Assert
+    assert private.num_steps == plain.num_steps == 2
+    for key, value in plain.state_dict.items():
+        torch.testing.assert_close(private.state_dict[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    assert not torch.allclose(plain.state_dict["fc.weight"], unweighted.state_dict["fc.weight"])
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+def test_weighted_dp_training_takes_empty_poisson_batches(mode: str) -> None:
+    # 3 examples, batch 1: empty Poisson batches are likely
+    privacy = dataclasses.replace(DP, grad_sample_mode=mode)
+    training = TrainingConfig(local_epochs=4, batch_size=1)
+
+    result = train_local(_small(), _toy(3), training=training, privacy=privacy, class_weights=(1.0, 2.0))
+
+    assert result.history == [(1.0, 1 / 3, 12)] and result.num_steps == 12
+    assert np.isfinite(result.train_loss)
+
+
+@pytest.mark.parametrize("privacy", [DP, NO_DP], ids=["dp", "no-dp"])
+def test_class_weights_or_labels_that_do_not_fit_the_model_are_refused_as_such(privacy: PrivacyConfig) -> None:
+    training = TrainingConfig(local_epochs=1, batch_size=4)
+
+    with pytest.raises(ValueError, match=r"3 class weights for a 2-class model") as count:
+        train_local(_small(), _toy(8), training=training, privacy=privacy, class_weights=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"label\(s\) \[2\] are not class indices") as label:
+        train_local(_small(), _three_class(), training=training, privacy=privacy, class_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"one finite weight > 0 per class"):
+        train_local(_small(), _toy(8), training=training, privacy=privacy, class_weights=(1.0, -1.0))
+
+    # Not mistaken for a grad-sample mode that cannot handle the model (the first DP step runs in that guard)
+    assert not isinstance(count.value, ConfigError) and not isinstance(label.value, ConfigError)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from common.config.class_weights import explicit_class_weights
 from common.errors import ConfigError
 
 __all__ = [
@@ -275,8 +276,14 @@ class TrainingConfig:
     physical_batch_size: int = 0
     """DP only: largest batch that goes through the model at once (0 = ``batch_size``); a larger logical
     batch is split by Opacus' BatchMemoryManager. Ignored without DP (no gradient accumulation there)."""
+    class_weights: str = "none"
+    """Per-class loss weights: ``none`` (plain cross-entropy), ``balanced`` (each site weighs class ``c`` by
+    ``N / (K n_c)`` from its own training-split counts, K the classes present there) or one positive weight per
+    class (``"1,2,4"``). The loss is the mean of weighted per-sample terms, never re-sampling, so Poisson sampling
+    stays uniform (`common.loss`)."""
 
     def __post_init__(self) -> None:
+        explicit_class_weights(self.class_weights, None)
         _check(
             self.physical_batch_size >= 0,
             "training.physical_batch_size",
@@ -365,6 +372,7 @@ class AppConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "")
+        explicit_class_weights(self.training.class_weights, self.model.num_classes)  # one weight per class
         if self.privacy.central:
             # Flower's wrapper noises every array it aggregates: frozen BatchNorm statistics would come back
             # noised (a variance can turn negative); GroupNorm has no statistics to spoil.

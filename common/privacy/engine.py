@@ -60,7 +60,8 @@ class PrivateTraining:
     data_loader: DataLoader
     engine: PrivacyEngine
     criterion: Callable[[torch.Tensor, torch.Tensor], Any]
-    """Cross-entropy; in ghost mode Opacus' ``DPLossFastGradientClipping`` (its ``.backward()`` clips)."""
+    """The loss given (cross-entropy by default); in ghost mode Opacus' ``DPLossFastGradientClipping`` around it
+    (its ``.backward()`` clips)."""
 
 
 @contextmanager
@@ -90,6 +91,7 @@ def make_private_training(
     privacy: PrivacyConfig,
     history: Iterable[Sequence[float]] | None = None,
     seed: int | None = None,
+    criterion: nn.Module | None = None,
 ) -> PrivateTraining:
     """Make one round of local training differentially private, carrying epsilon over from past rounds.
 
@@ -115,6 +117,10 @@ def make_private_training(
     seed : int, optional
         Seeds the Gaussian noise generator (on the model's device); ``None`` uses torch's default RNG.
         Ignored in secure mode, which forbids seeding.
+    criterion : nn.Module, optional
+        The loss (default ``nn.CrossEntropyLoss(reduction="mean")``). It must be a mean of per-sample terms
+        divided by the batch size alone, as Opacus' ``loss_reduction="mean"`` assumes (`common.loss.
+        WeightedCrossEntropy` is); in ghost mode Opacus sets its ``reduction`` to ``"none"`` to read them.
 
     Returns
     -------
@@ -124,7 +130,14 @@ def make_private_training(
     ------
     ConfigError
         If secure mode lacks torchcsprng, or Opacus refuses the grad-sample mode for this model.
+    ValueError
+        If ``criterion`` does not reduce by ``"mean"`` (Opacus would scale its per-sample gradients wrongly).
     """
+    if criterion is not None and getattr(criterion, "reduction", None) != "mean":
+        raise ValueError(
+            f"the DP-SGD criterion must have reduction='mean' (Opacus' loss_reduction), got "
+            f"{getattr(criterion, 'reduction', None)!r}"
+        )
     engine = new_privacy_engine(privacy.accountant, secure_mode=privacy.secure_mode)
     engine.accountant.history = [(float(n), float(q), int(s)) for n, q, s in (history or [])]
     if not privacy.poisson_sampling:
@@ -133,7 +146,7 @@ def make_private_training(
     if seed is not None and not privacy.secure_mode:
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-    loss = nn.CrossEntropyLoss(reduction="mean")
+    loss = criterion if criterion is not None else nn.CrossEntropyLoss(reduction="mean")
     with grad_sample_mode_guard(privacy.grad_sample_mode, model):
         wrapped = engine.make_private(
             module=model,
