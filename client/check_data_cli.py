@@ -15,7 +15,8 @@ from common.config import DataConfig
 from common.errors import ConfigError
 
 DEFAULT_NUM_CLASSES = 2
-"""``--num-classes`` when not given (a binary run); the same as ``client.check_data.DEFAULT_NUM_CLASSES``."""
+"""``--num-classes`` when neither given nor recorded by ``fedmammo prepare`` (a binary run); the same as
+``client.check_data.DEFAULT_NUM_CLASSES``."""
 
 if TYPE_CHECKING:  # the checker imports torch; `fedmammo --help` should not wait for it
     from client.check_data import SiteCheck
@@ -55,8 +56,9 @@ def add_check_data_parser(commands: argparse._SubParsersAction) -> None:  # type
     parser.add_argument(
         "--num-classes",
         type=int,
-        default=DEFAULT_NUM_CLASSES,
-        help=f"the run's model.num_classes: labels must be class indices below it ({DEFAULT_NUM_CLASSES})",
+        default=None,
+        help="the run's model.num_classes: labels must be class indices below it (default: what `fedmammo "
+        f"prepare` recorded in the federation.json above the manifest, else {DEFAULT_NUM_CLASSES})",
     )
     parser.add_argument("--any-modality", action="store_true", help="admit DICOM whose Modality is not MG")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
@@ -79,7 +81,7 @@ def find_manifests(manifest: str | None, data_dir: str | None) -> list[Path]:
 
 def run_check_data(args: argparse.Namespace, console: Console) -> int:
     """Check every named site; exit status 1 when training would not use one of them (`SiteCheck.trainable`)."""
-    if args.num_classes < 2:
+    if args.num_classes is not None and args.num_classes < 2:
         raise ConfigError(f"--num-classes {args.num_classes} is invalid: a model has at least 2 classes")
     from client.check_data import check_site
     from common.data import ImagePipeline
@@ -95,7 +97,7 @@ def run_check_data(args: argparse.Namespace, console: Console) -> int:
         check_site(
             path,
             pipeline,
-            num_classes=args.num_classes,
+            num_classes=args.num_classes or _recorded_classes(path),
             cache_dir=args.cache_dir or None,
             workers=args.workers,
             progress=not args.json,
@@ -109,6 +111,17 @@ def run_check_data(args: argparse.Namespace, console: Console) -> int:
         for number, check in enumerate(checks, start=1):
             render_check(check, console, title=f"site {number} of {len(checks)}")
     return 0 if all(check.trainable for check in checks) else 1
+
+
+def _recorded_classes(manifest: Path) -> int:
+    """The classes ``fedmammo prepare`` labelled a site's federation with (``<out>/<site>/manifest.csv``), else 2.
+
+    A three-class federation checked as binary would be refused for its label 2 rows; the index beside the sites
+    already says how many classes the run's model needs.
+    """
+    from common.data import recorded_num_classes
+
+    return recorded_num_classes(manifest.parent.parent) or DEFAULT_NUM_CLASSES
 
 
 def render_check(check: SiteCheck, console: Console, *, title: str = "site") -> None:

@@ -209,6 +209,25 @@ def test_a_label_that_is_no_class_of_the_model_makes_the_site_unusable(
     assert three["sites"][0]["refused"] == ""
 
 
+def test_the_number_of_classes_defaults_to_what_prepare_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a prepared three-class federation (<out>/federation.json, <out>/site_0/manifest.csv) with a label 2
+    from common.data import write_federation_index
+
+    manifest = make_site(tmp_path / "site_0", num_patients=2)
+    rows = manifest.read_text().splitlines()
+    rows[1] = rows[1].replace(",1,anon00,", ",2,anon00,")
+    manifest.write_text("\n".join(rows) + "\n")
+    write_federation_index(tmp_path, ["site_0"], {"task": "three-class", "num_classes": 3})
+    # Execute
+    status, checked = run_json(capsys, str(manifest))
+    binary_status, _ = run_json(capsys, str(manifest), "--num-classes", "2")
+    # Assert: checked as the three-class run it was prepared for; an explicit --num-classes still wins
+    assert status == 0 and checked["sites"][0]["refused"] == "" and checked["sites"][0]["usable"] == 4
+    assert binary_status == 1
+
+
 def test_a_row_repeating_an_image_is_reported_and_counted_once(tmp_path: Path) -> None:
     # Prepare: line 6 repeats line 2's image under another spelling of its path
     manifest = make_site(tmp_path, num_patients=2)
