@@ -59,10 +59,7 @@ def reply_classes(record: RecordDict) -> ClassEvaluation | None:
 
 def pool_histograms(histograms: list[ScoreHistogram]) -> ScoreHistogram:
     """Sum per-site histograms: the pooled ROC is then exact up to bin width, with no per-image data moved."""
-    pooled = histograms[0]
-    for histogram in histograms[1:]:
-        pooled = pooled + histogram
-    return pooled
+    return ScoreHistogram.pooled(histograms)
 
 
 def pool_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -257,3 +257,14 @@ def test_threshold_at_specificity_allows_exactly_the_target_share_of_false_posit
     assert called[labels == 0].sum() == 1  # 10 negatives at 90% specificity: one false positive allowed
     assert 0.9 < threshold <= 0.95
     assert math.isnan(threshold_at_specificity(np.array([1, 1]), np.array([0.2, 0.9]), 0.9))
+
+
+def test_pooled_histogram_is_the_sum_and_needs_one_site() -> None:
+    from common.metrics import ScoreHistogram
+
+    a = ScoreHistogram.from_scores(np.array([0, 1, 1]), np.array([0.1, 0.8, 0.6]))
+    b = ScoreHistogram.from_scores(np.array([0, 0]), np.array([0.3, 0.9]))
+    both = ScoreHistogram.from_scores(np.array([0, 1, 1, 0, 0]), np.array([0.1, 0.8, 0.6, 0.3, 0.9]))
+    assert ScoreHistogram.pooled([a, b]) == both and ScoreHistogram.pooled((a,)) == a
+    with pytest.raises(ValueError, match="at least one site's histogram"):
+        ScoreHistogram.pooled([])

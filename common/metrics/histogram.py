@@ -140,6 +140,19 @@ class ScoreHistogram:
             )
         return ScoreHistogram(negatives=self.negatives + other.negatives, positives=self.positives + other.positives)
 
+    @classmethod
+    def pooled(cls, histograms: Sequence[ScoreHistogram]) -> ScoreHistogram:
+        """Sum sites' histograms: the pooled ROC is then exact up to bin width, with no per-image data moved.
+
+        Raises
+        ------
+        ValueError
+            If there is no histogram, or their numbers of bins differ.
+        """
+        if not histograms:
+            raise ValueError("pooling score histograms needs at least one site's histogram, got none")
+        return sum(histograms[1:], histograms[0])
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ScoreHistogram):
             return NotImplemented

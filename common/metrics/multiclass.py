@@ -171,7 +171,7 @@ class ClassEvaluation:
         counts = sorted({e.num_classes for e in evaluations})
         if len(counts) > 1:
             raise ValueError(f"cannot pool sites that scored different numbers of classes {counts}")
-        histograms = [sum(hs[1:], hs[0]) for hs in zip(*(e.histograms for e in evaluations), strict=True)]
+        histograms = [ScoreHistogram.pooled(hs) for hs in zip(*(e.histograms for e in evaluations), strict=True)]
         confusion = np.sum([e.confusion for e in evaluations], axis=0)
         return cls.from_histograms(histograms, confusion, bootstrap=bootstrap, seed=seed)
 

@@ -59,10 +59,6 @@ def _write_atomic(path: Path, text: str) -> Path:
     return path
 
 
-def _summed(histograms: list[ScoreHistogram]) -> ScoreHistogram:
-    return sum(histograms[1:], histograms[0])
-
-
 def _histogram(lists: Mapping[str, Any]) -> ScoreHistogram:
     return ScoreHistogram.from_lists(lists["negatives"], lists["positives"])
 
@@ -226,14 +222,15 @@ class RunDirectory:
         payload: dict[str, Any] = {
             "round": int(round),
             "sites": {str(site): h.to_lists() for site, h in site_histograms.items()},
-            "pooled": _summed(list(site_histograms.values())).to_lists(),
+            "pooled": ScoreHistogram.pooled(list(site_histograms.values())).to_lists(),
         }
         if class_histograms:
             per_site = {str(site): list(hs) for site, hs in class_histograms.items()}
             if len({len(hs) for hs in per_site.values()}) > 1:
                 raise ValueError("write_roc: every site must hold one histogram per class, and as many classes")
             payload["classes"] = {site: [h.to_lists() for h in hs] for site, hs in per_site.items()}
-            payload["pooled_classes"] = [_summed(list(hs)).to_lists() for hs in zip(*per_site.values(), strict=True)]
+            by_class = zip(*per_site.values(), strict=True)
+            payload["pooled_classes"] = [ScoreHistogram.pooled(hs).to_lists() for hs in by_class]
         return _write_atomic(self.roc_path, json.dumps(payload, allow_nan=False) + "\n")
 
     def read_roc(self) -> RocData | None:
