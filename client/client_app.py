@@ -9,7 +9,7 @@ from client.budget import declined_with_spending, site_budget
 from client.ledger import PrivacyLedger
 from client.safe_reply import reply_with_error_on_failure
 from client.site import resolve_site
-from client.task import evaluate_on_site, train_on_site
+from client.task import SatOut, evaluate_on_site, train_on_site
 from common import wire
 from common.config import load_config
 from common.errors import PrivacyBudgetExceeded
@@ -45,7 +45,9 @@ def train(msg: Message, context: Context) -> Message:
             )
         except PrivacyBudgetExceeded as declined:  # the server records the ledger's epsilon from the reason
             raise declined_with_spending(declined, ledger.history, config.privacy) from declined
-        ledger.record(result.history)
+        sat_out = isinstance(result, SatOut)
+        if not sat_out:  # a round sat out spent nothing: the ledger is not even rewritten
+            ledger.record(result.history)
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,
@@ -54,6 +56,7 @@ def train(msg: Message, context: Context) -> Message:
             wire.SECONDS: result.seconds,
             # Only DP-SGD gives this site a guarantee of its own; under central DP the server accounts for all.
             **({wire.EPSILON: result.epsilon} if config.privacy.local else {}),
+            **({wire.SAT_OUT: 1} if sat_out else {}),
         }
     )
     content = RecordDict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from client.site import SiteSpec
 from common.config import AppConfig
 from common.data import (
     ImagePipeline,
+    LesionPatches,
     ManifestRow,
     SiteData,
+    SiteImages,
     augment_batch,
     load_site,
     read_manifest,
@@ -28,14 +31,17 @@ from common.file_log import file_log
 from common.loss import class_weights_for
 from common.metrics import ClassEvaluation, ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
-from common.privacy import planned_sampling, privacy_for_budget
+from common.privacy import compute_epsilon, planned_sampling, privacy_for_budget
 from common.training import TrainResult, evaluate, train_local
 
 __all__ = [
     "EvaluateOutcome",
+    "SatOut",
     "check_labels",
     "evaluate_on_site",
+    "in_patch_stage",
     "load_site_data",
+    "patch_dataset",
     "pick_device",
     "round_seed",
     "train_on_site",
@@ -57,6 +63,62 @@ class EvaluateOutcome:
     seconds: float
     classes: ClassEvaluation | None = None
     """Per-class (one vs rest) results, histograms and the argmax confusion matrix; None for a binary model."""
+
+
+@dataclass
+class SatOut(TrainResult):
+    """A round the site sat out (the patch stage, with no lesion mark in its training split).
+
+    It trained nothing: the received weights go back unchanged with ``num_examples`` 0, so the server leaves
+    them out of the average; ``history`` is the ledger's as it was (no privacy spent) and ``epsilon`` what it
+    already holds.
+    """
+
+
+def in_patch_stage(config: AppConfig, server_round: int) -> bool:
+    """Whether ``server_round`` trains on patches (rounds 1 to ``training.patch_rounds``)."""
+    return 1 <= server_round <= config.training.patch_rounds
+
+
+def patch_dataset(site: SiteSpec, config: AppConfig, train: SiteImages, server_round: int) -> LesionPatches | None:
+    """This round's patches of the training split, or None when no training image has a lesion mark (sit out).
+
+    The patches' seed is the round's, so every round draws new patches and a seeded run draws the same ones.
+    """
+    if train.num_lesions == 0:
+        logger.info("site %s: round %d is a patch round and no training image has a lesion mark; sitting it out",
+                    site.name, server_round)  # fmt: skip
+        return None
+    patches = LesionPatches(
+        train,
+        patch_size=config.training.patch_size,
+        lesion_share=config.training.lesion_patch_share,
+        seed=round_seed(config.seed, site.index, server_round),
+    )
+    logger.info(
+        "site %s: round %d trains on %d-pixel patches: %d of %d training image(s) have a lesion mark, %d lesion "
+        "patch(es) this round",
+        site.name,
+        server_round,
+        config.training.patch_size,
+        patches.num_lesion_images,
+        len(patches),
+        patches.num_lesion_patches,
+    )
+    return patches
+
+
+def _sat_out(config: AppConfig, state_dict: dict[str, torch.Tensor], history: list[tuple[float, float, int]]) -> SatOut:
+    privacy = config.privacy
+    spent = compute_epsilon(history, delta=privacy.delta, accountant=privacy.accountant) if privacy.local else 0.0
+    return SatOut(
+        state_dict=state_dict,
+        num_examples=0,
+        train_loss=math.nan,
+        num_steps=0,
+        epsilon=spent,
+        history=list(history),
+    )
 
 
 def round_seed(base_seed: int, site_index: int, server_round: int) -> int:
@@ -153,9 +215,20 @@ def train_on_site(
 
     ``training.class_weights=balanced`` weighs the loss by the site's own training-split label counts
     (`common.loss.class_weights_for`); the counts and weights stay on the site.
+
+    Rounds 1 to ``training.patch_rounds`` train on one patch per training image (`common.data.patches`) with the
+    same DP-SGD, budget check and class-weight rule (applied to the patches' labels); as the patch dataset has
+    one item per image, the sample rate and accounting are those of the whole images. A site with no lesion mark
+    in its training split sits those rounds out (:class:`SatOut`): no step, no privacy spent.
     """
     data = load_site_data(site, config)
-    class_weights = class_weights_for(config.training.class_weights, data.train.labels, config.model.num_classes)
+    dataset: SiteImages | LesionPatches = data.train
+    if in_patch_stage(config, server_round):
+        patches = patch_dataset(site, config, data.train, server_round)
+        if patches is None:
+            return _sat_out(config, state_dict, history)
+        dataset = patches
+    class_weights = class_weights_for(config.training.class_weights, dataset.labels, config.model.num_classes)
     if class_weights is not None:
         shown = ", ".join(f"{w:.3g}" for w in class_weights)
         logger.info(
@@ -163,10 +236,10 @@ def train_on_site(
         )
     model = _model_with(config, state_dict)
     privacy = config.privacy
-    if privacy.local and privacy.target_epsilon > 0 and len(data.train) > 0:
+    if privacy.local and privacy.target_epsilon > 0 and len(dataset) > 0:
         privacy = privacy_for_budget(
             privacy,
-            num_examples=len(data.train),
+            num_examples=len(dataset),
             batch_size=config.training.batch_size,
             epochs_total=config.strategy.num_rounds * config.training.local_epochs,
         )
@@ -178,7 +251,7 @@ def train_on_site(
             config.strategy.num_rounds,
         )
     if budget is not None:
-        sample_rate, steps_per_epoch = planned_sampling(max(len(data.train), 1), config.training.batch_size)
+        sample_rate, steps_per_epoch = planned_sampling(max(len(dataset), 1), config.training.batch_size)
         planned = (privacy.noise_multiplier, sample_rate, steps_per_epoch * config.training.local_epochs)
         check_round(
             budget,
@@ -190,7 +263,7 @@ def train_on_site(
         )
     return train_local(
         model,
-        data.train,
+        dataset,
         training=config.training,
         privacy=privacy,
         history=history,

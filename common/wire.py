@@ -15,6 +15,7 @@ __all__ = [
     "NUM_CLASSES",
     "NUM_EXAMPLES",
     "NUM_STEPS",
+    "SAT_OUT",
     "SCORE_HIST_NEG",
     "SCORE_HIST_POS",
     "SECONDS",
@@ -42,6 +43,9 @@ SERVER_ROUND = "server-round"  # injected by Flower's strategies
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighted_by_key default
 TRAIN_LOSS = "train_loss"
 NUM_STEPS = "num_steps"
+SAT_OUT = "sat_out"
+"""1 in a train reply when the site sat the round out (the patch stage, with no lesion mark in its training split):
+it trained nothing, spent no privacy and sends the received weights back with ``num-examples`` 0."""
 UNIFORM_WEIGHT = "uniform-weight"  # set by the server under central DP, where FedAvg must weigh sites equally
 EPSILON = "epsilon"
 SECONDS = "seconds"

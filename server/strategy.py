@@ -23,13 +23,29 @@ from server.central_dp import CentralDP, ExactSampleFedAvg, wrap_with_central_dp
 from server.pooling import metric_classes, pool_evaluate_metrics, pool_train_metrics, reply_classes, reply_histogram
 from server.report import POOLED_SITE, RunDirectory
 
-__all__ = ["POOLED_SITE", "RecordingStrategy", "build_strategy"]
+__all__ = ["POOLED_SITE", "SAT_OUT_EMPTY", "SAT_OUT_PATCH", "RecordingStrategy", "build_strategy", "sat_out"]
 
 logger = logging.getLogger(__name__)
 
 DECLINED_MARK = "PrivacyBudgetExceeded"
 
 _OMITTED_KEYS = (wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS, wire.UNIFORM_WEIGHT)
+
+SAT_OUT_PATCH = "patch stage: no lesion mark in the site's training split"
+"""The ``sat_out`` of a metrics row whose site said it sat the round out (`common.wire.SAT_OUT`)."""
+SAT_OUT_EMPTY = "no training examples"
+"""The ``sat_out`` of a metrics row whose site trained on nothing without saying why."""
+
+
+def sat_out(msg: Message) -> bool:
+    """Whether a successful train reply trained on nothing (``num-examples`` 0): it has no place in the average.
+
+    FedAvg would give it weight 0 at best, and under central DP (equal weights) the full weight of a site that
+    sent the global model back unchanged; with every site at 0 the weighted mean divides by zero.
+    """
+    if msg.has_error() or not msg.has_content() or wire.METRICS_KEY not in msg.content:
+        return False
+    return float(msg.content[wire.METRICS_KEY].get(wire.NUM_EXAMPLES, 1)) == 0
 
 
 def _reported_site_name(msg: Message) -> str | None:
@@ -144,6 +160,14 @@ class RecordingStrategy(Strategy):
             rows.append(row)
         return rows
 
+    def _sat_out_row(self, server_round: int, msg: Message) -> dict[str, Any]:
+        """A site that sat the round out is neither a failure nor a contribution: its row says so, with its epsilon."""
+        metrics = msg.content[wire.METRICS_KEY]
+        row = _row(server_round, "train", self._site_name(msg), metrics)
+        row.pop(wire.TRAIN_LOSS, None)  # no step, no loss: NaN would only gap the loss plot
+        row[wire.SAT_OUT] = SAT_OUT_PATCH if wire.SAT_OUT in metrics else SAT_OUT_EMPTY
+        return row
+
     def _non_finite_row(self, server_round: int, msg: Message) -> dict[str, Any]:
         """A reply carrying NaN or inf would poison the global model (clipping passes it): it is a failed site."""
         site = self._site_name(msg)
@@ -155,18 +179,30 @@ class RecordingStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Record each site's training reply, aggregate through the wrapped strategy, record the pooled row."""
+        """Record each site's training reply, aggregate through the wrapped strategy, record the pooled row.
+
+        Replies that trained on nothing (:func:`sat_out`, e.g. a site without lesion marks in the patch stage) are
+        recorded as sat out and left out of the average; when every site sat out the global weights stay as they
+        were. Under central DP a round someone sat out is not released (its noise is calibrated for every
+        sampled site's update).
+        """
         replies = list(replies)
         poisoned = [_has_non_finite_weights(m) for m in replies]
         non_finite = [m for m, bad in zip(replies, poisoned, strict=True) if bad]
         replies = [m for m, bad in zip(replies, poisoned, strict=True) if not bad]
+        idle = [m for m in replies if sat_out(m)]
+        replies = [m for m in replies if not sat_out(m)]
         rows = [
             _row(server_round, "train", self._site_name(m), m.content[wire.METRICS_KEY])
             for m in replies
             if not m.has_error()
         ]
+        idle_rows = [self._sat_out_row(server_round, m) for m in idle]
+        if idle:
+            logger.info("round %d: %d site(s) sat out (trained on nothing); left out of the average",
+                        server_round, len(idle))  # fmt: skip
         failures = self._record_failures(server_round, "train", replies)
-        rows += failures + [self._non_finite_row(server_round, m) for m in non_finite]
+        rows += idle_rows + failures + [self._non_finite_row(server_round, m) for m in non_finite]
         self._weigh_uniformly(replies)
         try:
             arrays, pooled = self.inner.aggregate_train(server_round, replies)
@@ -188,7 +224,8 @@ class RecordingStrategy(Strategy):
                 )
             else:
                 pooled = MetricRecord({**(pooled or {}), wire.EPSILON: self.central.released()})
-        declined_spent = [float(row[wire.EPSILON]) for row in failures if wire.EPSILON in row]
+        # What declined and idle sites' ledgers hold counts too: they spent it, if not this round.
+        declined_spent = [float(row[wire.EPSILON]) for row in failures + idle_rows if wire.EPSILON in row]
         if self.central is None and pooled is not None and wire.EPSILON in pooled and declined_spent:
             # Local DP: the pooled epsilon is the worst site's, and a site that declined has still spent its ledger.
             pooled = MetricRecord({**pooled, wire.EPSILON: max([float(pooled[wire.EPSILON]), *declined_spent])})

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import SiteImageCache, dequantise, quantise
+from common.data import INDEX_FORMAT, SiteImageCache, dequantise, quantise
 
 SHAPE = (8, 8)
 
@@ -121,7 +121,7 @@ def test_an_inconsistent_store_is_treated_as_empty(tmp_path: Path, damage: str) 
     elif damage == "garbage-index":
         index.write_text("{not json")
     elif damage == "other-format":
-        index.write_text(index.read_text().replace('"format": 1', '"format": 99'))
+        index.write_text(index.read_text().replace(f'"format": {INDEX_FORMAT}', '"format": 99'))
     elif damage == "foreign-data":
         index.write_text(index.read_text().replace(data.name, "../elsewhere.0.u16"))
     else:

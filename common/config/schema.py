@@ -281,9 +281,25 @@ class TrainingConfig:
     ``N / (K n_c)`` from its own training-split counts, K the classes present there) or one positive weight per
     class (``"1,2,4"``). The loss is the mean of weighted per-sample terms, never re-sampling, so Poisson sampling
     stays uniform (`common.loss`)."""
+    patch_rounds: int = 0
+    """Lesion-aware training (after Shen et al. 2019): the first this many rounds train on one patch per image
+    (lesion vs normal tissue, `common.data.patches`) where a site's manifest marks lesions, then whole images;
+    a site with no lesion mark in its training split sits those rounds out. 0 = off (whole images throughout)."""
+    patch_size: int = 32
+    """Side of a patch in pixels of the preprocessed image (smaller than ``data.image_size``)."""
+    lesion_patch_share: float = 0.5
+    """Probability that an image with a lesion mark gives a lesion patch in a round (else normal tissue)."""
 
     def __post_init__(self) -> None:
         explicit_class_weights(self.class_weights, None)
+        _check(self.patch_rounds >= 0, "training.patch_rounds", self.patch_rounds, ">= 0 (0 = no patch stage)")
+        _check(self.patch_size >= 8, "training.patch_size", self.patch_size, ">= 8 pixels")
+        _check(
+            0.0 < self.lesion_patch_share <= 1.0,
+            "training.lesion_patch_share",
+            self.lesion_patch_share,
+            "in (0, 1] (the probability that an image with a lesion mark gives a lesion patch)",
+        )
         _check(
             self.physical_batch_size >= 0,
             "training.physical_batch_size",
@@ -297,6 +313,30 @@ class TrainingConfig:
         _check(self.optimizer in ("sgd", "adam"), "training.optimizer", self.optimizer, "'sgd' or 'adam'")
         _check(0.0 <= self.momentum < 1.0, "training.momentum", self.momentum, "in [0, 1)")
         _check(self.weight_decay >= 0.0, "training.weight_decay", self.weight_decay, ">= 0")
+
+    def check_patch_stage(self, image_size: int, num_rounds: int) -> None:
+        """The patch stage's rules that involve other sections (only when it is on).
+
+        Raises
+        ------
+        ConfigError
+            If a patch would not be smaller than the image, or no whole-image round would follow the patch stage.
+        """
+        if self.patch_rounds == 0:
+            return
+        _check(
+            self.patch_size < image_size,
+            "training.patch_size",
+            self.patch_size,
+            f"smaller than data.image_size = {image_size} when training.patch_rounds > 0",
+        )
+        _check(
+            self.patch_rounds < num_rounds,
+            "training.patch_rounds",
+            self.patch_rounds,
+            f"smaller than strategy.num_rounds = {num_rounds} (whole-image rounds must follow the patch stage), "
+            "or 0 for no patch stage",
+        )
 
 
 @dataclass(frozen=True)
@@ -373,6 +413,7 @@ class AppConfig:
     def __post_init__(self) -> None:
         _check_finite(self, "")
         explicit_class_weights(self.training.class_weights, self.model.num_classes)  # one weight per class
+        self.training.check_patch_stage(self.data.image_size, self.strategy.num_rounds)
         if self.privacy.central:
             # Flower's wrapper noises every array it aggregates: frozen BatchNorm statistics would come back
             # noised (a variance can turn negative); GroupNorm has no statistics to spoil.

@@ -4,7 +4,7 @@ Import from here; the submodules are detail (``dicom_io`` reads a file, ``image_
 ``breast_mask`` and ``preprocessing`` turn it into the model's input, ``image_pipeline`` holds the settings that
 decide it, ``image_cache``/``parallel_decode`` decode each file once, ``manifest*`` list a site's images,
 ``duplicates`` finds an image listed twice, ``site_data``/``site_preprocess``/``site_images``/``splits`` make the
-splits).
+splits, ``patches`` turns a split into lesion and normal-tissue patches).
 """
 
 from common.data.augment import BRIGHTNESS, CONTRAST, GAMMA, MAX_SHIFT, augment_batch
@@ -30,7 +30,7 @@ from common.data.dicom_windows import (
 )
 from common.data.duplicates import duplicate_rows, file_identity
 from common.data.image_cache import INDEX_FORMAT, SiteImageCache, dequantise, quantise
-from common.data.image_pipeline import ImagePipeline
+from common.data.image_pipeline import ImageGeometry, ImagePipeline, Lesion, source_lesion
 from common.data.manifest import (
     BOX_COLUMNS,
     FINDINGS,
@@ -59,7 +59,8 @@ from common.data.manifest_federation import (
     site_manifest,
     write_federation_index,
 )
-from common.data.parallel_decode import decode_rows, default_workers
+from common.data.parallel_decode import DecodedImage, decode_rows, default_workers
+from common.data.patches import MIN_TISSUE_SHARE, NORMAL_LABEL, LesionPatches, PatchSpot
 from common.data.preprocessing import (
     MAX_RESAMPLED_SIDE,
     PREPROCESS_VERSION,
@@ -77,8 +78,10 @@ from common.data.site_data import (
     SkippedImage,
     cache_root,
     load_site,
+    place_lesions,
     preprocess_site,
 )
+from common.data.site_preprocess import preprocess_site_with_geometry
 from common.data.splits import split_by_patient
 
 __all__ = [
@@ -102,6 +105,8 @@ __all__ = [
     "MAX_RESAMPLED_SIDE",
     "MAX_SHIFT",
     "MIN_SIDE",
+    "MIN_TISSUE_SHARE",
+    "NORMAL_LABEL",
     "NUM_CLASSES_KEY",
     "PREPROCESS_VERSION",
     "REQUIRED_COLUMNS",
@@ -112,12 +117,17 @@ __all__ = [
     "VOI_ROBUST",
     "VOI_WINDOW",
     "BreastSegmentation",
+    "DecodedImage",
     "DicomHeader",
     "FolderManifest",
+    "ImageGeometry",
     "ImagePipeline",
+    "Lesion",
+    "LesionPatches",
     "Mammogram",
     "ManifestHeader",
     "ManifestRow",
+    "PatchSpot",
     "PreprocessGeometry",
     "SiteData",
     "SiteImageCache",
@@ -137,9 +147,11 @@ __all__ = [
     "intent_matches",
     "list_sites",
     "load_site",
+    "place_lesions",
     "preprocess",
     "preprocess_settings",
     "preprocess_site",
+    "preprocess_site_with_geometry",
     "preprocess_with_geometry",
     "quantise",
     "read_header",
@@ -151,6 +163,7 @@ __all__ = [
     "robust_window",
     "segment_breast",
     "site_manifest",
+    "source_lesion",
     "split_by_patient",
     "unknown_labels",
     "write_federation_index",

@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ __all__ = ["INDEX_FORMAT", "SiteImageCache", "dequantise", "quantise"]
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: each entry also holds its image's geometry (integers: shapes, flip, crop box)
 """Bump when the index or data layout changes; an index of another format is ignored (rebuilt)."""
 
 _SCALE = 65535.0  # images in [0, 1] are stored as uint16: 1/65535 resolution, half of float32's size
@@ -50,7 +50,10 @@ class SiteImageCache:
     Layout in ``cache_dir`` (names are hashes: no patient identifier or path appears):
     ``<store>.index.json`` maps each image key to a slot and a CRC32, and names the data file
     ``<store>.<generation>.u16`` that holds the slots back to back (``slots x H x W`` uint16, read
-    through a memory map). ``<store>`` hashes the site (its manifest's resolved path), the settings
+    through a memory map). Each entry may also hold a few integers about its image (the preprocessing's
+    geometry: shapes, flip and crop box, :meth:`common.data.image_pipeline.ImageGeometry.to_ints`), so lesion
+    marks can be placed on a cached image without decoding its file again; integers only, never a name.
+    ``<store>`` hashes the site (its manifest's resolved path), the settings
     and the image shape; an image key hashes the file's resolved path, size, mtime (ns) and a per-image
     ``extra`` (e.g. the manifest's laterality), so a changed file or setting misses and only that image
     is decoded again. The index also remembers, under the same keys, files that cannot be used for a
@@ -86,6 +89,7 @@ class SiteImageCache:
         self.index_path = self.cache_dir / f"{self.store}.index.json"
         self._slot_items = self.image_shape[0] * self.image_shape[1]
         self._entries: dict[str, tuple[int, int]] = {}  # key -> (slot, crc32)
+        self._geometries: dict[str, tuple[int, ...]] = {}  # key -> integers stored with the image (may be empty)
         self._failures: dict[str, tuple[str, str]] = {}  # key -> (error type, public reason) of an unusable file
         self._data_name = ""
         self._used = 0
@@ -124,6 +128,7 @@ class SiteImageCache:
     def open(self) -> None:
         """Read the index and map its data file; anything inconsistent means an empty cache (rebuilt, never trusted)."""
         self._entries, self._failures, self._data_name, self._used = {}, {}, "", 0
+        self._geometries = {}
         self._pixels = np.zeros((0, *self.image_shape), dtype=np.uint16)
         try:
             index = json.loads(self.index_path.read_text(encoding="utf-8"))
@@ -133,6 +138,7 @@ class SiteImageCache:
             if not re.fullmatch(rf"{self.store}\.\d+\.u16", data_name):
                 raise ValueError(f"the index names a data file {data_name!r} that is not this store's")
             entries = {str(k): (int(v[0]), int(v[1])) for k, v in index["entries"].items()}
+            geometries = {str(k): _integers(v[2]) for k, v in index["entries"].items()}
             failures = {str(k): (str(v[0]), str(v[1])) for k, v in index.get("failures", {}).items()}
             data_path = self.cache_dir / data_name
             if any(not 0 <= slot < used for slot, _ in entries.values()) or data_path.stat().st_size < self._bytes(
@@ -148,11 +154,15 @@ class SiteImageCache:
             file_log().warning("preprocessed-image cache %s is unreadable: %s", self.index_path, exc)
             return
         self._entries, self._data_name, self._used, self._pixels = entries, data_name, used, pixels
-        self._failures = failures
+        self._failures, self._geometries = failures, geometries
 
     def failure(self, key: str | None) -> tuple[str, str] | None:
         """``(error type, public reason)`` remembered for ``key`` (a file unusable for a lasting reason), else None."""
         return None if key is None else self._failures.get(key)
+
+    def geometry(self, key: str | None) -> tuple[int, ...] | None:
+        """The integers stored with ``key``'s image (empty when none were given), or None when it is not stored."""
+        return None if key is None or key not in self._entries else self._geometries.get(key, ())
 
     def lookup(self, key: str | None) -> np.ndarray | None:
         """A copy of the stored uint16 image of ``key``, or ``None`` on a miss or a slot that fails its CRC."""
@@ -184,12 +194,14 @@ class SiteImageCache:
         keep: Iterable[str],
         new: Mapping[str, np.ndarray],
         failed: Mapping[str, tuple[str, str]] | None = None,
+        geometries: Mapping[str, Sequence[int]] | None = None,
     ) -> bool:
         """Make the index hold exactly ``keep`` (cached keys still wanted) plus ``new`` (uint16 images to store).
 
         Keys not kept (files changed or gone from the manifest) are dropped; their slots are reclaimed
         by compaction once most of the file is dead. ``failed`` adds unusable files, each as ``(error type,
-        public reason)``: fixed texts, never a message that names the file; kept failures stay. Failures to
+        public reason)``: fixed texts, never a message that names the file; kept failures stay. ``geometries``
+        gives integers to store with some of ``new``'s images (kept entries keep theirs). Failures to
         write are logged, not raised: the images are then simply decoded again next time. Call under
         :meth:`locked`.
 
@@ -202,13 +214,15 @@ class SiteImageCache:
         entries = {key: self._entries[key] for key in keep if key in self._entries}
         failures = {key: self._failures[key] for key in keep if key in self._failures and key not in new}
         failures.update({key: (str(kind), str(reason)) for key, (kind, reason) in (failed or {}).items()})
+        kept_geometries = {key: self._geometries.get(key, ()) for key in entries}
+        new_geometries = {key: _integers((geometries or {}).get(key, ())) for key in new}
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             compact = self._used > 0 and len(entries) < _COMPACT_BELOW * self._used
             if compact or not self._data_name:
                 entries = self._rewrite(entries)
             entries.update(self._append(new))
-            self._write_index(entries, failures)
+            self._write_index(entries, failures, {**kept_geometries, **new_geometries})
             self._remove_orphans()
         except OSError as exc:
             logger.warning("could not write the preprocessed-image cache (%s); continuing", type(exc).__name__)
@@ -252,13 +266,18 @@ class SiteImageCache:
             os.fsync(handle.fileno())
         return added
 
-    def _write_index(self, entries: Mapping[str, tuple[int, int]], failures: Mapping[str, tuple[str, str]]) -> None:
+    def _write_index(
+        self,
+        entries: Mapping[str, tuple[int, int]],
+        failures: Mapping[str, tuple[str, str]],
+        geometries: Mapping[str, tuple[int, ...]],
+    ) -> None:
         index = {
             "format": INDEX_FORMAT,
             "shape": list(self.image_shape),
             "data": self._data_name,
             "slots": self._used,
-            "entries": {key: list(value) for key, value in entries.items()},
+            "entries": {key: [*value, list(geometries.get(key, ()))] for key, value in entries.items()},
             "failures": {key: list(value) for key, value in failures.items()},
         }
         temp_name = None
@@ -289,3 +308,11 @@ class SiteImageCache:
 
     def _bytes(self, slots: int) -> int:
         return slots * self._slot_items * 2
+
+
+def _integers(values: Iterable[object]) -> tuple[int, ...]:
+    """``values`` as a tuple of ints; anything else (a float, a string) is an inconsistent index (ValueError)."""
+    out = tuple(values)  # type: ignore[arg-type]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+        raise ValueError(f"cache geometry {list(out)!r} is not a list of integers")
+    return out

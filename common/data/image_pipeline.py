@@ -2,18 +2,87 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from common.config import DataConfig
 from common.data.dicom_io import read_mammogram
-from common.data.preprocessing import preprocess, preprocess_settings
+from common.data.manifest import ManifestRow
+from common.data.preprocessing import PreprocessGeometry, preprocess_settings, preprocess_with_geometry
 from common.errors import DicomError
 from common.file_log import file_log
 
-__all__ = ["ImagePipeline"]
+__all__ = ["ImageGeometry", "ImagePipeline", "Lesion", "source_lesion"]
+
+
+class Lesion(NamedTuple):
+    """A lesion circle in a preprocessed image's pixels (pixel-centre coordinates, as numpy indexes them)."""
+
+    row: float
+    col: float
+    radius: float
+
+
+def source_lesion(row: ManifestRow) -> Lesion | None:
+    """The lesion a manifest row marks, as a circle in the original file's pixels; None when it marks none.
+
+    The centre and radius columns win; a box alone becomes the circle through its corners (half its diagonal),
+    so a normal-tissue patch kept outside the circle is outside the whole box. A centre without a radius is a
+    point (radius 0).
+    """
+    if row.lesion_row is not None and row.lesion_col is not None:
+        return Lesion(float(row.lesion_row), float(row.lesion_col), float(row.lesion_radius_px or 0.0))
+    if row.lesion_box is not None:
+        x0, y0, x1, y1 = row.lesion_box
+        return Lesion((y0 + y1) / 2, (x0 + x1) / 2, math.hypot(x1 - x0, y1 - y0) / 2)
+    return None
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where a preprocessed image's pixels came from in its file: what maps a lesion mark onto the model's input.
+
+    Kept in the site's cache beside the image (as plain integers, :meth:`to_ints`), so lesions can be placed,
+    and edited in the manifest, without decoding the file again.
+    """
+
+    source_shape: tuple[int, int]
+    preprocess: PreprocessGeometry
+
+    def to_ints(self) -> list[int]:
+        """The geometry as nine integers (shapes, flip, crop box): numbers only, nothing that names the file."""
+        g = self.preprocess
+        return [*self.source_shape, *g.resampled_shape, int(g.flipped), *g.box]
+
+    @classmethod
+    def from_ints(cls, values: Sequence[int], size: int) -> ImageGeometry:
+        """Read :meth:`to_ints` back for an output side ``size``.
+
+        Raises
+        ------
+        ValueError
+            If ``values`` is not nine integers describing a non-empty crop inside a non-empty image.
+        """
+        ints = [int(v) for v in values]
+        if len(ints) != 9 or any(v != w for v, w in zip(ints, values, strict=True)):
+            raise ValueError(f"an image geometry is nine integers, got {list(values)!r}")
+        rows, cols, res_rows, res_cols, flipped, top, bottom, left, right = ints
+        if min(rows, cols) < 1 or flipped not in (0, 1) or not (0 <= top < bottom <= res_rows):
+            raise ValueError(f"image geometry {ints} is not a crop of a non-empty image")
+        if not 0 <= left < right <= res_cols:
+            raise ValueError(f"image geometry {ints} is not a crop of a non-empty image")
+        box = (top, bottom, left, right)
+        return cls((rows, cols), PreprocessGeometry((res_rows, res_cols), bool(flipped), box, int(size)))
+
+    def place(self, lesion: Lesion) -> Lesion | None:
+        """``lesion`` (in the file's pixels) in the output's pixels; None when it lies outside the breast crop."""
+        mapped = self.preprocess.map_point(lesion.row, lesion.col, lesion.radius, source_shape=self.source_shape)
+        return None if mapped is None else Lesion(*mapped)
 
 
 @dataclass(frozen=True)
@@ -67,11 +136,21 @@ class ImagePipeline:
         DicomError
             If the file cannot be used (the message names the file and the reason).
         """
+        return self.load_with_geometry(path, laterality)[0]
+
+    def load_with_geometry(self, path: str | Path, laterality: str = "") -> tuple[np.ndarray, ImageGeometry]:
+        """:meth:`load`, also returning where the output's pixels came from (to place lesion marks).
+
+        Raises
+        ------
+        DicomError
+            If the file cannot be used (the message names the file and the reason).
+        """
         mammogram = read_mammogram(path, require_mg=self.require_mg, presentation_intent=self.presentation_intent)
         if self.pixel_spacing_mm > 0 and mammogram.pixel_spacing_mm is None:
             file_log().info("%s has no pixel spacing; used at its own resolution", Path(path).name)
         try:
-            return preprocess(
+            image, geometry = preprocess_with_geometry(
                 mammogram.pixels,
                 laterality or mammogram.laterality,
                 size=self.image_size,
@@ -84,3 +163,5 @@ class ImagePipeline:
                 public="the image could not be preprocessed (details in the site's log)",
                 lasting=True,  # preprocessing is deterministic, and its version and settings key the cache
             ) from exc
+        shape = np.shape(mammogram.pixels)
+        return image, ImageGeometry((int(shape[0]), int(shape[1])), geometry)

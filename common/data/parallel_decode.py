@@ -7,17 +7,26 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import NamedTuple
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.data.image_cache import quantise
-from common.data.image_pipeline import ImagePipeline
+from common.data.image_pipeline import ImageGeometry, ImagePipeline
 from common.data.manifest import ManifestRow
 from common.errors import DicomError
 
-__all__ = ["decode_rows", "default_workers"]
+__all__ = ["DecodedImage", "decode_rows", "default_workers"]
+
+
+class DecodedImage(NamedTuple):
+    """One decoded row: the quantised image and where its pixels came from in the file (to place lesions)."""
+
+    pixels: np.ndarray
+    """``S x S`` uint16 (:func:`common.data.image_cache.quantise`)."""
+    geometry: ImageGeometry
 
 
 def default_workers() -> int:
@@ -31,9 +40,9 @@ def decode_rows(
     *,
     workers: int | None = None,
     progress: bool | None = None,
-    on_result: Callable[[int, np.ndarray | DicomError], None] | None = None,
+    on_result: Callable[[int, DecodedImage | DicomError], None] | None = None,
     keep_images: bool = True,
-) -> dict[int, np.ndarray | DicomError]:
+) -> dict[int, DecodedImage | DicomError]:
     """Run every row's image through ``pipeline`` in a thread pool.
 
     Threads, not processes: reading, decoding and resizing spend their time in pydicom's and numpy's
@@ -60,11 +69,11 @@ def decode_rows(
     Returns
     -------
     dict
-        Per row number, the quantised uint16 image (:func:`common.data.image_cache.quantise`) or, for a file
+        Per row number, the :class:`DecodedImage` (quantised uint16 image and its geometry) or, for a file
         that cannot be used, the :class:`DicomError` saying why (its message may name the file: keep it on site;
         its ``public_reason`` never does). Without ``keep_images``, only the errors.
     """
-    results: dict[int, np.ndarray | DicomError] = {}
+    results: dict[int, DecodedImage | DicomError] = {}
     if not rows:
         return results
     with (
@@ -86,10 +95,11 @@ def decode_rows(
     return results
 
 
-def _decode_one(row: ManifestRow, pipeline: ImagePipeline) -> np.ndarray | DicomError:
-    """The quantised preprocessed image of one row, or the error saying why it cannot be used."""
+def _decode_one(row: ManifestRow, pipeline: ImagePipeline) -> DecodedImage | DicomError:
+    """The quantised preprocessed image of one row with its geometry, or the error saying why it cannot be used."""
     try:
-        return quantise(pipeline.load(row.image_path, row.laterality))
+        image, geometry = pipeline.load_with_geometry(row.image_path, row.laterality)
+        return DecodedImage(quantise(image), geometry)
     except DicomError as exc:  # a bad file is skipped with its reason; it never stops the site
         return exc
     except Exception as exc:

@@ -137,6 +137,48 @@ class PreprocessGeometry:
         top, bottom, left, right = self.box
         return _resize(_pad_square(array[top:bottom, left:right]), (self.size, self.size))
 
+    def map_point(
+        self, row: float, col: float, length: float = 0.0, *, source_shape: tuple[int, int] | None = None
+    ) -> tuple[float, float, float] | None:
+        """Where an input pixel position (and a length there, e.g. a lesion radius) lands in the output.
+
+        Lesion marks are given in the original file's pixels, but the model sees the preprocessed image; this
+        follows a point through the same steps as the pixels (resample, flip, crop, pad, resize). Positions
+        are pixel-centre coordinates (pixel ``i`` spans ``[i - 0.5, i + 0.5)``), as bilinear resizing with
+        ``align_corners=False`` maps them. A length is scaled by the geometric mean of the two axes' scales.
+
+        Parameters
+        ----------
+        row, col : float
+            Position in the input image (row from the top, column from the left).
+        length : float
+            A distance in input pixels (0 when only the position matters).
+        source_shape : tuple of int or None
+            The input image's shape before resampling; ``None`` when it was not resampled.
+
+        Returns
+        -------
+        tuple of float or None
+            ``(row, col, length)`` in output pixels, or ``None`` when the point lies outside the breast crop
+            (it has no place in the output, or only in its zero padding).
+        """
+        rows_in, cols_in = source_shape or self.resampled_shape
+        scale_row = self.resampled_shape[0] / rows_in
+        scale_col = self.resampled_shape[1] / cols_in
+        r = (row + 0.5) * scale_row - 0.5
+        c = (col + 0.5) * scale_col - 0.5
+        if self.flipped:
+            c = self.resampled_shape[1] - 1 - c
+        top, bottom, left, right = self.box
+        r, c = r - top, c - left
+        height, width = bottom - top, right - left
+        if not (-0.5 <= r < height - 0.5 and -0.5 <= c < width - 0.5):
+            return None
+        side = max(height, width)
+        r += (side - height) // 2  # _pad_square: rows split above and below, columns added on the right
+        zoom = self.size / side
+        return (r + 0.5) * zoom - 0.5, (c + 0.5) * zoom - 0.5, length * float(np.sqrt(scale_row * scale_col)) * zoom
+
 
 def preprocess_with_geometry(
     pixels: np.ndarray,

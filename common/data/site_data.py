@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.data.duplicates import duplicate_rows
-from common.data.image_pipeline import ImagePipeline
-from common.data.manifest import SPLITS, read_manifest
+from common.data.image_pipeline import ImageGeometry, ImagePipeline, Lesion, source_lesion
+from common.data.manifest import SPLITS, ManifestRow, read_manifest
 from common.data.site_images import SiteImages
 from common.data.site_preprocess import (
     CHECKPOINT_SECONDS,
@@ -17,6 +17,7 @@ from common.data.site_preprocess import (
     SkippedImage,
     cache_root,
     preprocess_site,
+    preprocess_site_with_geometry,
 )
 from common.data.splits import split_by_patient
 from common.errors import DicomError, ManifestError
@@ -30,6 +31,7 @@ __all__ = [
     "SkippedImage",
     "cache_root",
     "load_site",
+    "place_lesions",
     "preprocess_site",
 ]
 
@@ -62,6 +64,31 @@ class SiteData:
         out["skipped"] = len(self.skipped)
         out["duplicates"] = len(self.duplicates)
         return out
+
+
+def place_lesions(rows: list[ManifestRow], geometries: dict[int, ImageGeometry]) -> dict[int, Lesion]:
+    """Each row's lesion mark in its preprocessed image's pixels, by row number; marks outside the crop are dropped.
+
+    A mark outside the breast crop (a typo, or a mark for another image) cannot be trained on; it is left out
+    rather than stopping the site. Which lines have lesions says which images are abnormal, so the lines go to
+    the site's own log only and the shared log gets the count.
+    """
+    placed: dict[int, Lesion] = {}
+    dropped: list[int] = []
+    for row in rows:
+        lesion = source_lesion(row)
+        if lesion is None or row.row_number not in geometries:
+            continue
+        where = geometries[row.row_number].place(lesion)
+        if where is None:
+            dropped.append(row.row_number)
+        else:
+            placed[row.row_number] = where
+    if dropped:
+        logger.warning("%d lesion mark(s) lie outside the breast crop after preprocessing; left out", len(dropped))
+        file_log().warning("lesion marks outside the breast crop after preprocessing, left out: manifest lines %s",
+                           ", ".join(str(line) for line in dropped))  # fmt: skip
+    return placed
 
 
 def load_site(
@@ -131,7 +158,7 @@ def load_site(
     splits = split_by_patient(rows, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     pipeline = pipeline or ImagePipeline(image_size=image_size, require_mg=require_mg)
     size = pipeline.image_size
-    images, skipped = preprocess_site(
+    images, geometries, skipped = preprocess_site_with_geometry(
         manifest_path, rows, pipeline, cache_root(manifest_path, cache_dir), workers=workers, progress=progress
     )
     for item in skipped:
@@ -146,8 +173,14 @@ def load_site(
             figures=(len(rows),),
         )
     usable = {name: [row for row in splits[name] if row.row_number in images] for name in SPLITS}
+    lesions = place_lesions([row for name in SPLITS for row in usable[name]], geometries)
     datasets = {
-        name: SiteImages([images[row.row_number] for row in usable[name]], [row.label for row in usable[name]], size)
+        name: SiteImages(
+            [images[row.row_number] for row in usable[name]],
+            [row.label for row in usable[name]],
+            size,
+            [lesions.get(row.row_number) for row in usable[name]],
+        )
         for name in SPLITS
     }
     patients = {name: len({row.patient_id for row in usable[name]}) for name in SPLITS}

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.image_cache import dequantise
+from common.data.image_pipeline import Lesion
 
 __all__ = ["SiteImages"]
 
@@ -29,21 +30,42 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         One label per image.
     size : int
         ``S``, so that an empty split still knows its item shape.
+    lesions : sequence of Lesion or None, optional
+        Per image, its lesion circle in the image's (output) pixels, or None; no argument means no lesion marks.
+        Whole-image items never use them; the patch stage (:mod:`common.data.patches`) does.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int], size: int):
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[int],
+        size: int,
+        lesions: Sequence[Lesion | None] | None = None,
+    ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if lesions is not None and len(lesions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(lesions)} lesion entries")
         self._images = list(images)
         self.labels = torch.tensor(list(labels), dtype=torch.int64)
         self.size = size
+        self.lesions: list[Lesion | None] = list(lesions) if lesions is not None else [None] * len(self._images)
 
     def __len__(self) -> int:
         return len(self._images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = torch.from_numpy(dequantise(self._images[index])).unsqueeze(0)
+        image = torch.from_numpy(self.image(index)).unsqueeze(0)
         return image, self.labels[index]
+
+    def image(self, index: int) -> np.ndarray:
+        """Image ``index`` as an ``S x S`` float32 array in [0, 1] (a fresh copy, not a view of the cache)."""
+        return dequantise(self._images[index])
+
+    @property
+    def num_lesions(self) -> int:
+        """How many images carry a lesion mark."""
+        return sum(lesion is not None for lesion in self.lesions)
 
     @property
     def bytes_in_memory(self) -> int:

@@ -22,6 +22,9 @@ metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "eval
                  (K lists of K counts: row = true class, column = argmax prediction).
   site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
                  train: example-weighted mean loss, largest epsilon of any site).
+  sat-out train rows: a site that trained on nothing (the patch stage, without lesion marks): num_examples 0,
+                 num_steps 0, "sat_out": str (why), epsilon (its ledger's, unchanged); left out of the average and
+                 of the pooled row's examples, and not a failure (no "error").
   failed replies: {"round", "phase", "site", "time", "declined": bool, "error": str}, no metrics; a declined
                  train reply ("declined": true, a site's privacy ceiling) also carries epsilon: what the site's
                  ledger has spent (cumulative), which counts towards its final epsilon.
