@@ -15,6 +15,7 @@ from common.models import resnet, small_cnn, torchvision_zoo, transfer
 from common.models.adapters import GRAYSCALE_MODES, attach_repeat
 from common.models.norm import norm_layer_for
 from common.models.weights import load_weights
+from common.models.weights_card import check_weights_card
 
 __all__ = ["ModelSpec", "available_models", "build_model", "input_size", "min_input_size"]
 
@@ -111,6 +112,7 @@ def build_model(
     weights_path: str | Path | None = None,
     grayscale: str = "fold",
     trainable_blocks: int | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """Build a DP-compatible network by name, optionally from local pretrained weights.
 
@@ -141,6 +143,8 @@ def build_model(
         ``None`` fine-tunes every layer. ``k >= 0`` freezes everything except the last ``k`` top-level feature
         blocks (ResNet ``layer*``, VGG/AlexNet conv stages and hidden FC layers, DenseNet dense blocks,
         Inception ``Mixed_*``, MobileNet/EfficientNet ``features[i]``) and the classification head.
+    image_size : int or None
+        The run's ``data.image_size``, compared with a weights card's (a warning when they differ); None skips it.
 
     Returns
     -------
@@ -150,8 +154,9 @@ def build_model(
     Raises
     ------
     ModelError
-        Unknown name, norm policy or grayscale mode, invalid sizes or ``trainable_blocks``, or weights that
-        do not fit.
+        Unknown name, norm policy or grayscale mode, invalid sizes or ``trainable_blocks``, weights that
+        do not fit, or weights whose card (`common.models.weights_card`) says they are other bytes or were
+        made for another model name or norm.
     """
     spec = _spec(name)
     if num_classes < 1 or in_channels < 1:
@@ -169,6 +174,7 @@ def build_model(
     if built_channels != in_channels:
         attach_repeat(model, built_channels)
     if weights_path:
+        check_weights_card(weights_path, model_name=name, norm=norm, image_size=image_size)
         load_weights(model, weights_path, name=name, head=spec.head)
     elif norm == "frozen_bn" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         logger.warning(
