@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -296,3 +297,36 @@ def test_configured_federation_follows_the_config_section(tmp_path: Path) -> Non
 
     assert manifests == [tmp_path / "fed" / "site_0" / "manifest.csv", tmp_path / "fed" / "site_1" / "manifest.csv"]
     assert all(m.is_file() for m in manifests)
+
+
+def test_a_mass_is_as_dense_as_glandular_tissue_not_a_light() -> None:
+    """A mass replaces tissue by slightly denser tissue: inside it, attenuation stays under the mass level."""
+    from simulations.phantoms.anatomy import GLAND_ATTENUATION, make_breast, sample_geometry
+    from simulations.phantoms.lesions import MASS_EXCESS, render_lesion, sample_lesion
+
+    rng = np.random.default_rng(0)
+    geometry = sample_geometry(rng, 256, 208, "CC")
+    breast = make_breast(rng, geometry, density=0.3)
+    spec = dataclasses.replace(sample_lesion(rng, "malignant"), calcifications=0)
+    before = breast.attenuation.copy()
+    centre = (geometry.center_row, geometry.depth * 0.4, 0.08 * geometry.rows)
+    render_lesion(breast.attenuation, breast.thickness, spec, centre, rng, contrast_scale=2.0)
+    ceiling = breast.thickness * GLAND_ATTENUATION * (1 + MASS_EXCESS * spec.contrast * 2.0)
+    changed = breast.attenuation > before + 1e-6
+    assert changed.sum() > 50  # the mass is there
+    assert np.all(breast.attenuation[changed] <= np.maximum(before, ceiling)[changed] + 1e-5)
+    assert np.all(breast.attenuation >= before - 1e-6)  # and never makes tissue less dense
+
+
+def test_normal_breasts_carry_dense_islands_as_dense_as_masses() -> None:
+    from simulations.phantoms.anatomy import GLAND_ATTENUATION, make_breast, sample_geometry
+    from simulations.phantoms.lesions import MASS_EXCESS, add_dense_islands
+
+    rng = np.random.default_rng(1)
+    geometry = sample_geometry(rng, 256, 208, "MLO")
+    breast = make_breast(rng, geometry, density=0.2)
+    before = breast.attenuation.copy()
+    add_dense_islands(breast.attenuation, breast.thickness, geometry, rng, contrast_scale=6.0)
+    relative = np.where(breast.thickness > 0.5, breast.attenuation / np.maximum(breast.thickness, 1e-6), 0.0)
+    assert relative.max() > GLAND_ATTENUATION * (1 + MASS_EXCESS * 0.5 * 6.0) * 0.8  # near a mass's density
+    assert relative.max() > (before / np.maximum(breast.thickness, 1e-6))[breast.thickness > 0.5].max()

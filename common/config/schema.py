@@ -52,7 +52,7 @@ class FederationConfig:
     data_dir: str = "~/.fedmammo/phantoms"
     synthetic: bool = True
     images_per_site: int = 400
-    lesion_contrast: float = 2.5
+    lesion_contrast: float = 12.0
 
     def __post_init__(self) -> None:
         _check(self.num_sites >= 1, "federation.num_sites", self.num_sites, ">= 1")
@@ -75,12 +75,16 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     augment: bool = True
+    augment_policy: str = "standard"
+    """How strongly training images are augmented when ``augment`` is on: ``standard`` (flip, intensity, shift) or
+    ``strong`` (also rotation, zoom and noise; for small real datasets). See `common.data.augment`."""
     pixel_spacing_mm: float = 0.0
     """Physical pixel size (mm) every image is resampled to before cropping; 0 keeps each file's own."""
     presentation_intent: str = "any"
     """Which DICOM (0008,0068) intent a site uses: ``any``, ``for_presentation`` or ``for_processing``."""
 
     PRESENTATION_INTENTS: ClassVar[tuple[str, ...]] = ("any", "for_presentation", "for_processing")
+    AUGMENT_POLICIES: ClassVar[tuple[str, ...]] = ("standard", "strong")
 
     def __post_init__(self) -> None:
         _check(16 <= self.image_size <= 1024, "data.image_size", self.image_size, "in [16, 1024]")
@@ -90,6 +94,12 @@ class DataConfig:
             "data.presentation_intent",
             self.presentation_intent,
             f"one of {self.PRESENTATION_INTENTS}",
+        )
+        _check(
+            self.augment_policy in self.AUGMENT_POLICIES,
+            "data.augment_policy",
+            self.augment_policy,
+            f"one of {self.AUGMENT_POLICIES}",
         )
         _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", self.val_fraction, "in [0, 0.5)")
         _check(0.0 < self.test_fraction < 0.6, "data.test_fraction", self.test_fraction, "in (0, 0.6)")

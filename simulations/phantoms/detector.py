@@ -38,14 +38,14 @@ def acquire(
         Matrix scale factor; blur is given at scale 1 and shrinks with the matrix.
     """
     blurred = ndimage.gaussian_filter(attenuation, sigma=max(profile.blur_px * scale, 0.3), mode="nearest")
-    expected = profile.photons * np.exp(-_EFFECTIVE_MU * blurred)
+    # Automatic exposure control and per-image processing vary from exposure to exposure, even on one scanner.
+    photons = profile.photons * rng.uniform(0.7, 1.3)
+    curve = profile.response_param * rng.uniform(0.9, 1.1)
+    expected = photons * np.exp(-_EFFECTIVE_MU * blurred)
     counts = expected + np.sqrt(expected) * rng.standard_normal(expected.shape, dtype=np.float32)
-    measured = -np.log(np.maximum(counts, 1.0) / profile.photons) / _EFFECTIVE_MU
+    measured = -np.log(np.maximum(counts, 1.0) / photons) / _EFFECTIVE_MU
     level = np.clip(measured / ATTENUATION_REFERENCE, 0.0, 1.0)
-    if profile.response == "log":
-        display = np.log1p(profile.response_param * level) / np.log1p(profile.response_param)
-    else:
-        display = level**profile.response_param
+    display = np.log1p(curve * level) / np.log1p(curve) if profile.response == "log" else level**curve
     display = display + profile.electronic_noise * rng.standard_normal(display.shape, dtype=np.float32)
     display = np.clip(display, 0.0, 1.0)
     low, high = profile.stored_range()

@@ -20,7 +20,7 @@ __all__ = ["GENERATOR_VERSION", "STAMP_NAME", "generate_configured_federation", 
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump whenever generated content changes, so stale sites on disk are regenerated rather than reused."""
 
 STAMP_NAME = "phantom.json"

@@ -1,4 +1,11 @@
-"""Lesions: circumscribed benign masses, spiculated/irregular malignant masses and microcalcification clusters."""
+"""Lesions: circumscribed benign masses, spiculated/irregular malignant masses and microcalcification clusters.
+
+A mass is tissue, not a light: its attenuation is that of fibroglandular tissue plus a few per cent (Johns &
+Yaffe 1987 measured invasive carcinoma within about 5 % of glandular tissue), so it stands out against fat and
+hides in dense tissue, and the brightest pixel of a dense normal breast is as bright as any mass. Calcium is the
+only truly brighter material; calcifications are therefore tiny, and benign ones (isolated, round, coarser) occur
+in breasts of every finding, as in screening, so "has a bright dot" is not the label either.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulations.phantoms.anatomy import BreastGeometry
+from simulations.phantoms.anatomy import GLAND_ATTENUATION, BreastGeometry
 
-__all__ = ["LesionSpec", "place_lesion", "render_lesion", "sample_lesion"]
+__all__ = [
+    "LesionSpec",
+    "add_dense_islands",
+    "place_lesion",
+    "render_lesion",
+    "sample_lesion",
+    "scatter_benign_calcifications",
+]
 
-MASS_ATTENUATION = 0.38
+MASS_EXCESS = 0.06
+"""A mass's attenuation above fibroglandular tissue, as a fraction of it (scaled by contrast and the site knob)."""
 CALCIFICATION_ATTENUATION = 0.65
+MASS_CONTRAST_RANGE = (0.5, 1.5)
+"""Per-lesion factor on ``MASS_EXCESS``; dense islands of normal tissue draw from the same range."""
+BENIGN_CALCIFICATION_SHARE = 0.35
+"""Share of breasts (any finding) with a few scattered benign calcifications."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +52,14 @@ class LesionSpec:
     lobes: tuple[tuple[float, float], ...]
     spicules: int
     calcifications: int
+    opacity: float = 0.75
+    """How much of the ray through the mass's centre crosses the mass (0-1): the rest is the tissue around it."""
 
 
 def sample_lesion(rng: np.random.Generator, finding: str) -> LesionSpec:
     """Draw a benign (round/oval, smooth sharp margin) or malignant (lobulated, spiculated and/or calcified) lesion.
 
-    Benign and malignant radii overlap (4-9 % of the image height) so size alone does not give the
+    Benign and malignant radii overlap (6-12 % of the image height, masses of 1-3 cm) so size alone does not give the
     label away: the margin, spicules and calcifications do.
     """
     malignant = finding == "malignant"
@@ -52,15 +73,16 @@ def sample_lesion(rng: np.random.Generator, finding: str) -> LesionSpec:
         lobes, spicules, calcifications = (), 0, 0
     return LesionSpec(
         finding=finding,
-        radius_frac=float(rng.uniform(0.04, 0.085 if malignant else 0.08)),
+        radius_frac=float(rng.uniform(0.06, 0.12 if malignant else 0.11)),
         aspect=float(rng.uniform(0.7, 1.0) if not malignant else rng.uniform(0.8, 1.0)),
         depth=float(rng.uniform(0.25, 0.7)),
         offset_cc=float(rng.uniform(-0.55, 0.55)),
         offset_mlo=float(rng.uniform(-0.45, 0.55)),
-        contrast=float(rng.uniform(0.8, 1.2)),
+        contrast=float(rng.uniform(*MASS_CONTRAST_RANGE)),
         lobes=lobes,
         spicules=spicules,
         calcifications=calcifications,
+        opacity=float(rng.uniform(0.55, 0.9)),
     )
 
 
@@ -108,17 +130,88 @@ def render_lesion(
     core = np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0))
     if spec.finding == "malignant":  # ill-defined margin: a fuzzy rim outside the core
         core = np.maximum(core, 0.45 * np.exp(-(((d - 1.0) / 0.18) ** 2)) * (d > 0.8))
-    added = MASS_ATTENUATION * spec.contrast * core
-    added += _spicules(dist, theta, radius, spec.spicules, rng, attenuation.shape[0]) * spec.contrast
-    added += _calcifications(y, x, radius, spec.calcifications, rng, attenuation.shape[0])
-    added *= contrast_scale
-    attenuation[top:bottom, left:right] += added * thickness[top:bottom, left:right]
+    # Mass and spicules replace part of the tissue along each ray by slightly-denser-than-glandular tissue.
+    share = np.maximum(spec.opacity * core, _spicules(dist, theta, radius, spec.spicules, rng, attenuation.shape[0]))
+    local = attenuation[top:bottom, left:right]
+    thick = thickness[top:bottom, left:right]
+    level = thick * GLAND_ATTENUATION * (1.0 + MASS_EXCESS * spec.contrast * contrast_scale)
+    blended = np.maximum(local, local + share * (level - local))  # a mass never makes tissue less dense
+    calcium = _calcifications(y, x, radius, spec.calcifications, rng, attenuation.shape[0])
+    attenuation[top:bottom, left:right] = blended + calcium * thick
+
+
+def add_dense_islands(
+    attenuation: np.ndarray,
+    thickness: np.ndarray,
+    geometry: BreastGeometry,
+    rng: np.random.Generator,
+    *,
+    contrast_scale: float,
+) -> None:
+    """Add 1-3 islands of dense fibroglandular tissue as dense as a mass, in place, to a breast of any finding.
+
+    Real breasts hold focal densities and asymmetries as dense as cancers (the commonest cause of recalls), so
+    "the densest spot" is not the label. Islands are elongated along the ducts (towards the nipple) with soft,
+    tapering edges, where a mass is compact with a margin: the difference lies in shape, which a trivial
+    statistic of the image cannot see and a convolutional network can.
+    """
+    rows = geometry.rows
+    for _ in range(int(rng.integers(1, 4))):
+        col = rng.uniform(0.15, 0.75) * geometry.depth
+        half = geometry.half_height_at(col)
+        row = geometry.center_row + rng.uniform(-0.6, 0.6) * half
+        length = rng.uniform(0.06, 0.13) * rows
+        width = rng.uniform(0.03, 0.06) * rows
+        angle = np.arctan2(geometry.center_row - row, geometry.depth - col) + rng.normal(0.0, 0.3)
+        reach = int(length * 1.5) + 2
+        top, bottom = max(int(row) - reach, 0), min(int(row) + reach, attenuation.shape[0])
+        left, right = max(int(col) - reach, 0), min(int(col) + reach, attenuation.shape[1])
+        if top >= bottom or left >= right:
+            continue
+        y = np.arange(top, bottom, dtype=np.float32)[:, None] - row
+        x = np.arange(left, right, dtype=np.float32)[None, :] - col
+        along = x * np.cos(angle) + y * np.sin(angle)
+        across = -x * np.sin(angle) + y * np.cos(angle)
+        # Lumpy rather than smooth: the island is glandular tissue, so it carries the breast's own texture.
+        lumps = 0.75 + 0.25 * np.cos(along / width * rng.uniform(2.0, 4.0) + rng.uniform(0, 2 * np.pi))
+        share = rng.uniform(0.5, 0.85) * lumps * np.exp(-((along / length) ** 2) - (across / width) ** 2)
+        excess = MASS_EXCESS * rng.uniform(*MASS_CONTRAST_RANGE) * contrast_scale
+        local = attenuation[top:bottom, left:right]
+        level = thickness[top:bottom, left:right] * GLAND_ATTENUATION * (1.0 + excess)
+        attenuation[top:bottom, left:right] = np.maximum(local, local + share * (level - local))
+
+
+def scatter_benign_calcifications(
+    attenuation: np.ndarray, thickness: np.ndarray, geometry: BreastGeometry, rng: np.random.Generator
+) -> None:
+    """Add 2-8 isolated, round, coarse benign calcifications anywhere in the breast, in place.
+
+    Screening mammograms of healthy women often show such calcifications (vascular, dermal, involuting
+    fibroadenomas). They are larger and sparser than a malignant cluster's fine dots and never grouped.
+    """
+    count = int(rng.integers(2, 9))
+    rows = geometry.rows
+    for _ in range(count):
+        col = rng.uniform(0.1, 0.85) * geometry.depth
+        half = geometry.half_height_at(col)
+        row = geometry.center_row + rng.uniform(-0.8, 0.8) * half
+        sigma = rng.uniform(0.003, 0.006) * rows
+        level = CALCIFICATION_ATTENUATION * rng.uniform(0.5, 1.0)
+        reach = int(4 * sigma) + 2
+        top, bottom = max(int(row) - reach, 0), min(int(row) + reach, attenuation.shape[0])
+        left, right = max(int(col) - reach, 0), min(int(col) + reach, attenuation.shape[1])
+        if top >= bottom or left >= right:
+            continue
+        yy = np.arange(top, bottom, dtype=np.float32)[:, None] - row
+        xx = np.arange(left, right, dtype=np.float32)[None, :] - col
+        spot = level * np.exp(-(yy**2 + xx**2) / (2.0 * sigma**2))
+        attenuation[top:bottom, left:right] += spot * thickness[top:bottom, left:right]
 
 
 def _spicules(
     dist: np.ndarray, theta: np.ndarray, radius: float, count: int, rng: np.random.Generator, rows: int
 ) -> np.ndarray:
-    """Thin radiating lines, widest at the mass and fading towards their tips."""
+    """Thin radiating lines, widest at the mass and fading towards their tips, as a tissue share (0-0.55)."""
     out = np.zeros_like(dist)
     if count == 0:
         return out
@@ -128,7 +221,7 @@ def _spicules(
         along = dist * np.cos(theta - direction)
         across = dist * np.sin(theta - direction)
         fade = np.clip(1.0 - (along - 0.5 * radius) / (length - 0.5 * radius), 0.0, 1.0) * (along > 0.5 * radius)
-        line = 0.55 * MASS_ATTENUATION * fade * np.exp(-((across / (width * (0.4 + fade))) ** 2))
+        line = 0.55 * fade * np.exp(-((across / (width * (0.4 + fade))) ** 2))
         np.maximum(out, line, out=out)
     return out
 
@@ -142,8 +235,8 @@ def _calcifications(
         return out
     centre = rng.normal(0.0, 0.3 * radius, size=2)
     spots = centre + rng.normal(0.0, 0.45 * radius, size=(count, 2))
-    sizes = rng.uniform(0.002, 0.0035, size=count) * rows
-    brightness = CALCIFICATION_ATTENUATION * rng.uniform(0.7, 1.2, size=count)
+    sizes = rng.uniform(0.0012, 0.0025, size=count) * rows
+    brightness = CALCIFICATION_ATTENUATION * rng.uniform(0.25, 0.5, size=count)
     for (dy, dx), sigma, level in zip(spots, sizes, brightness, strict=True):
         np.maximum(out, level * np.exp(-((y - dy) ** 2 + (x - dx) ** 2) / (2.0 * sigma**2)), out=out)
     return out

@@ -8,7 +8,14 @@ import numpy as np
 
 from simulations.phantoms.anatomy import make_breast, sample_geometry
 from simulations.phantoms.detector import acquire
-from simulations.phantoms.lesions import place_lesion, render_lesion, sample_lesion
+from simulations.phantoms.lesions import (
+    BENIGN_CALCIFICATION_SHARE,
+    add_dense_islands,
+    place_lesion,
+    render_lesion,
+    sample_lesion,
+    scatter_benign_calcifications,
+)
 from simulations.phantoms.scanners import ScannerProfile
 
 __all__ = ["VIEWS", "PhantomImage", "patient_findings", "render_patient"]
@@ -70,8 +77,10 @@ def render_patient(
 
     The patient draws a breast density and, unless normal, one lesion in one breast; both views of
     that breast show it (same type, size and depth from the chest wall) and the other breast's two
-    views are normal (label 0). Images are stored in the DICOM display convention: a left breast's
-    chest wall on the image's left (column 0), a right breast's on its right (mirror image).
+    views are normal (label 0). Every view, whatever the finding, shows a few islands of dense tissue as dense
+    as a mass, and about a third of breasts a few scattered benign calcifications. Images are stored in the
+    DICOM display convention: a left breast's chest wall on the image's left (column 0), a right breast's on
+    its right (mirror image).
 
     Parameters
     ----------
@@ -94,15 +103,19 @@ def render_patient(
     density = float(np.clip(rng.beta(2.2, 2.6), 0.05, 0.95))
     lesion_side = "L" if rng.random() < 0.5 else "R"
     spec = sample_lesion(rng, finding) if finding != "normal" else None
+    calcified_sides = {side for side in ("L", "R") if rng.random() < BENIGN_CALCIFICATION_SHARE}
     view_seeds = rng.spawn(len(VIEWS))
     images = []
     for (laterality, view), view_rng in zip(VIEWS[:num_views], view_seeds, strict=False):
         geometry = sample_geometry(view_rng, rows, cols, view)
         breast = make_breast(view_rng, geometry, density)
+        add_dense_islands(breast.attenuation, breast.thickness, geometry, view_rng, contrast_scale=lesion_contrast)
         lesion = None
         if spec is not None and laterality == lesion_side:
             lesion = place_lesion(spec, geometry, view)
             render_lesion(breast.attenuation, breast.thickness, spec, lesion, view_rng, contrast_scale=lesion_contrast)
+        if laterality in calcified_sides:
+            scatter_benign_calcifications(breast.attenuation, breast.thickness, geometry, view_rng)
         pixels = acquire(breast.attenuation, profile, view_rng, scale=rows / profile.rows)
         if laterality == "R":
             pixels = np.ascontiguousarray(pixels[:, ::-1])
