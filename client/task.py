@@ -21,7 +21,7 @@ from common.data import (
     ManifestRow,
     SiteData,
     SiteImages,
-    augment_batch,
+    augmenter,
     load_site,
     read_manifest,
     unknown_labels,
@@ -268,7 +268,7 @@ def train_on_site(
         privacy=privacy,
         history=history,
         seed=round_seed(config.seed, site.index, server_round),
-        augment=augment_batch if config.data.augment else None,
+        augment=augmenter(config.data.augment_policy) if config.data.augment else None,
         device=pick_device(config.training.device),
         class_weights=class_weights,
     )

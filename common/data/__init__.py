@@ -7,7 +7,16 @@ decide it, ``image_cache``/``parallel_decode`` decode each file once, ``manifest
 splits, ``patches`` turns a split into lesion and normal-tissue patches).
 """
 
-from common.data.augment import BRIGHTNESS, CONTRAST, GAMMA, MAX_SHIFT, augment_batch
+from common.data.augment import (
+    AUGMENT_POLICIES,
+    BRIGHTNESS,
+    CONTRAST,
+    GAMMA,
+    MAX_SHIFT,
+    AugmentPolicy,
+    augment_batch,
+    augmenter,
+)
 from common.data.breast_mask import BreastSegmentation, segment_breast
 from common.data.dicom_header import (
     FOR_PRESENTATION,
@@ -85,6 +94,7 @@ from common.data.site_preprocess import preprocess_site_with_geometry
 from common.data.splits import split_by_patient
 
 __all__ = [
+    "AUGMENT_POLICIES",
     "BOX_COLUMNS",
     "BRIGHTNESS",
     "CHECKPOINT_SECONDS",
@@ -116,6 +126,7 @@ __all__ = [
     "VOI_LUT",
     "VOI_ROBUST",
     "VOI_WINDOW",
+    "AugmentPolicy",
     "BreastSegmentation",
     "DecodedImage",
     "DicomHeader",
@@ -135,6 +146,7 @@ __all__ = [
     "SkippedImage",
     "apply_display_transform",
     "augment_batch",
+    "augmenter",
     "cache_root",
     "csv_read_errors",
     "decode_rows",
