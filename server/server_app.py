@@ -36,6 +36,7 @@ def initial_arrays(config: AppConfig) -> ArrayRecord:
         in_channels=1,
         norm=config.model.norm,
         weights_path=weights,
+        image_size=config.data.image_size,
     )
     return ArrayRecord(model.state_dict())
 

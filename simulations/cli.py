@@ -210,6 +210,7 @@ def _pretrain(args: argparse.Namespace, console: Console) -> int:
                 data_dir=args.data_dir or DEFAULT_DATA_DIR,
                 matrix_scale=args.matrix_scale,
                 force=args.force,
+                patch_epochs=args.patch_epochs,
                 on_stage=lambda text: status.update(escape(text)),
                 on_epoch=on_epoch,
             )
@@ -272,6 +273,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     pretrain.add_argument("--out", required=True, help="weights file to write (its card: <out>.json)")
     pretrain.add_argument("--epochs", type=int, help="passes over the phantoms' train splits (default 5)")
+    pretrain.add_argument(
+        "--patch-epochs",
+        type=int,
+        default=0,
+        help="the first N epochs train on lesion vs normal-tissue patches (training.patch_size), then whole images",
+    )
     pretrain.add_argument("--sites", type=int, help="phantom hospitals, one scanner each (default 8)")
     pretrain.add_argument("--images-per-site", type=int, help="default: the config's federation.images_per_site")
     pretrain.add_argument("--data-dir", help="phantom folder (default ~/.fedmammo/pretrain_phantoms)")

@@ -38,8 +38,9 @@ from common.config import AppConfig, PrivacyConfig
 from common.data import (
     PREPROCESS_VERSION,
     ImagePipeline,
+    LesionPatches,
     SiteData,
-    augment_batch,
+    augmenter,
     load_site,
     write_manifest,
 )
@@ -228,6 +229,21 @@ def load_pretraining_data(
     return ConcatDataset([s.train for s in sites]), ConcatDataset([s.val for s in sites]), sites
 
 
+def _patches(sites: Sequence[SiteData], config: AppConfig, seed: int) -> Dataset:
+    """One lesion-or-normal-tissue patch per pooled training image, drawn anew for ``seed`` (one per epoch)."""
+    return ConcatDataset(
+        [
+            LesionPatches(
+                site.train,
+                patch_size=config.training.patch_size,
+                lesion_share=config.training.lesion_patch_share,
+                seed=seed + index,
+            )
+            for index, site in enumerate(sites)
+        ]
+    )
+
+
 def _val_auc(labels: np.ndarray, scores: np.ndarray, num_classes: int) -> float:
     """Last class vs rest, the federation's headline AUC; NaN when the pooled val splits lack either side."""
     positives = (labels == num_classes - 1).astype(np.int64)
@@ -287,6 +303,7 @@ def pretrain(
     data_dir: str | Path = DEFAULT_DATA_DIR,
     matrix_scale: float = 1.0,
     force: bool = False,
+    patch_epochs: int = 0,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> PretrainResult:
@@ -317,6 +334,11 @@ def pretrain(
         Phantom matrix size factor (1.0 as the demo; smaller for quick trials and tests).
     force : bool
         Replace an existing ``out`` and card.
+    patch_epochs : int
+        The first this many of the ``epochs`` train on lesion patches (`common.data.LesionPatches`, side
+        ``training.patch_size``, share ``training.lesion_patch_share``) instead of whole images, as the federated
+        patch stage does: phantoms mark every lesion, so the network first learns what a lesion looks like at
+        full resolution. Val AUC is always scored on whole images.
     on_stage, on_epoch : callable, optional
         Progress: a line per stage (generating, loading site i, training), an `EpochResult` per epoch.
 
@@ -360,8 +382,17 @@ def pretrain(
             "training.learning_rate=0.001",
             config.training.learning_rate,
         )
-    if getattr(config.training, "patch_rounds", 0):
-        logger.warning("training.patch_rounds is a federation setting; pretraining trains on whole images only")
+    _check(
+        "patch epochs",
+        patch_epochs,
+        isinstance(patch_epochs, int) and 0 <= patch_epochs < epochs,
+        "an integer >= 0 and below --epochs (whole-image epochs must follow)",
+    )
+    if patch_epochs and config.training.patch_size >= config.data.image_size:
+        raise ConfigError(
+            f"config key 'training.patch_size' = {config.training.patch_size} is invalid with --patch-epochs: it "
+            f"must be smaller than data.image_size = {config.data.image_size}"
+        )
     phantom_seed = pretrain_seed(config.seed)
 
     stage(f"generating {num_sites} phantom hospitals ({images_per_site} images each) in {data_dir}")
@@ -400,13 +431,14 @@ def pretrain(
     best: tuple[int, float, float] | None = None  # (epoch, auc, loss)
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
+        epoch_set = _patches(sites, config, _epoch_seed(phantom_seed, epoch)) if epoch <= patch_epochs else train_set
         trained = train_local(
             model,
-            train_set,
+            epoch_set,
             training=training,
             privacy=no_dp,
             seed=_epoch_seed(phantom_seed, epoch),
-            augment=augment_batch if config.data.augment else None,
+            augment=augmenter(config.data.augment_policy) if config.data.augment else None,
             device=config.training.device,
             class_weights=class_weights,
         )
@@ -449,6 +481,7 @@ def pretrain(
         selection=selection,
         class_weights=class_weights,
         seconds=seconds,
+        patch_epochs=patch_epochs,
     )
     written = write_card(out_path, fields)
     card = read_card(out_path) or {}
@@ -482,6 +515,7 @@ def _card_fields(
     best_epoch: int,
     selection: str,
     class_weights: Sequence[float] | None,
+    patch_epochs: int,
     seconds: float,
 ) -> dict[str, Any]:
     """Everything needed to judge, reproduce and safely load the weights (`write_card` adds format and hash)."""
@@ -525,6 +559,9 @@ def _card_fields(
         },
         "training": {
             "epochs": len(history),
+            "patch_epochs": patch_epochs,
+            "patch_size": training.patch_size if patch_epochs else None,
+            "lesion_patch_share": training.lesion_patch_share if patch_epochs else None,
             "chosen_epoch": best_epoch,
             "selection": selection,
             "val_auc": [_finite(e.val_auc) for e in history],

@@ -411,3 +411,42 @@ def test_val_auc_is_the_last_class_against_the_rest() -> None:
     assert _val_auc(labels, scores, 3) == pytest.approx(6 / 8)
     assert np.isnan(_val_auc(np.array([0, 0]), np.array([0.1, 0.2]), 2))
     assert np.isnan(_val_auc(np.array([], dtype=np.int64), np.array([]), 2))
+
+
+def test_patch_epochs_train_on_lesion_patches_first_and_are_recorded(
+    phantom_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simulations.pretrain as module
+    from common.data import LesionPatches
+
+    seen: list[str] = []
+    real_train = module.train_local
+
+    def spy(model: torch.nn.Module, dataset: object, **kwargs: object) -> object:
+        parts = getattr(dataset, "datasets", [dataset])
+        seen.append("patches" if all(isinstance(p, LesionPatches) for p in parts) else "images")
+        return real_train(model, dataset, **kwargs)
+
+    monkeypatch.setattr(module, "train_local", spy)
+    result = pretrain(
+        _config("training.patch_size=16"),
+        tmp_path / "patched.pth",
+        epochs=3,
+        patch_epochs=2,
+        num_sites=SITES,
+        images_per_site=IMAGES,
+        data_dir=phantom_dir,
+        matrix_scale=SCALE,
+    )
+
+    assert seen == ["patches", "patches", "images"]
+    assert result.card["training"]["patch_epochs"] == 2 and result.card["training"]["patch_size"] == 16
+
+
+@pytest.mark.parametrize(("patch_epochs", "extra"), [(3, ()), (1, ("training.patch_size=32",))])
+def test_patch_epochs_must_leave_whole_image_epochs_and_fit_the_image(
+    tmp_path: Path, patch_epochs: int, extra: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigError, match=r"patch"):
+        pretrain(_config(*extra), tmp_path / "w.pth", epochs=3, patch_epochs=patch_epochs, data_dir=tmp_path / "p")
+    assert not (tmp_path / "p").exists()
