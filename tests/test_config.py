@@ -189,3 +189,16 @@ def test_class_weights_are_checked_in_hydra_overrides_too() -> None:
     assert config.training.class_weights == "1,3"
     with pytest.raises(ConfigError, match=r"'training.class_weights' = '1,2,3' is invalid"):
         compose_simulation(['training.class_weights="1,2,3"'])
+
+
+def test_every_experiment_preset_composes_into_a_valid_config() -> None:
+    """The presets the README's results table cites must keep composing as the schema evolves."""
+    from simulations.hydra_config import CONF_DIR, compose_simulation
+
+    presets = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+    assert {"cdd_mvr_scratch", "cdd_mvr_scratch_dp", "mias_scratch", "mias_patch", "cdd_3c_pretrained"} <= set(presets)
+    for name in presets:
+        config, _ = compose_simulation([f"experiment={name}", "output.run_dir=unused"])
+        assert config.federation.synthetic is False, name
+        assert (config.privacy.mode == "local") == name.endswith("_dp"), name
+        assert not name.endswith("_dp") or config.privacy.target_epsilon == 8.0, name
