@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,20 @@ def test_a_manifest_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(ManifestError, match=r"manifest .*site\.csv is not UTF-8 text \(byte \d+"):
         read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"lesion_row": "10", "lesion_col": ""}, "needs both 'lesion_row' and 'lesion_col'"),
+        ({"lesion_row": "10", "lesion_col": "12", "lesion_radius_px": "-3"}, "'lesion_radius_px' = -3 must be >= 0"),
+        ({"lesion_radius_px": "5"}, "given with a lesion centre"),
+    ],
+)
+def test_a_partial_or_negative_lesion_mark_is_refused_naming_the_line(
+    tmp_path: Path, columns: dict[str, str], message: str
+) -> None:
+    row = {"image_path": "a.dcm", "label": "1", "patient_id": "p1", **columns}
+    write_manifest(tmp_path / "manifest.csv", [row])
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        read_manifest(tmp_path / "manifest.csv")

@@ -310,3 +310,14 @@ def test_under_central_dp_a_round_someone_sat_out_is_not_released(tmp_path: Path
     assert arrays is None and strategy.central.accountant.num_releases == 0
     rows = run_dir.read_metrics()
     assert [r["site"] for r in rows if r.get("sat_out")] == ["site-1"] and not any("error" in r for r in rows)
+
+
+def test_a_patch_smaller_than_the_models_smallest_input_is_refused_naming_both_keys() -> None:
+    from common.config import load_config
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"training\.patch_size.*>= 63.*alexnet"):
+        load_config({"model": {"name": "alexnet"}, "data": {"image_size": 128}, "training": {"patch_rounds": 2}})
+    load_config(
+        {"model": {"name": "alexnet"}, "data": {"image_size": 128}, "training": {"patch_rounds": 2, "patch_size": 64}}
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from common.data import (
     LesionPatches,
     ManifestRow,
     SiteImages,
+    dequantise,
     load_site,
     preprocess_with_geometry,
     quantise,
@@ -469,3 +471,39 @@ def test_a_dp_round_on_patches_charges_the_whole_image_sample_rate() -> None:
     expected_rate, steps = planned_sampling(len(images), config.training.batch_size)
     assert [(n, q) for n, q, _ in on_patches] == [(n, q) for n, q, _ in on_images] == [(1.0, expected_rate)]
     assert sum(s for *_, s in on_patches) == sum(s for *_, s in on_images) == steps
+
+
+def test_an_abnormal_image_without_a_usable_mark_gives_its_whole_view_with_its_own_label() -> None:
+    """Any window of an unmarked abnormal image may hold the lesion: it is never labelled as normal tissue."""
+    size, p = 32, 8
+    image = np.zeros((size, size), dtype=np.float32)
+    image[:, :20] = 0.5
+    image[10:14, 10:14] = 1.0
+    images = SiteImages([quantise(image)] * 3, [1, 0, 1], size)
+    patches = LesionPatches(images, [None, None, Lesion(12.0, 12.0, 2.0)], patch_size=p, lesion_share=0.0, seed=3)
+
+    whole, label = patches[0]
+    normal = patches.spot(1)
+    marked = patches.spot(2)
+
+    assert patches.spot(0).whole and int(label) == 1 and whole.shape == (1, p, p)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(dequantise(quantise(image)))[None, None], (p, p), mode="area"
+    )
+    assert torch.allclose(whole, expected[0], atol=1e-6)
+    assert not normal.whole and normal.label == 0
+    assert not marked.whole and marked.label == 0 and not marked.lesion  # lesion_share 0: normal tissue, labelled 0
+    assert len(patches) == 3 and patches.labels.tolist() == [1, 0, 0]  # still one item per image
+
+
+def test_a_point_mark_keeps_normal_patches_a_quarter_patch_away() -> None:
+    size, p = 48, 16
+    image = np.full((size, size), 0.5, dtype=np.float32)
+    images = SiteImages([quantise(image)], [1], size)
+    patches = LesionPatches(images, [Lesion(24.0, 24.0, 0.0)], patch_size=p, lesion_share=0.0, seed=0)
+    for seed in range(20):
+        patches.set_seed(seed)
+        spot = patches.spot(0)
+        nearest_row = min(max(24.0, spot.top - 0.5), spot.top + p - 0.5)
+        nearest_col = min(max(24.0, spot.left - 0.5), spot.left + p - 0.5)
+        assert math.hypot(nearest_row - 24.0, nearest_col - 24.0) > p / 4

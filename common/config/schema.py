@@ -324,16 +324,28 @@ class TrainingConfig:
         _check(0.0 <= self.momentum < 1.0, "training.momentum", self.momentum, "in [0, 1)")
         _check(self.weight_decay >= 0.0, "training.weight_decay", self.weight_decay, ">= 0")
 
-    def check_patch_stage(self, image_size: int, num_rounds: int) -> None:
+    def check_patch_stage(self, image_size: int, num_rounds: int, model_name: str = "small_cnn") -> None:
         """The patch stage's rules that involve other sections (only when it is on).
 
         Raises
         ------
         ConfigError
-            If a patch would not be smaller than the image, or no whole-image round would follow the patch stage.
+            If a patch would not be smaller than the image, is smaller than the model's smallest input (alexnet
+            needs 63 pixels, inception_v3 75: torch would fail mid-round with an error naming no setting), or no
+            whole-image round would follow the patch stage.
         """
         if self.patch_rounds == 0:
             return
+        if model_name in MODEL_NAMES:  # an unknown name is reported by the model section
+            from common.models.registry import min_input_size  # torch: only when a patch stage is asked for
+
+            smallest = min_input_size(model_name)
+            _check(
+                self.patch_size >= smallest,
+                "training.patch_size",
+                self.patch_size,
+                f">= {smallest}, the smallest input model.name = {model_name} accepts, when training.patch_rounds > 0",
+            )
         _check(
             self.patch_size < image_size,
             "training.patch_size",
@@ -423,7 +435,7 @@ class AppConfig:
     def __post_init__(self) -> None:
         _check_finite(self, "")
         explicit_class_weights(self.training.class_weights, self.model.num_classes)  # one weight per class
-        self.training.check_patch_stage(self.data.image_size, self.strategy.num_rounds)
+        self.training.check_patch_stage(self.data.image_size, self.strategy.num_rounds, self.model.name)
         if self.privacy.central:
             # Flower's wrapper noises every array it aggregates: frozen BatchNorm statistics would come back
             # noised (a variance can turn negative); GroupNorm has no statistics to spoil.

@@ -171,6 +171,12 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
     if finding not in (*FINDINGS, ""):
         problems.append(f"{where}: column 'finding' = {finding!r} must be normal, benign, malignant or empty")
     lesion = [_optional_float(get(c), c, problems, where) for c in ("lesion_row", "lesion_col", "lesion_radius_px")]
+    if (lesion[0] is None) != (lesion[1] is None):
+        problems.append(f"{where}: a lesion centre needs both 'lesion_row' and 'lesion_col' (or neither)")
+    if lesion[2] is not None and (lesion[2] < 0 or lesion[0] is None):
+        problems.append(
+            f"{where}: column 'lesion_radius_px' = {lesion[2]:g} must be >= 0 and given with a lesion centre"
+        )
     box = _lesion_box(get, problems, where)
     mask_text = get("mask_path")
     if len(problems) > start:

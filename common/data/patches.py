@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common.data.image_pipeline import Lesion
@@ -38,8 +39,11 @@ class PatchSpot(NamedTuple):
     top: int
     left: int
     lesion: bool
-    """Whether it is a lesion patch (else normal tissue)."""
+    """Whether it is a lesion patch (else normal tissue, or the whole image)."""
     label: int
+    whole: bool = False
+    """The whole image resized to the patch side: an abnormal image whose lesion has no usable mark, where any
+    window might hold the lesion, so a "normal-tissue" label could be wrong."""
 
 
 class LesionPatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -48,10 +52,12 @@ class LesionPatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     For an image with a lesion: with probability ``lesion_share`` a lesion patch (centred on the lesion, jittered by
     up to half its radius, clamped inside the image; it always holds the lesion's centre) labelled with the
     image's label, else a normal-tissue patch labelled :data:`NORMAL_LABEL` that does not touch the lesion
-    circle (when no window of the image avoids it, the item is a lesion patch). For an image without a lesion:
-    a normal-tissue patch labelled :data:`NORMAL_LABEL`. All randomness comes from ``(seed, image index)``, so
-    an item does not depend on the order items are read in, a seed gives the same patches every time, and
-    :meth:`set_seed` draws new ones (once per round).
+    circle (when no window of the image avoids it, the item is a lesion patch). For a normal image (label
+    :data:`NORMAL_LABEL`) without a lesion: a normal-tissue patch. For an abnormal image without a usable mark (none
+    in the manifest, or dropped outside the crop): the whole image resized to ``P x P`` with its own label, since
+    any window of it might hold the lesion and a "normal" label could be wrong. All randomness comes from
+    ``(seed, image index)``, so an item does not depend on the order items are read in, a seed gives the same
+    patches every time, and :meth:`set_seed` draws new ones (once per round).
 
     Parameters
     ----------
@@ -130,8 +136,15 @@ class LesionPatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         image = self.images.image(index)
         spot = self._spot(index, image)
         p = self.patch_size
+        if spot.whole:
+            pixels = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+            patch = F.interpolate(pixels, size=(p, p), mode="area")[0]
+            return patch, torch.tensor(spot.label, dtype=torch.int64)
         patch = np.ascontiguousarray(image[spot.top : spot.top + p, spot.left : spot.left + p])
         return torch.from_numpy(patch).unsqueeze(0), torch.tensor(spot.label, dtype=torch.int64)
+
+    def _unmarked_abnormal(self, index: int) -> bool:
+        return self.lesions[index] is None and int(self.images.labels[index]) != NORMAL_LABEL
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, int(index), stream]))
@@ -144,11 +157,15 @@ class LesionPatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return wants_lesion or not self._avoidable[index]
 
     def _label(self, index: int) -> int:
-        return int(self.images.labels[index]) if self._lesion_patch[index] else NORMAL_LABEL
+        if self._lesion_patch[index] or self._unmarked_abnormal(index):
+            return int(self.images.labels[index])
+        return NORMAL_LABEL
 
     def _spot(self, index: int, image: np.ndarray | None) -> PatchSpot:
         rng = self._rng(index, _WINDOW)
         lesion = self.lesions[index]
+        if self._unmarked_abnormal(index):
+            return PatchSpot(0, 0, False, self._label(index), whole=True)
         if self._lesion_patch[index] and lesion is not None:
             top, left = self._lesion_window(lesion, rng)
             return PatchSpot(top, left, True, self._label(index))
@@ -188,7 +205,8 @@ class LesionPatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         starts = np.arange(count, dtype=np.float64) - 0.5  # a window covers [start, start + p] in pixel-centre units
         row_gap = np.maximum(np.maximum(starts - lesion.row, lesion.row - (starts + p)), 0.0)
         col_gap = np.maximum(np.maximum(starts - lesion.col, lesion.col - (starts + p)), 0.0)
-        return np.hypot(row_gap[:, None], col_gap[None, :]) > lesion.radius
+        keep_off = max(lesion.radius, p / 4)  # a mark without a radius (a point) still keeps normal patches away
+        return np.hypot(row_gap[:, None], col_gap[None, :]) > keep_off
 
 
 def _tissue_shares(image: np.ndarray, size: int) -> np.ndarray:

@@ -91,8 +91,10 @@ def read_mini_mias(source: str | Path) -> list[dict[str, object]]:
         if tissue not in TISSUE_SITES:
             problems.append(f"{refnum} has tissue {tissue!r}, expected one of F, G, D")
         number = int(refnum[3:])
-        lesions = [les for les in (_lesion(f) for f in entries if f[2] != "NORM") if les is not None]
-        first = lesions[0] if lesions else (None, None, None)
+        # The mark is the most severe lesion's (a film with a benign and a malignant lesion is labelled malignant,
+        # so its lesion patches must show the malignant one); Info.txt order breaks ties.
+        marked = [(f[3] == "M", -i, les) for i, f in enumerate(entries) if f[2] != "NORM" and (les := _lesion(f))]
+        first = max(marked)[2] if marked else (None, None, None)
         rows.append(
             {
                 "image_path": _image_file(source, refnum),
