@@ -20,7 +20,7 @@ __all__ = ["GENERATOR_VERSION", "STAMP_NAME", "generate_configured_federation", 
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump whenever generated content changes, so stale sites on disk are regenerated rather than reused."""
 
 STAMP_NAME = "phantom.json"
@@ -84,7 +84,8 @@ def generate_site(
     seed : int
         Non-negative master seed; the same (seed, site_index, num_images, knobs) give identical files.
     lesion_contrast : float
-        Difficulty knob (> 0): lesion attenuation scale; lower is harder. 1.0 is learnable but not trivial.
+        Difficulty knob (> 0): the density excess over glandular tissue of masses and dense islands is 6 % x this;
+        lower is harder. 1.0 is a realistic mass density; the demo uses 12.
     matrix_scale : float
         Multiplies the scanner's matrix size (0.05-4); use e.g. 0.25 for tiny test images.
 
@@ -102,7 +103,7 @@ def generate_site(
     _check("site_index", site_index, site_index >= 0, "a non-negative integer")
     _check("num_images", num_images, num_images >= 1, "at least 1")
     _check("seed", seed, seed >= 0, "a non-negative integer (numpy SeedSequence entropy)")
-    _check("lesion_contrast", lesion_contrast, lesion_contrast > 0, "> 0 (1.0 is the tuned default)")
+    _check("lesion_contrast", lesion_contrast, lesion_contrast > 0, "> 0 (1.0 is a realistic mass density)")
     _check("matrix_scale", matrix_scale, 0.05 <= matrix_scale <= 4.0, "between 0.05 and 4")
     out_dir = Path(out_dir).expanduser()
     stamp = _stamp(seed, site_index, num_images, float(lesion_contrast), float(matrix_scale))

@@ -148,7 +148,7 @@ def add_dense_islands(
     *,
     contrast_scale: float,
 ) -> None:
-    """Add 1-3 islands of dense fibroglandular tissue as dense as a mass, in place, to a breast of any finding.
+    """Add 2-4 islands of dense fibroglandular tissue as dense as a mass, in place, to a breast of any finding.
 
     Real breasts hold focal densities and asymmetries as dense as cancers (the commonest cause of recalls), so
     "the densest spot" is not the label. Islands are elongated along the ducts (towards the nipple) with soft,
@@ -156,7 +156,7 @@ def add_dense_islands(
     statistic of the image cannot see and a convolutional network can.
     """
     rows = geometry.rows
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(2, 5))):
         col = rng.uniform(0.15, 0.75) * geometry.depth
         half = geometry.half_height_at(col)
         row = geometry.center_row + rng.uniform(-0.6, 0.6) * half
@@ -174,7 +174,10 @@ def add_dense_islands(
         across = -x * np.sin(angle) + y * np.cos(angle)
         # Lumpy rather than smooth: the island is glandular tissue, so it carries the breast's own texture.
         lumps = 0.75 + 0.25 * np.cos(along / width * rng.uniform(2.0, 4.0) + rng.uniform(0, 2 * np.pi))
-        share = rng.uniform(0.5, 0.85) * lumps * np.exp(-((along / length) ** 2) - (across / width) ** 2)
+        # Flat-topped (super-Gaussian) like a mass's core, so the densest pixels of an image are as often an
+        # island's as a mass's: no high percentile of the image tells them apart.
+        spread = (along / length) ** 2 + (across / width) ** 2
+        share = rng.uniform(0.55, 0.9) * lumps * np.exp(-(spread**2))
         excess = MASS_EXCESS * rng.uniform(*MASS_CONTRAST_RANGE) * contrast_scale
         local = attenuation[top:bottom, left:right]
         level = thickness[top:bottom, left:right] * GLAND_ATTENUATION * (1.0 + excess)

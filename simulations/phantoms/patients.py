@@ -93,7 +93,7 @@ def render_patient(
     matrix_scale : float
         Multiplies the scanner's matrix size (small values make tiny test images).
     lesion_contrast : float
-        Difficulty knob: scales every lesion's extra attenuation (1.0 is the tuned default).
+        Difficulty knob: scales the density excess of masses and dense islands (6 % x this; 1.0 realistic).
     num_views : int
         How many of :data:`VIEWS` to render (1-4).
     """
