@@ -432,6 +432,10 @@ def pretrain(
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         epoch_set = _patches(sites, config, _epoch_seed(phantom_seed, epoch)) if epoch <= patch_epochs else train_set
+        epoch_weights = class_weights
+        if epoch <= patch_epochs:  # as the federated patch stage: weights from the patches' own labels
+            patch_labels = torch.cat([part.labels for part in epoch_set.datasets])  # type: ignore[attr-defined]
+            epoch_weights = class_weights_for(config.training.class_weights, patch_labels, num_classes)
         trained = train_local(
             model,
             epoch_set,
@@ -440,7 +444,7 @@ def pretrain(
             seed=_epoch_seed(phantom_seed, epoch),
             augment=augmenter(config.data.augment_policy) if config.data.augment else None,
             device=config.training.device,
-            class_weights=class_weights,
+            class_weights=epoch_weights,
         )
         scored = evaluate(model, val_set, batch_size=max(config.training.batch_size, 64), device=config.training.device)
         auc = _val_auc(scored.labels, scored.scores, num_classes)

@@ -435,3 +435,19 @@ def test_a_site_that_declined_late_rounds_shows_its_ledgers_epsilon_with_or_with
     # Assert: the same figures as summary.json: b spent 3.0, and the pooled row is the worst site
     assert summary["sites"]["b"]["epsilon"] == 3.0 and summary["pooled"]["epsilon"] == 3.0
     assert cells["a"] == "1.50" and cells["b"] == "3.00" and cells[POOLED_SITE] == "3.00"
+
+
+def test_a_round_a_site_sat_out_reads_sat_out_in_the_round_table(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path / "patched")
+    labels, scores = _site_data(0)
+    run.append_metrics(
+        [
+            {"round": 1, "phase": "train", "site": "a", "num_examples": 0, "epsilon": 0.0, "sat_out": "no lesion mark"},
+            {"round": 1, "phase": "train", "site": "b", "num_examples": 20, "train_loss": 0.4321, "epsilon": 1.0},
+            {"round": 1, "phase": "evaluate", "site": "a", **binary_metrics(labels, scores)},
+        ]
+    )
+
+    html_text = build_report(run.path).read_text()
+
+    assert html_text.count("sat out") == 1 and "0.432" in html_text

@@ -147,7 +147,7 @@ def _round_table(rows: Sequence[Mapping[str, Any]]) -> str:
             continue
         entry = merged.setdefault((int(row["round"]), str(row["site"])), {})
         if row.get("phase") == "train":
-            entry.update(train_loss=row.get("train_loss"), epsilon=row.get("epsilon"))
+            entry.update(train_loss=row.get("train_loss"), epsilon=row.get("epsilon"), sat_out=row.get("sat_out"))
         else:
             entry.update({k: row.get(k) for k in ("loss", "auc", "sensitivity", "specificity")})
     if not merged:
@@ -156,7 +156,8 @@ def _round_table(rows: Sequence[Mapping[str, Any]]) -> str:
     table_rows = []
     for round_, site in sorted(merged, key=lambda key: (key[0], order[key[1]])):
         entry = merged[(round_, site)]
-        cells = [str(round_), escape(site), fmt(entry.get("train_loss")), fmt(entry.get("epsilon"), 2)]
+        loss = "sat out" if entry.get("sat_out") else fmt(entry.get("train_loss"))  # a patch round without marks
+        cells = [str(round_), escape(site), loss, fmt(entry.get("epsilon"), 2)]
         cells += [fmt(entry.get(k)) for k in ("loss", "auc", "sensitivity", "specificity")]
         table_rows.append(("pooled" if site == "pooled" else "", cells))
     headers = ["Round", "Site", "Train loss", "ε", "Test loss", "AUC", "Sensitivity", "Specificity"]
