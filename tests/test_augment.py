@@ -138,3 +138,27 @@ def test_background_stays_black_under_intensity_jitter() -> None:
     for policy in AUGMENT_POLICIES:
         out = augmenter(policy)(images, torch.Generator().manual_seed(1))
         assert torch.count_nonzero(out[:, :, :, 12:]) == 0, policy
+
+
+def test_on_all_tissue_images_standard_is_exactly_the_augmentation_from_before_policies() -> None:
+    """Without background the breast mask is everywhere, so the old formula (no mask at all) must come out."""
+    images = 0.2 + 0.6 * torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    generator = torch.Generator().manual_seed(11)
+    count = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(count, generator=generator)).view(count, 1, 1, 1)
+
+    flip = uniform(0.0, 1.0) < 0.5
+    gamma, contrast, brightness = uniform(0.85, 1.15), uniform(0.9, 1.1), uniform(-0.05, 0.05)
+    shift_x, shift_y = uniform(-0.05, 0.05).view(count), uniform(-0.05, 0.05).view(count)
+    old = torch.where(flip, images.flip(-2), images).clamp(0.0, 1.0).pow(gamma)
+    mean = old.mean(dim=(1, 2, 3), keepdim=True)
+    old = ((old - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2], theta[:, 1, 2] = 2.0 * shift_x, 2.0 * shift_y
+    grid = F.affine_grid(theta, list(old.shape), align_corners=False)
+    old = F.grid_sample(old, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0.0, 1.0)
+
+    assert torch.allclose(augmenter("standard")(images, torch.Generator().manual_seed(11)), old, atol=1e-6)

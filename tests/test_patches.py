@@ -299,7 +299,12 @@ def test_a_lesion_edited_in_the_manifest_is_placed_anew_from_the_cache(
         for row in rows
     ]
     write_manifest(manifest, edited)  # every lesion mark removed
-    assert first.train.num_lesions == 2 and _load(manifest).train.num_lesions == 0
+    again = _load(manifest)
+    assert first.train.num_lesions == 2 and again.train.num_lesions == 0
+    assert not again.skipped  # every image came from the cache: a re-decode would have failed and been skipped
+    assert [len(split) for split in (again.train, again.val, again.test)] == [
+        len(split) for split in (first.train, first.val, first.test)
+    ]
 
 
 # --- the patch dataset ---------------------------------------------------------------------------------------------
