@@ -163,13 +163,10 @@ def add_dense_islands(
         length = rng.uniform(0.06, 0.13) * rows
         width = rng.uniform(0.03, 0.06) * rows
         angle = np.arctan2(geometry.center_row - row, geometry.depth - col) + rng.normal(0.0, 0.3)
-        reach = int(length * 1.5) + 2
-        top, bottom = max(int(row) - reach, 0), min(int(row) + reach, attenuation.shape[0])
-        left, right = max(int(col) - reach, 0), min(int(col) + reach, attenuation.shape[1])
-        if top >= bottom or left >= right:
+        window = _window(attenuation.shape, row, col, int(length * 1.5) + 2)
+        if window is None:
             continue
-        y = np.arange(top, bottom, dtype=np.float32)[:, None] - row
-        x = np.arange(left, right, dtype=np.float32)[None, :] - col
+        (top, bottom, left, right), y, x = window
         along = x * np.cos(angle) + y * np.sin(angle)
         across = -x * np.sin(angle) + y * np.cos(angle)
         # Lumpy rather than smooth: the island is glandular tissue, so it carries the breast's own texture.
@@ -200,15 +197,29 @@ def scatter_benign_calcifications(
         row = geometry.center_row + rng.uniform(-0.8, 0.8) * half
         sigma = rng.uniform(0.003, 0.006) * rows
         level = CALCIFICATION_ATTENUATION * rng.uniform(0.5, 1.0)
-        reach = int(4 * sigma) + 2
-        top, bottom = max(int(row) - reach, 0), min(int(row) + reach, attenuation.shape[0])
-        left, right = max(int(col) - reach, 0), min(int(col) + reach, attenuation.shape[1])
-        if top >= bottom or left >= right:
+        window = _window(attenuation.shape, row, col, int(4 * sigma) + 2)
+        if window is None:
             continue
-        yy = np.arange(top, bottom, dtype=np.float32)[:, None] - row
-        xx = np.arange(left, right, dtype=np.float32)[None, :] - col
-        spot = level * np.exp(-(yy**2 + xx**2) / (2.0 * sigma**2))
+        (top, bottom, left, right), y, x = window
+        spot = level * np.exp(-(y**2 + x**2) / (2.0 * sigma**2))
         attenuation[top:bottom, left:right] += spot * thickness[top:bottom, left:right]
+
+
+def _window(
+    shape: tuple[int, ...], row: float, col: float, reach: int
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """The image window within ``reach`` pixels of (row, col), clipped to ``shape``, and its offsets from that point.
+
+    Returns ``((top, bottom, left, right), y, x)`` with ``y`` a column and ``x`` a row of float32 offsets, or None
+    when the window lies wholly outside the image.
+    """
+    top, bottom = max(int(row) - reach, 0), min(int(row) + reach, shape[0])
+    left, right = max(int(col) - reach, 0), min(int(col) + reach, shape[1])
+    if top >= bottom or left >= right:
+        return None
+    y = np.arange(top, bottom, dtype=np.float32)[:, None] - row
+    x = np.arange(left, right, dtype=np.float32)[None, :] - col
+    return (top, bottom, left, right), y, x
 
 
 def _spicules(
