@@ -127,7 +127,7 @@ def pretrain_seed(seed: int) -> int:
 
 def _check(name: str, value: object, rule: bool, text: str) -> None:
     if not rule:
-        raise ConfigError(f"pretraining {name} = {value!r} is invalid: it must be {text}")
+        raise ConfigError(f"pretrain option {name} = {value!r} is invalid: it must be {text}")
 
 
 def generate_pretraining_phantoms(
@@ -356,10 +356,10 @@ def pretrain(
     """
     started = time.perf_counter()
     images_per_site = config.federation.images_per_site if images_per_site is None else images_per_site
-    _check("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an integer >= 1")
-    _check("sites", num_sites, isinstance(num_sites, int) and num_sites >= 1, "an integer >= 1")
+    _check("--epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an integer >= 1")
+    _check("--sites", num_sites, isinstance(num_sites, int) and num_sites >= 1, "an integer >= 1")
     _check(
-        "images per site",
+        "--images-per-site",
         images_per_site,
         isinstance(images_per_site, int) and images_per_site >= 8,
         ">= 8 (each site needs patients in train, validation and test)",
@@ -383,7 +383,7 @@ def pretrain(
             config.training.learning_rate,
         )
     _check(
-        "patch epochs",
+        "--patch-epochs",
         patch_epochs,
         isinstance(patch_epochs, int) and 0 <= patch_epochs < epochs,
         "an integer >= 0 and below --epochs (whole-image epochs must follow)",

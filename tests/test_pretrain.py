@@ -372,9 +372,9 @@ def test_cli_pretrains_prints_the_override_and_refuses_to_overwrite_without_forc
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--epochs", "0"], "epochs"),
-        (["--sites", "0"], "sites"),
-        (["--images-per-site", "3"], "images per site"),
+        (["--epochs", "0"], "--epochs = 0"),
+        (["--sites", "0"], "--sites = 0"),
+        (["--images-per-site", "3"], "--images-per-site = 3"),
         (["model.name=no_such_net"], "model.name"),
         (["model.num_classes=4"], "model.num_classes"),
     ],
