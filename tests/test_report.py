@@ -203,6 +203,60 @@ def test_plots_accept_site_names_that_look_like_matplotlib_math(tmp_path: Path) 
     assert roc.read_bytes().startswith(PNG_SIGNATURE) and per_round.read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_roc_legend_labels_take_the_tables_auc_and_fall_back_to_the_histogram() -> None:
+    from common.metrics import histogram_auc
+    from server.report.plots import roc_labels
+
+    labels, scores = _site_data(0)
+    hist = ScoreHistogram.from_scores(labels, scores)
+    one_class = ScoreHistogram.from_scores(np.zeros(5, dtype=int), np.linspace(0.1, 0.9, 5))
+
+    legend = roc_labels({"a": hist, "b": hist, "c": one_class}, {"a": 0.891, "b": float("nan")})
+
+    assert legend == {
+        "a": "a (AUC 0.891)",
+        "b": f"b (AUC {histogram_auc(hist):.3f})",
+        "c": "c (AUC n/a: one class only)",
+    }
+
+
+def test_the_roc_legend_shows_the_results_tables_auc(fake_run: RunDirectory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.report.builder as builder
+    from common.metrics import histogram_auc
+    from server.report.plots import ROC_NOTE, roc_labels
+
+    seen: dict[str, float] = {}
+
+    def spy(*args, aucs=None, **kwargs):
+        seen.update(aucs or {})
+        return plot_roc_per_site(*args, aucs=aucs, **kwargs)
+
+    monkeypatch.setattr(builder, "plot_roc_per_site", spy)
+    summary, roc = fake_run.read_summary(), fake_run.read_roc()
+
+    html_text = build_report(fake_run.path).read_text()
+    legend = roc_labels({**roc.sites, POOLED_SITE: roc.pooled}, seen)
+
+    table = {**summary["sites"], POOLED_SITE: summary["pooled"]}
+    assert seen == {site: entry["auc"] for site, entry in table.items()}
+    for site, entry in table.items():
+        assert f"(AUC {entry['auc']:.3f})" in legend[site] and f"{entry['auc']:.3f}" in html_text
+    binned = histogram_auc(roc.sites["hospital-a"])  # differs from the exact 0.954 in the third decimal
+    assert f"{binned:.3f}" != f"{table['hospital-a']['auc']:.3f}" and f"{binned:.3f}" not in legend["hospital-a"]
+    assert "Curves drawn from binned score histograms; AUC as in the table." in html_text
+    assert ROC_NOTE == "curves drawn from binned score histograms; AUC as in the table"
+
+
+def test_a_site_whose_figures_are_older_than_the_roc_keeps_its_curves_auc() -> None:
+    from server.report.plots import legend_aucs
+
+    results = {"a": {"round": 3, "auc": 0.9}, "b": {"round": 2, "auc": 0.7}, POOLED_SITE: {"round": 3, "auc": 0.8}}
+
+    headline, per_class = legend_aucs(results, 3)
+
+    assert headline == {"a": 0.9, POOLED_SITE: 0.8} and per_class == []
+
+
 def test_report_says_how_the_decision_threshold_was_chosen(tmp_path: Path) -> None:
     from server.report import RunDirectory, build_report
 
@@ -307,6 +361,31 @@ def test_a_three_class_run_reports_per_class_auc_confusion_matrices_and_per_clas
     )
     assert (run.path / CLASS_ROC_PLOT).read_bytes().startswith(PNG_SIGNATURE)
     assert f'src="{CLASS_ROC_PLOT}"' in html_text
+    assert "AUC as in the per-class table" in html_text
+
+
+def test_the_per_class_roc_legends_show_the_per_class_tables_auc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.report.builder as builder
+    from server.report.plots import plot_roc_per_class
+
+    run = _write_three_class_run(tmp_path / "run")
+    summary = run.read_summary()
+    seen: list = []
+
+    def spy(*args, aucs=(), **kwargs):
+        seen.extend(aucs)
+        return plot_roc_per_class(*args, aucs=aucs, **kwargs)
+
+    monkeypatch.setattr(builder, "plot_roc_per_class", spy)
+
+    build_report(run.path)
+
+    assert len(seen) == len(CLASSES)
+    for index, name in enumerate(CLASSES):
+        assert seen[index][POOLED_SITE] == summary["pooled"]["per_class"][name]["auc"]
+        assert seen[index][SITES[0]] == summary["sites"][SITES[0]]["per_class"][name]["auc"]
 
 
 def test_a_binary_run_has_no_per_class_section_and_old_run_folders_still_render(fake_run: RunDirectory) -> None:

@@ -18,6 +18,7 @@ from server.report.run_files import (
     RunDirectory,
     RunFolderError,
 )
+from server.report.study_page import StudyFolderError, build_study_report
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -36,7 +37,9 @@ __all__ = [
     "RocData",
     "RunDirectory",
     "RunFolderError",
+    "StudyFolderError",
     "build_report",
+    "build_study_report",
     "class_results",
     "confusion_matrix",
     "latest_rows",

@@ -21,6 +21,7 @@ from server.report.plots import (
     LOSS_PLOT,
     METRICS_PLOT,
     ROC_PLOT,
+    legend_aucs,
     plot_epsilon_per_round,
     plot_loss_per_round,
     plot_metrics_per_round,
@@ -177,20 +178,24 @@ def _plots(
     roc: RocData | None,
     privacy: Mapping[str, Any],
     class_names: list[str],
+    results: Mapping[str, Mapping[str, Any]],
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """Draw every plot the data allows; say why the others are missing, and delete stale copies of them.
 
     With more than two classes (``class_names``) the ROC plot is the last class vs the rest, and a per-class
-    ROC plot follows it when roc.json holds the per-class histograms.
+    ROC plot follows it when roc.json holds the per-class histograms. The ROC legends show the results tables'
+    AUCs (exact at sites) where they are from the ROC data's round (`legend_aucs`).
     """
+    aucs, class_aucs = legend_aucs(results, roc.round) if roc else ({}, [])
     positive = class_names[-1] if class_names else ""
     plots: list[tuple[str, str]] = []
     notes: list[str] = []
     has = lambda phase, key: any(r.get("phase") == phase and key in r and "error" not in r for r in rows)  # noqa: E731
     wanted: list[tuple[str, bool, str, Any]] = [
-        (ROC_PLOT, roc is not None, "", lambda p: plot_roc_per_site(roc.sites, roc.pooled, p, positive=positive)),
+        (ROC_PLOT, roc is not None, "",
+         lambda p: plot_roc_per_site(roc.sites, roc.pooled, p, positive=positive, aucs=aucs)),
         (CLASS_ROC_PLOT, bool(class_names and roc and roc.class_sites), "",
-         lambda p: plot_roc_per_class(roc.class_sites, roc.class_pooled, class_names, p)),
+         lambda p: plot_roc_per_class(roc.class_sites, roc.class_pooled, class_names, p, aucs=class_aucs)),
         (METRICS_PLOT, has("evaluate", "auc"), "No evaluation rounds recorded: no metrics plot.",
          lambda p: plot_metrics_per_round(rows, p)),
         (EPSILON_PLOT, privacy.get("mode") != "none" and has("train", "epsilon"),
@@ -202,10 +207,11 @@ def _plots(
     ]  # fmt: skip
     captions = {
         ROC_PLOT: f"ROC curves of the final global model (round {roc.round if roc else '?'}) on each site's test "
-        "split and pooled; curves further to the top left are better."
+        "split and pooled; curves further to the top left are better. Curves drawn from binned score histograms; "
+        "AUC as in the table."
         + (f" The score is the probability of {positive}, against all other classes." if positive else ""),
         CLASS_ROC_PLOT: "ROC curves of each class against all the others (scored by that class's probability), "
-        "per site and pooled.",
+        "per site and pooled. Curves drawn from binned score histograms; AUC as in the per-class table.",
         METRICS_PLOT: "AUC, sensitivity and specificity of the global model per round (sensitivity and "
         "specificity at each site's decision threshold).",
         EPSILON_PLOT: "Cumulative privacy loss ε of the federation after each round, accounted by the server for "
@@ -251,7 +257,7 @@ def build_report(run_dir: str | Path) -> Path:
     sites = sorted({str(r["site"]) for r in rows} | set(results) | set(roc.sites if roc else ()))
     sites = [s for s in sites if s != POOLED_SITE]
     class_names = class_names_of(summary, config, results)
-    plots, notes = _plots(folder, rows, roc, privacy, class_names)
+    plots, notes = _plots(folder, rows, roc, privacy, class_names, results)
     failures = (summary or {}).get("failures") or [r for r in rows if "error" in r]
     html_text = render_page(
         title=f"fedmammo run report: {folder.path.name}",

@@ -11,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from common.metrics import ScoreHistogram, histogram_auc, histogram_roc
+from server.report.class_results import class_results
+from server.report.final_round import ROUND
 from server.report.run_files import POOLED_SITE
 
 __all__ = [
@@ -18,12 +20,15 @@ __all__ = [
     "EPSILON_PLOT",
     "LOSS_PLOT",
     "METRICS_PLOT",
+    "ROC_NOTE",
     "ROC_PLOT",
+    "legend_aucs",
     "plot_epsilon_per_round",
     "plot_loss_per_round",
     "plot_metrics_per_round",
     "plot_roc_per_class",
     "plot_roc_per_site",
+    "roc_labels",
     "site_order",
 ]
 
@@ -32,6 +37,8 @@ METRICS_PLOT = "metrics_per_round.png"
 EPSILON_PLOT = "epsilon_per_round.png"
 LOSS_PLOT = "loss_per_round.png"
 CLASS_ROC_PLOT = "roc_per_class.png"
+ROC_NOTE = "curves drawn from binned score histograms; AUC as in the table"
+"""The ROC legends' title: the curves are binned, the AUCs are the report table's (exact at sites)."""
 
 _DPI = 110
 _PALETTE = (
@@ -107,14 +114,48 @@ def _line_axes(axes: Any, series: Mapping[str, tuple[list[int], list[float]]], y
         axes.set_xticks(rounds if len(rounds) <= 20 else rounds[:: max(1, len(rounds) // 10)])
 
 
-def _roc_axes(axes: Any, curves: Mapping[str, ScoreHistogram], title: str) -> None:
-    """One ROC curve per site (pooled last, in black), AUC in the legend, and the chance diagonal."""
+def legend_aucs(
+    results: Mapping[str, Mapping[str, Any]], roc_round: int
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The AUCs the results tables show, for the ROC legends: per site (and pooled), and per class index.
+
+    Only entries from the ROC data's round count: a site whose figures are older keeps its curve's own AUC.
+    """
+    headline: dict[str, float] = {}
+    per_class: list[dict[str, float]] = []
+    for site, entry in results.items():
+        if entry.get(ROUND, roc_round) == roc_round:
+            headline[site] = entry.get("auc", math.nan)
+            for index, values in enumerate(class_results(entry)):
+                per_class += [{} for _ in range(index + 1 - len(per_class))]
+                per_class[index][site] = values.get("auc", math.nan)
+    return headline, per_class
+
+
+def roc_labels(curves: Mapping[str, ScoreHistogram], aucs: Mapping[str, float] | None = None) -> dict[str, str]:
+    """Each curve's legend label: its AUC from ``aucs`` (the report table's figure), else from the histogram.
+
+    The table's AUC is exact at sites; the histogram's is binned and can differ from it by up to ~1/bins per
+    pair of cases sharing a bin, so the legend takes the table's figure wherever there is one.
+    """
+    labels = {}
+    for site, histogram in curves.items():
+        given = (aucs or {}).get(site)
+        valid = isinstance(given, (int, float)) and not isinstance(given, bool) and math.isfinite(given)
+        auc = float(given) if valid else histogram_auc(histogram)
+        name = _label(site)
+        labels[site] = f"{name} (AUC {auc:.3f})" if math.isfinite(auc) else f"{name} (AUC n/a: one class only)"
+    return labels
+
+
+def _roc_axes(
+    axes: Any, curves: Mapping[str, ScoreHistogram], title: str, aucs: Mapping[str, float] | None = None
+) -> None:
+    """One ROC curve per site (pooled last, in black), the table's AUC in the legend, and the chance diagonal."""
+    labels = roc_labels(curves, aucs)
     for index, site in enumerate(site_order(list(curves))):
         fpr, tpr = histogram_roc(curves[site])
-        auc = histogram_auc(curves[site])
-        name = _label(site)
-        label = f"{name} (AUC {auc:.3f})" if math.isfinite(auc) else f"{name} (AUC n/a: one class only)"
-        axes.plot(fpr, tpr, label=label, drawstyle="default", **_style(site, index))
+        axes.plot(fpr, tpr, label=labels[site], drawstyle="default", **_style(site, index))
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (AUC 0.5)")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
@@ -123,24 +164,41 @@ def _roc_axes(axes: Any, curves: Mapping[str, ScoreHistogram], title: str) -> No
     axes.set_ylabel("sensitivity (true-positive rate)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="lower right", fontsize="small", title=ROC_NOTE, title_fontsize="x-small")
 
 
 def plot_roc_per_site(
-    sites: Mapping[str, ScoreHistogram], pooled: ScoreHistogram | None, path: Path, *, positive: str = ""
+    sites: Mapping[str, ScoreHistogram],
+    pooled: ScoreHistogram | None,
+    path: Path,
+    *,
+    positive: str = "",
+    aucs: Mapping[str, float] | None = None,
 ) -> Path:
-    """One ROC curve per site plus pooled; ``positive`` names the class scored against the rest (K > 2)."""
+    """One ROC curve per site plus pooled; ``positive`` names the class scored against the rest (K > 2).
+
+    ``aucs`` (site or ``pooled`` -> AUC) are the report table's figures, shown in the legend; a curve without one
+    shows its histogram's AUC (see `roc_labels`).
+    """
     figure = _new_figure(6.0, 5.6)
     curves = {**sites, **({POOLED_SITE: pooled} if pooled is not None else {})}
     detail = f"{_label(positive)} vs rest" if positive else "per site"
-    _roc_axes(figure.add_subplot(), curves, f"ROC of the final global model, {detail}")
+    _roc_axes(figure.add_subplot(), curves, f"ROC of the final global model, {detail}", aucs)
     return _save(figure, path)
 
 
 def plot_roc_per_class(
-    sites: Mapping[str, Sequence[ScoreHistogram]], pooled: Sequence[ScoreHistogram], names: Sequence[str], path: Path
+    sites: Mapping[str, Sequence[ScoreHistogram]],
+    pooled: Sequence[ScoreHistogram],
+    names: Sequence[str],
+    path: Path,
+    *,
+    aucs: Sequence[Mapping[str, float]] = (),
 ) -> Path:
-    """One panel per class (that class vs the rest), each with a curve per site and pooled."""
+    """One panel per class (that class vs the rest), each with a curve per site and pooled.
+
+    ``aucs[i]`` (site or ``pooled`` -> AUC of class ``i`` vs the rest) are the per-class table's figures.
+    """
     count = max([len(pooled), *(len(hs) for hs in sites.values())])
     figure = _new_figure(5.0 * count, 5.2)
     panels = figure.subplots(1, count, squeeze=False)[0]
@@ -149,7 +207,7 @@ def plot_roc_per_class(
         if index < len(pooled):
             curves[POOLED_SITE] = pooled[index]
         name = names[index] if index < len(names) else f"class_{index}"
-        _roc_axes(axes, curves, f"{_label(name)} vs rest")
+        _roc_axes(axes, curves, f"{_label(name)} vs rest", aucs[index] if index < len(aucs) else None)
     return _save(figure, path)
 
 
