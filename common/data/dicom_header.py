@@ -67,6 +67,8 @@ class DicomHeader:
     has_voi_lut: bool
     has_pixel_data: bool
     transfer_syntax: str
+    patient_age: str = ""
+    """(0010,1010) Patient's Age as written (``052Y``); read only by site-side subgroup analyses."""
 
 
 def read_header(path: str | Path) -> DicomHeader:
@@ -131,6 +133,7 @@ def header_from_dataset(ds: pydicom.Dataset) -> DicomHeader:
         has_voi_lut=bool(ds.get("VOILUTSequence")),
         has_pixel_data="PixelData" in ds,
         transfer_syntax=str(syntax or ""),
+        patient_age=_text(ds, "PatientAge"),
     )
 
 

@@ -19,6 +19,8 @@ lesion_radius_px    no        radius of the lesion circle in pixels
 lesion_x0/y0/x1/y1  no        lesion bounding box in pixels (x = column, y = row; x0 < x1, y0 < y1),
                               all four or none
 mask_path           no        lesion mask image (non-zero = lesion); absolute or relative like image_path
+density             no        BI-RADS breast density: A-D or 1-4 (subgroup analyses; other texts count as unknown)
+age                 no        patient age in years at the exam, or a DICOM age string (052Y); subgroups only
 ==================  ========  ==================================================================
 
 Unknown extra columns are ignored, so a site may keep its own bookkeeping columns. Every problem in a
@@ -68,6 +70,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "lesion_x1",
     "lesion_y1",
     "mask_path",
+    "density",
+    "age",
 )
 """All columns we read, in the order we write them. Unknown extra columns are ignored."""
 
@@ -99,6 +103,10 @@ class ManifestRow:
     lesion_box: tuple[float, float, float, float] | None = None
     """Lesion bounding box ``(x0, y0, x1, y1)`` in pixels, x the column and y the row."""
     mask_path: Path | None = None
+    density: str = ""
+    """BI-RADS density as written (A-D or 1-4); read only by site-side subgroup analyses."""
+    age: str = ""
+    """Patient age as written (years, or a DICOM AS string); read only by site-side subgroup analyses."""
 
 
 def _optional_float(text: str, column: str, problems: list[str], where: str) -> float | None:
@@ -198,6 +206,8 @@ def _parse_row(raw: dict[str, str], line: int, root: Path, problems: list[str], 
         lesion_radius_px=lesion[2],
         lesion_box=box,
         mask_path=None if mask is None else (mask if mask.is_absolute() else root / mask),
+        density=get("density"),
+        age=get("age"),
     )
 
 

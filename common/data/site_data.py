@@ -180,6 +180,7 @@ def load_site(
             [row.label for row in usable[name]],
             size,
             [lesions.get(row.row_number) for row in usable[name]],
+            [row.row_number for row in usable[name]],
         )
         for name in SPLITS
     }

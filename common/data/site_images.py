@@ -33,6 +33,9 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     lesions : sequence of Lesion or None, optional
         Per image, its lesion circle in the image's (output) pixels, or None; no argument means no lesion marks.
         Whole-image items never use them; the patch stage (:mod:`common.data.patches`) does.
+    row_numbers : sequence of int or None, optional
+        Per image, its manifest line, so site-side analyses (subgroups by view, density, vendor) can find the
+        image's manifest row and header; they never leave the site.
     """
 
     def __init__(
@@ -41,15 +44,19 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         labels: Sequence[int],
         size: int,
         lesions: Sequence[Lesion | None] | None = None,
+        row_numbers: Sequence[int] | None = None,
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if lesions is not None and len(lesions) != len(images):
             raise ValueError(f"{len(images)} images but {len(lesions)} lesion entries")
+        if row_numbers is not None and len(row_numbers) != len(images):
+            raise ValueError(f"{len(images)} images but {len(row_numbers)} manifest line numbers")
         self._images = list(images)
         self.labels = torch.tensor(list(labels), dtype=torch.int64)
         self.size = size
         self.lesions: list[Lesion | None] = list(lesions) if lesions is not None else [None] * len(self._images)
+        self.row_numbers: list[int] | None = list(row_numbers) if row_numbers is not None else None
 
     def __len__(self) -> int:
         return len(self._images)
@@ -71,6 +78,20 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def bytes_in_memory(self) -> int:
         """Bytes of images held in RAM rather than mapped from the cache (0 when the cache holds them all)."""
         return sum(image.nbytes for image in self._images if not isinstance(image, np.memmap))
+
+    @classmethod
+    def concatenated(cls, parts: Sequence[SiteImages]) -> SiteImages:
+        """Several splits as one (the pooled data of a centralized baseline); manifest lines do not carry over,
+        as they are per site."""
+        sizes = {part.size for part in parts}
+        if len(sizes) > 1:
+            raise ValueError(f"cannot concatenate splits of different image sizes {sorted(sizes)}")
+        return cls(
+            [image for part in parts for image in part._images],
+            [int(label) for part in parts for label in part.labels.tolist()],
+            sizes.pop() if sizes else 0,
+            [lesion for part in parts for lesion in part.lesions],
+        )
 
     def stacked(self) -> torch.Tensor:
         """Every image as one ``N x 1 x S x S`` tensor: for small splits and inspection, not for training."""

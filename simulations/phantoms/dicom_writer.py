@@ -43,6 +43,8 @@ class ImageHeader:
     view: str
     pixel_spacing_mm: float
     institution: str
+    patient_age: str = ""
+    """(0010,1010) Patient's Age, ``058Y``; empty leaves the tag out."""
 
 
 def phantom_uid(*parts: object) -> str:
@@ -93,6 +95,8 @@ def write_dicom(path: Path, pixels: np.ndarray, header: ImageHeader, profile: Sc
     ds.PatientID = header.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "F"
+    if header.patient_age:
+        ds.PatientAge = header.patient_age
     ds.PatientIdentityRemoved = "YES"
     ds.BodyPartExamined = "BREAST"
     ds.StudyInstanceUID = header.study_uid

@@ -13,14 +13,14 @@ from common.config import FederationConfig
 from common.data import write_manifest
 from common.errors import ConfigError
 from simulations.phantoms.dicom_writer import ImageHeader, phantom_uid, write_dicom
-from simulations.phantoms.patients import VIEWS, patient_findings, render_patient
+from simulations.phantoms.patients import VIEWS, patient_age, patient_findings, render_patient
 from simulations.phantoms.scanners import scanner_profile
 
 __all__ = ["GENERATOR_VERSION", "STAMP_NAME", "generate_configured_federation", "generate_federation", "generate_site"]
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bump whenever generated content changes, so stale sites on disk are regenerated rather than reused."""
 
 STAMP_NAME = "phantom.json"
@@ -138,6 +138,7 @@ def _write_site(work: Path, stamp: dict[str, object]) -> None:
     for patient, finding in enumerate(patient_findings(seed, site_index, num_patients)):
         patient_id = f"S{site_index}-P{patient + 1:04d}"
         study_uid = phantom_uid(seed, site_index, patient, "study")
+        age = patient_age(seed, site_index, patient)
         views = render_patient(
             seed=seed,
             site_index=site_index,
@@ -161,6 +162,7 @@ def _write_site(work: Path, stamp: dict[str, object]) -> None:
                 view=image.view,
                 pixel_spacing_mm=spacing,
                 institution=f"Phantom Hospital {site_index}",
+                patient_age=f"{age:03d}Y",
             )
             write_dicom(work / name, image.pixels, header, profile)
             lesion = image.lesion
@@ -177,6 +179,8 @@ def _write_site(work: Path, stamp: dict[str, object]) -> None:
                     "lesion_row": None if lesion is None else round(lesion[0], 2),
                     "lesion_col": None if lesion is None else round(lesion[1], 2),
                     "lesion_radius_px": None if lesion is None else round(lesion[2], 2),
+                    "density": image.density,
+                    "age": age,
                 }
             )
     write_manifest(work / MANIFEST_NAME, rows)

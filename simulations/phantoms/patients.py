@@ -26,7 +26,7 @@ VIEWS: tuple[tuple[str, str], ...] = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("
 _FINDINGS_BLOCK = ("normal",) * 4 + ("benign",) * 3 + ("malignant",) * 3
 """Every block of 10 consecutive patients holds exactly this mix (40/30/30), shuffled per seed and site."""
 
-_STREAM_FINDINGS, _STREAM_PATIENT = 0, 1
+_STREAM_FINDINGS, _STREAM_PATIENT, _STREAM_AGE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,31 @@ class PhantomImage:
     pixels: np.ndarray
     finding: str
     lesion: tuple[float, float, float] | None
+    density: str = ""
+    """The patient's BI-RADS density category (A-D) from the drawn glandular share, for subgroup analyses."""
 
     @property
     def label(self) -> int:
         """1 for malignant, 0 for benign or normal (the project's default binary task)."""
         return int(self.finding == "malignant")
+
+
+BIRADS_DENSITY_CUTS: tuple[tuple[float, str], ...] = ((0.25, "A"), (0.45, "B"), (0.65, "C"), (1.01, "D"))
+"""Upper bounds of the drawn density (glandular share) per BI-RADS category: about 15/35/32/18 % of patients."""
+
+
+def birads_density(density: float) -> str:
+    """The BI-RADS category (A fatty ... D extremely dense) of a phantom's drawn density."""
+    return next(category for bound, category in BIRADS_DENSITY_CUTS if density < bound)
+
+
+def patient_age(seed: int, site_index: int, patient_index: int) -> int:
+    """A screening-age patient's age in years (40-79), on a stream of its own so that pixels do not depend on it.
+
+    Sites differ in age mix (the mean rises by 3 years per site index, modulo four), as hospitals' populations do.
+    """
+    rng = _rng(seed, site_index, _STREAM_AGE, patient_index)
+    return int(np.clip(round(rng.normal(54 + 3 * (site_index % 4), 8)), 40, 79))
 
 
 def _rng(seed: int, site_index: int, stream: int, index: int) -> np.random.Generator:
@@ -128,6 +148,7 @@ def render_patient(
                 pixels=pixels,
                 finding=finding if lesion is not None else "normal",
                 lesion=lesion,
+                density=birads_density(density),
             )
         )
     return images
