@@ -8,11 +8,13 @@ from flwr.clientapp import ClientApp
 from client.budget import declined_with_spending, site_budget
 from client.ledger import PrivacyLedger
 from client.safe_reply import reply_with_error_on_failure
-from client.site import resolve_site
+from client.site import resolve_site, study_ledger
+from client.study_scores import score_models_on_site
 from client.task import SatOut, evaluate_on_site, train_on_site
 from common import wire
 from common.config import load_config
 from common.errors import PrivacyBudgetExceeded
+from common.study_wire import model_scores_to_flat, pair_to_flat
 
 __all__ = ["app"]
 
@@ -24,6 +26,14 @@ def _server_round(msg: Message) -> int:
     return int(config.get(wire.SERVER_ROUND, 0)) if config is not None else 0
 
 
+def _message_config(msg: Message) -> ConfigRecord:
+    return msg.content.get(wire.CONFIG_KEY) or ConfigRecord()
+
+
+def _site_record(site_name: str, pooled: bool) -> ConfigRecord:
+    return ConfigRecord({wire.SITE_NAME: site_name, **({wire.SITE_POOLED: 1} if pooled else {})})
+
+
 @app.train()
 @reply_with_error_on_failure
 def train(msg: Message, context: Context) -> Message:
@@ -31,9 +41,11 @@ def train(msg: Message, context: Context) -> Message:
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
     budget = site_budget(context.node_config, site.manifest.parent)  # a broken limits file fails closed
+    # A study's models each charge their own ledger in simulation; a real SuperNode always charges its one.
+    ledger_path = study_ledger(site, context.node_config, config, str(_message_config(msg).get(wire.STUDY_ARM, "")))
     # The site's disk, not node state, is the record of spent privacy. Its lock is held from the budget check
     # to the write, so a second training on this site (another node, run or retry) waits and sees this one's steps.
-    with PrivacyLedger.locked(site.ledger) as ledger:
+    with PrivacyLedger.locked(ledger_path) as ledger:
         try:
             result = train_on_site(
                 site,
@@ -63,7 +75,43 @@ def train(msg: Message, context: Context) -> Message:
         {
             wire.ARRAYS_KEY: ArrayRecord(result.state_dict),
             wire.METRICS_KEY: metrics,
-            wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site.name}),
+            wire.SITE_KEY: _site_record(site.name, site.pooled),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+@reply_with_error_on_failure
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which site this node serves (a study maps its models onto nodes with it); nothing else."""
+    config = load_config(context.run_config)
+    site = resolve_site(context.node_config, config)
+    asked = str(_message_config(msg).get(wire.STUDY_QUERY, ""))
+    if asked != wire.STUDY_DESCRIBE:
+        raise ValueError(f"unknown query {asked!r}: this site answers only {wire.STUDY_DESCRIBE!r}")
+    return Message(content=RecordDict({wire.SITE_KEY: _site_record(site.name, site.pooled)}), reply_to=msg)
+
+
+def _study_evaluate(msg: Message, context: Context) -> Message:
+    """Score every model of a study request on the test split; reply with per-model figures and paired differences."""
+    config = load_config(context.run_config)
+    site = resolve_site(context.node_config, config)
+    asked = _message_config(msg)
+    models = []
+    while wire.study_model_key(len(models)) in msg.content.array_records:
+        models.append(msg.content.array_records[wire.study_model_key(len(models))].to_torch_state_dict())
+    pairs = []
+    while wire.study_pair_key(len(pairs)) in asked:
+        first, second = str(asked[wire.study_pair_key(len(pairs))]).split(",")
+        pairs.append((int(first), int(second)))
+    scores = score_models_on_site(site, config, models, pairs)
+    content = RecordDict(
+        {
+            wire.METRICS_KEY: MetricRecord({wire.NUM_EXAMPLES: scores.num_examples, wire.SECONDS: scores.seconds}),
+            wire.SITE_KEY: _site_record(site.name, site.pooled),
+            **{wire.study_model_key(i): MetricRecord(model_scores_to_flat(m)) for i, m in enumerate(scores.models)},
+            **{wire.study_pair_key(j): MetricRecord(pair_to_flat(p)) for j, p in enumerate(scores.pairs)},
         }
     )
     return Message(content=content, reply_to=msg)
@@ -72,7 +120,12 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @reply_with_error_on_failure
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the received weights on this site's test split; reply with metrics and score histograms (counts)."""
+    """Score the received weights on this site's test split; reply with metrics and score histograms (counts).
+
+    A study's request (models under ``study-model.<i>``) is scored by `_study_evaluate` instead.
+    """
+    if wire.study_model_key(0) in msg.content.array_records:
+        return _study_evaluate(msg, context)
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
     outcome = evaluate_on_site(site, config, msg.content[wire.ARRAYS_KEY].to_torch_state_dict())
@@ -91,5 +144,5 @@ def evaluate(msg: Message, context: Context) -> Message:
             **(outcome.classes.to_flat() if outcome.classes is not None else {}),
         }
     )
-    content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: ConfigRecord({wire.SITE_NAME: site.name})})
+    content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: _site_record(site.name, site.pooled)})
     return Message(content=content, reply_to=msg)

@@ -12,7 +12,16 @@ from common.config import AppConfig
 from common.data import FEDERATION_INDEX, NUM_CLASSES_KEY, recorded_num_classes, site_manifest
 from common.errors import ConfigError, ManifestError
 
-__all__ = ["PARTITION_ID_KEY", "SITE_NAME_KEY", "UNNAMED_SITE_NAME", "SiteSpec", "phantom_site_dir", "resolve_site"]
+__all__ = [
+    "PARTITION_ID_KEY",
+    "POOLED_SITE_NAME",
+    "SITE_NAME_KEY",
+    "UNNAMED_SITE_NAME",
+    "SiteSpec",
+    "phantom_site_dir",
+    "resolve_site",
+    "study_ledger",
+]
 
 # SuperNode --node-config keys a hospital sets (deployment).
 MANIFEST_KEY = "manifest"
@@ -25,6 +34,8 @@ its manifest's folder name, which may carry identifiers."""
 # Keys the simulation engine sets.
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
+POOLED_SITE_NAME = "all-sites-pooled"
+"""The simulated node that holds every site's data: the study's centralized reference (never in a deployment)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,13 @@ class SiteSpec:
     cache_dir: Path | None
     index: int
     ledger: Path
+    members: tuple[SiteSpec, ...] = ()
+    """The sites whose data this node pools (the study's centralized reference); empty for a real site."""
+
+    @property
+    def pooled(self) -> bool:
+        """Whether this node holds several sites' data (simulation only)."""
+        return bool(self.members)
 
 
 def phantom_site_dir(data_dir: str | Path, index: int) -> Path:
@@ -99,6 +117,10 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
             raise ConfigError(
                 f"node config '{PARTITION_ID_KEY}' = {node_config[PARTITION_ID_KEY]!r} is not an integer"
             ) from exc
+        if _is_pooled_partition(config, index):
+            members = tuple(resolve_site({PARTITION_ID_KEY: i}, config) for i in range(config.federation.num_sites))
+            ledger = Path(config.output.run_dir).expanduser() / "ledgers" / f"{POOLED_SITE_NAME}.json"
+            return SiteSpec(POOLED_SITE_NAME, members[0].manifest, cache_dir, index, ledger, members)
         if _is_prepared(config, index):
             _check_recorded_classes(config)
             name, manifest = site_manifest(config.federation.data_dir, index, config.federation.num_sites)
@@ -116,6 +138,30 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
         f"node config {dict(node_config)} names no site: start the SuperNode with "
         f'--node-config \'{MANIFEST_KEY}="/path/to/manifest.csv" {SITE_NAME_KEY}="hospital-a"\''
     )
+
+
+def _is_pooled_partition(config: AppConfig, index: int) -> bool:
+    """The partition after the last site, in a study with a centralized arm: the launcher starts one more node."""
+    return index == config.federation.num_sites and config.study.enabled and "centralized" in config.study.arm_names
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80] or "_"
+
+
+def study_ledger(site: SiteSpec, node_config: Mapping[str, object], config: AppConfig, arm: str) -> Path:
+    """The privacy ledger a study round of model ``arm`` charges.
+
+    In simulation each of a study's models gets its own ledger under the run folder, so every arm is planned and
+    reported from zero, as if it were the only use of the data (the report says so: a site taking part in every
+    arm has spent the sum). A real SuperNode (node config ``manifest``) always charges its one ledger, whatever
+    the server names: a server must not be able to reset a hospital's spending by inventing arm names.
+    """
+    if MANIFEST_KEY in node_config or PARTITION_ID_KEY not in node_config or not arm:
+        return site.ledger
+    folder = Path(config.output.run_dir).expanduser() / "ledgers" / _file_safe(arm)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{_file_safe(site.name)}.json"
 
 
 def _check_recorded_classes(config: AppConfig) -> None:

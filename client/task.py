@@ -16,6 +16,7 @@ from client.budget import SiteBudget, check_round
 from client.site import SiteSpec
 from common.config import AppConfig
 from common.data import (
+    SPLITS,
     ImagePipeline,
     LesionPatches,
     ManifestRow,
@@ -39,8 +40,11 @@ __all__ = [
     "SatOut",
     "check_labels",
     "evaluate_on_site",
+    "headline_labels",
     "in_patch_stage",
     "load_site_data",
+    "model_with",
+    "operating_threshold",
     "patch_dataset",
     "pick_device",
     "round_seed",
@@ -176,6 +180,13 @@ def load_site_data(site: SiteSpec, config: AppConfig) -> SiteData:
     ManifestError
         If the manifest is invalid, or a label is not a class index of ``model.num_classes`` (`check_labels`).
     """
+    if site.pooled:  # the study's centralized reference: every site's own splits, side by side
+        parts = [load_site_data(member, config) for member in site.members]
+        return SiteData(
+            *(SiteImages.concatenated([getattr(part, name) for part in parts]) for name in ("train", "val", "test")),
+            skipped=[item for part in parts for item in part.skipped],
+            num_patients={name: sum(part.num_patients.get(name, 0) for part in parts) for name in SPLITS},
+        )
     check_labels(read_manifest(site.manifest), config.model.num_classes, site.manifest)
     data = load_site(
         site.manifest,
@@ -191,7 +202,8 @@ def load_site_data(site: SiteSpec, config: AppConfig) -> SiteData:
     return data
 
 
-def _model_with(config: AppConfig, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+def model_with(config: AppConfig, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The run's model architecture holding ``state_dict`` (the weights a message brought)."""
     model = build_model(config.model.name, num_classes=config.model.num_classes, in_channels=1, norm=config.model.norm)
     model.load_state_dict(state_dict)
     return model
@@ -234,7 +246,7 @@ def train_on_site(
         logger.info(
             "site %s: class weights %s (training.class_weights=%s)", site.name, shown, config.training.class_weights
         )
-    model = _model_with(config, state_dict)
+    model = model_with(config, state_dict)
     privacy = config.privacy
     if privacy.local and privacy.target_epsilon > 0 and len(dataset) > 0:
         privacy = privacy_for_budget(
@@ -284,11 +296,11 @@ def evaluate_on_site(
     """
     started = time.perf_counter()
     data = load_site_data(site, config)
-    model = _model_with(config, state_dict)
+    model = model_with(config, state_dict)
     device = pick_device(config.training.device)
     result = evaluate(model, getattr(data, split), batch_size=config.training.batch_size * 2, device=device)
-    labels = _binary(result.labels, config)  # the headline: the last (most severe) class vs the rest
-    threshold = _operating_threshold(model, data, config, device)
+    labels = headline_labels(result.labels, config)  # the headline: the last (most severe) class vs the rest
+    threshold = operating_threshold(model, data, config, device)
     metrics = binary_metrics(
         labels,
         result.scores,
@@ -317,7 +329,7 @@ def evaluate_on_site(
     )
 
 
-def _binary(labels: np.ndarray, config: AppConfig) -> np.ndarray:
+def headline_labels(labels: np.ndarray, config: AppConfig) -> np.ndarray:
     """The headline labels: 1 for the last (most severe) class, 0 for the others.
 
     Raises
@@ -337,7 +349,7 @@ def _binary(labels: np.ndarray, config: AppConfig) -> np.ndarray:
     return (labels == config.model.num_classes - 1).astype(np.int64)
 
 
-def _operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfig, device: str) -> float:
+def operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfig, device: str) -> float:
     """The site's decision threshold: fixed, or the lowest reaching the target specificity on validation.
 
     Falls back to the fixed threshold when the validation split is empty or has no benign/normal case.
@@ -346,5 +358,5 @@ def _operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConf
     if rule.operating_point == "fixed" or len(data.val) == 0:
         return rule.threshold
     val = evaluate(model, data.val, batch_size=config.training.batch_size * 2, device=device)
-    chosen = threshold_at_specificity(_binary(val.labels, config), val.scores, rule.target_specificity)
+    chosen = threshold_at_specificity(headline_labels(val.labels, config), val.scores, rule.target_specificity)
     return rule.threshold if np.isnan(chosen) else chosen

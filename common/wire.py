@@ -22,10 +22,18 @@ __all__ = [
     "SERVER_ROUND",
     "SITE_KEY",
     "SITE_NAME",
+    "SITE_POOLED",
+    "STUDY_ARM",
+    "STUDY_DESCRIBE",
+    "STUDY_MODEL",
+    "STUDY_PAIR",
+    "STUDY_QUERY",
     "THRESHOLD",
     "TRAIN_LOSS",
     "UNIFORM_WEIGHT",
     "class_hist_keys",
+    "study_model_key",
+    "study_pair_key",
 ]
 
 # RecordDict keys (FedAvg's own defaults for arrays/config, so its hooks need no re-keying).
@@ -73,3 +81,31 @@ CLASS_HIST_POS = "class_hist_pos_"
 def class_hist_keys(index: int) -> tuple[str, str]:
     """The (negatives, positives) MetricRecord keys of class ``index``'s one-vs-rest score histogram."""
     return f"{CLASS_HIST_NEG}{index}", f"{CLASS_HIST_POS}{index}"
+
+
+# Cross-site study entries (`fedmammo study`; `server.study`, `client.study_scores`).
+SITE_POOLED = "pooled"
+"""1 in a node's site record when it holds every site's training data (the study's centralized reference,
+which exists only in simulation)."""
+STUDY_ARM = "study-arm"
+"""Train ConfigRecord: which study model the round trains (``local:site-0``, ``federated``); in simulation it
+selects that model's own privacy ledger."""
+STUDY_QUERY = "study-query"
+"""Query ConfigRecord: what the server asks; `STUDY_DESCRIBE` asks for the site record only."""
+STUDY_DESCRIBE = "describe"
+STUDY_MODEL = "study-model."
+"""Prefix; evaluate ConfigRecord ``study-model.<i>`` names the model whose ArrayRecord is ``study-model.<i>``,
+and the reply's MetricRecord ``study-model.<i>`` holds that model's figures on the site's test split."""
+STUDY_PAIR = "study-pair."
+"""Prefix; evaluate ConfigRecord ``study-pair.<j>`` = ``"<a>,<b>"`` (model indices) asks for the paired AUC
+difference a - b on the same test images, returned as MetricRecord ``study-pair.<j>``."""
+
+
+def study_model_key(index: int) -> str:
+    """The record key of the study's model ``index`` (arrays in the request, figures in the reply)."""
+    return f"{STUDY_MODEL}{index}"
+
+
+def study_pair_key(index: int) -> str:
+    """The record key of the study's paired comparison ``index``."""
+    return f"{STUDY_PAIR}{index}"

@@ -1,4 +1,5 @@
-"""The federation's Flower ServerApp: FedAvg over the sites (central DP optional), then the run directory and report."""
+"""The federation's Flower ServerApp: FedAvg over the sites (central DP optional), then the run directory and report;
+or, with ``study.enabled``, a cross-site generalization study (`server.study`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import AppConfig, load_config
-from common.models import build_model
 from common.privacy.noise_seed import simulation_noise_seed
+from server.model_arrays import final_weights, initial_arrays
 from server.report import RunDirectory, build_report
 from server.report.run_folder import server_run_dir
 from server.strategy import build_strategy
@@ -24,30 +25,6 @@ __all__ = ["app", "final_weights", "initial_arrays", "run_federation"]
 logger = logging.getLogger(__name__)
 
 app = ServerApp()
-
-
-def initial_arrays(config: AppConfig) -> ArrayRecord:
-    """Round-0 weights: seeded random init, or the pretrained file the server operator names."""
-    torch.manual_seed(config.seed)
-    weights = config.model.weights_path or None
-    model = build_model(
-        config.model.name,
-        num_classes=config.model.num_classes,
-        in_channels=1,
-        norm=config.model.norm,
-        weights_path=weights,
-        image_size=config.data.image_size,
-    )
-    return ArrayRecord(model.state_dict())
-
-
-def final_weights(released: ArrayRecord, initial: ArrayRecord) -> ArrayRecord:
-    """The last released global model, or the initial one when no round released any (all sites failed or
-    declined, e.g. limited sites under central DP), so ``global_model.pt`` always loads into the model."""
-    if len(released):
-        return released
-    logger.warning("no round produced a global model; global_model.pt holds the initial weights")
-    return initial
 
 
 def run_federation(grid: Grid, config: AppConfig) -> Path:
@@ -92,4 +69,10 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: read the run config once into the typed schema, then run."""
-    run_federation(grid, load_config(context.run_config))
+    config = load_config(context.run_config)
+    if config.study.enabled:
+        from server.study import run_study
+
+        run_study(grid, config)
+    else:
+        run_federation(grid, config)

@@ -1,5 +1,5 @@
-"""The `fedmammo` command: simulate a federation, make phantom hospitals, pretrain on them, prepare site manifests,
-rebuild a report."""
+"""The `fedmammo` command: simulate a federation or a cross-site study, make phantom hospitals, pretrain on them,
+prepare site manifests, rebuild a report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -18,132 +18,12 @@ from client.check_data_cli import add_check_data_parser
 from common.config import AppConfig, FederationConfig
 from common.errors import ConfigError, FedMammoError, ModelError
 from simulations.cli_prepare import add_prepare_parser
+from simulations.cli_simulate import add_simulate_parser
+from simulations.cli_study import add_study_parser
 
 __all__ = ["main"]
 
 logger = logging.getLogger("fedmammo")
-
-
-def _simulate(args: argparse.Namespace, console: Console) -> int:
-    from server.report.run_folder import claim_run_dir
-    from simulations.hydra_config import compose_simulation
-    from simulations.launcher import SimulationInterrupted, run_simulation
-    from simulations.phantoms import generate_configured_federation
-    from simulations.progress import RoundProgress
-
-    config, resources = compose_simulation(args.overrides)
-    if config.federation.synthetic:
-        with console.status(
-            f"preparing {config.federation.num_sites} synthetic hospitals in {config.federation.data_dir}"
-        ):
-            generate_configured_federation(config.federation, seed=config.seed)
-    else:  # a prepared federation (`fedmammo prepare`): fail now, not inside every simulated client
-        from client.site import PARTITION_ID_KEY, resolve_site
-
-        resolve_site({PARTITION_ID_KEY: 0}, config)
-    run_dir = claim_run_dir(config.output.run_dir)  # runs/<timestamp>, or <timestamp>-2 if another run took it
-    target = config.privacy.target_epsilon
-    noise = f"to ε={target:g}" if target > 0 else f"σ={config.privacy.noise_multiplier}"  # σ then derived
-    privacy = {
-        "local": f"DP-SGD {noise} per site",
-        "central": f"central DP {noise} ({config.privacy.central_clipping} clipping)",
-        "none": "no DP",
-    }[config.privacy.mode]
-    console.print(
-        f"[bold]fedmammo[/] {config.federation.num_sites} sites · {config.model.name} @ {config.data.image_size}px · "
-        f"{config.strategy.num_rounds} rounds · {privacy} · run dir {run_dir}"
-    )
-    try:
-        with RoundProgress(run_dir / "metrics.jsonl", config.strategy.num_rounds, console=console) as progress:
-            echo = (
-                (lambda line: (console.print(line, markup=False, highlight=False), progress.poll()))
-                if args.verbose
-                else None
-            )
-            run_simulation(config, run_dir, resources=resources, on_output=echo or progress.poll, claimed=True)
-    except SimulationInterrupted as exc:  # everything it started is stopped by now: one line, no traceback
-        name = signal.Signals(exc.signum).name
-        ended = f"every process of this run has ended; partial results in {run_dir}"
-        console.print(f"[bold red]stopped by {name}[/]: {escape(ended)}", highlight=False, soft_wrap=True)
-        return 128 + exc.signum
-    _print_summary(run_dir, console)
-    console.print(f"\n[bold green]report:[/] {run_dir / 'report.html'}")
-    return 0
-
-
-def _print_summary(run_dir: Path, console: Console) -> None:
-    """The final table per site and pooled. A site whose figures are older than the final round (it failed or
-    declined later) gets a round column, a mark and a line saying why, as the pooled row does not include it."""
-    import json
-
-    from rich.table import Table
-
-    from server.report.final_round import FINAL_ROUND, NOT_IN_FINAL_ROUND, ROUND, final_round, sites_in_final_round
-
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    rows = [*summary["sites"].items(), ("pooled", summary["pooled"])]
-    last = summary.get(FINAL_ROUND) or final_round(dict(rows))
-    behind = {site: str(v[NOT_IN_FINAL_ROUND]) for site, v in summary["sites"].items() if NOT_IN_FINAL_ROUND in v}
-    table = Table(title=f"global model on each site's test split ({f'round {last}' if last else 'final round'})")
-    columns = ("site", *(("round",) if behind else ()), "test images", "AUC (95% CI)", "sensitivity", "specificity")
-    for column in (*columns, "epsilon"):
-        table.add_column(column, justify="right" if column != "site" else "left")
-
-    def fmt(value: object, digits: int = 3) -> str:
-        return "n/a" if value is None or value != value else f"{float(value):.{digits}f}"  # NaN != NaN
-
-    private = summary.get("privacy", {}).get("mode", "local") != "none"  # no DP: no guarantee, not epsilon 0
-    for site, values in rows:
-        auc = f"{fmt(values.get('auc'))} ({fmt(values.get('auc_ci_low'), 2)}-{fmt(values.get('auc_ci_high'), 2)})"
-        table.add_row(
-            escape(site) + (" *" if site in behind else ""),
-            *([str(values.get(ROUND, "n/a"))] if behind else []),
-            str(values.get("num_examples", "")),
-            auc,
-            fmt(values.get("sensitivity")),
-            fmt(values.get("specificity")),
-            fmt(values.get("epsilon"), 2) if private else "off",
-        )
-    classes = [str(name) for name in summary.get("classes") or []]
-    if len(classes) > 2:
-        table.title += f": {classes[-1]} vs rest"
-    console.print(table)
-    for site, why in behind.items():
-        console.print(f"* {site}: not in round {last}: {why}", markup=False, highlight=False, soft_wrap=True)
-    if behind:
-        pooled = ", ".join(sites_in_final_round(dict(rows))) or "no site"
-        console.print(f"  pooled: round {last}, over {pooled} only", markup=False, highlight=False, soft_wrap=True)
-    if len(classes) > 2:
-        _print_classes(rows, classes, fmt, console)
-
-
-def _print_classes(rows: list, classes: list[str], fmt: Callable[..., str], console: Console) -> None:
-    """Per-class one-vs-rest AUC, macro AUC and the pooled argmax confusion matrix, for more than two classes."""
-    from rich.table import Table
-
-    from server.report import class_results, confusion_matrix
-
-    table = Table(title="per class, one vs rest: AUC (95% CI)")
-    for column in ("site", "cases", *classes, "macro AUC"):
-        table.add_column(column, justify="right" if column != "site" else "left")
-    for site, values in rows:
-        per_class = class_results(values, classes)
-        if not per_class:
-            continue
-        cases = "/".join(fmt(c.get("num_cases"), 0) for c in per_class)
-        aucs = [
-            f"{fmt(c.get('auc'))} ({fmt(c.get('auc_ci_low'), 2)}-{fmt(c.get('auc_ci_high'), 2)})" for c in per_class
-        ]
-        table.add_row(site, cases, *aucs, fmt(values.get("macro_auc")))
-    console.print(table)
-    matrix = confusion_matrix(rows[-1][1])
-    if matrix is not None:
-        confusion = Table(title="pooled confusion matrix (rows: true class, columns: argmax prediction)")
-        for column in ("true \\ predicted", *classes):
-            confusion.add_column(column, justify="right")
-        for name, counts in zip(classes, matrix, strict=False):
-            confusion.add_row(name, *(str(count) for count in counts))
-        console.print(confusion)
 
 
 def _phantoms(args: argparse.Namespace, console: Console) -> int:
@@ -252,10 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="Python logging level (default WARNING)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    simulate = commands.add_parser("simulate", help="run a local federated simulation (Hydra overrides: key=value)")
-    simulate.add_argument("overrides", nargs="*", help="e.g. model=resnet50 privacy=none strategy.num_rounds=3")
-    simulate.add_argument("-v", "--verbose", action="store_true", help="echo Flower's log while running")
-    simulate.set_defaults(handler=_simulate)
+    add_simulate_parser(commands)
 
     federation, seed = FederationConfig(), AppConfig().seed  # defaults match what `flwr run .` expects
     phantoms = commands.add_parser("phantoms", help="write synthetic DICOM hospitals and their manifests")
@@ -289,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("overrides", nargs="*", help="e.g. model=resnet18 data.image_size=128")
     pretrain.set_defaults(handler=_pretrain)
 
+    add_study_parser(commands)
     add_prepare_parser(commands)
     add_check_data_parser(commands)
 

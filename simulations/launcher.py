@@ -31,6 +31,7 @@ __all__ = [
     "SimulationInterrupted",
     "SimulationResources",
     "run_simulation",
+    "simulated_nodes",
     "write_run_config",
 ]
 
@@ -200,7 +201,7 @@ def run_simulation(
         )
         run_config = write_run_config(_with_run_dir(config, run_dir), run_dir / "run_config.toml")
         federation = (
-            f"num-supernodes={config.federation.num_sites} "
+            f"num-supernodes={simulated_nodes(config)} "
             f"client-resources-num-cpus={resources.cpus_per_site} "
             f"client-resources-num-gpus={resources.gpus_per_site}"
         )
@@ -222,11 +223,19 @@ def run_simulation(
         run_id = run_ids[0] if run_ids else None
         ended = run_id is not None and code == 0  # Flower's status says how; `flwr run`'s exit code cannot
         status = read_run_status(command[0], _CONNECTION, run_id, env=env, cwd=run_dir) if ended else None
-    written = (run_dir / "summary.json").is_file()  # the folder was empty when claimed: no stale copy
-    problem = failure_message(code, run_id, status, summary_written=written, log_path=log_path)
+    result_file = "study.json" if config.study.enabled else "summary.json"
+    written = (run_dir / result_file).is_file()  # the folder was empty when claimed: no stale copy
+    problem = failure_message(code, run_id, status, summary_written=written, log_path=log_path, result_file=result_file)
     if problem:
         raise SimulationError(problem)
     return run_dir
+
+
+def simulated_nodes(config: AppConfig) -> int:
+    """One SuperNode per site, plus, in a study with a centralized model, the node that pools their data
+    (`client.site`: the partition after the last site)."""
+    pooled = config.study.enabled and "centralized" in config.study.arm_names
+    return config.federation.num_sites + int(pooled)
 
 
 def _recording_run_id(on_output: Callable[[str], None] | None, run_ids: list[int]) -> Callable[[str], None]:

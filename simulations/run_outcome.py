@@ -61,12 +61,19 @@ def read_run_status(flwr: str, connection: str, run_id: int, *, env: Mapping[str
 
 
 def failure_message(
-    code: int, run_id: int | None, status: RunStatus | None, *, summary_written: bool, log_path: Path
+    code: int,
+    run_id: int | None,
+    status: RunStatus | None,
+    *,
+    summary_written: bool,
+    log_path: Path,
+    result_file: str = "summary.json",
 ) -> str | None:
     """Why the federation did not finish, in one sentence naming the log to read; None when it finished.
 
     It finished when `flwr run` exited 0, Flower reports the run ``finished:completed`` (or, when the status
-    cannot be read, the ServerApp wrote this run's summary.json) and summary.json exists.
+    cannot be read, the ServerApp wrote this run's result) and its result file (``result_file``: summary.json, or a
+    study's study.json) exists.
     """
     if code != 0:
         return f"`flwr run` exited with code {code} before the federation finished; see {log_path}"
@@ -77,7 +84,7 @@ def failure_message(
         return f"the federation failed: Flower reports run {run_id} as {status.status}{why}; see {log_path}"
     if not summary_written:
         return (
-            f"the federation did not finish: the ServerApp wrote no summary.json for run {run_id}"
+            f"the federation did not finish: the ServerApp wrote no {result_file} for run {run_id}"
             f"{'' if status else ' and its status could not be read'}; see {log_path}"
         )
     return None

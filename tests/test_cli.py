@@ -39,7 +39,7 @@ def test_the_final_table_adds_per_class_auc_and_the_pooled_confusion_matrix_for_
 
     from rich.console import Console
 
-    from simulations.cli import _print_summary
+    from simulations.cli_simulate import _print_summary
 
     per_class = {name: {"auc": 0.8, "auc_ci_low": 0.7, "auc_ci_high": 0.9, "num_cases": 4} for name in "abc"}
     entry = {"num_examples": 12, "auc": 0.75, "macro_auc": 0.81, "per_class": per_class, "epsilon": 1.0,
@@ -60,7 +60,7 @@ def test_the_final_table_of_a_binary_run_is_unchanged(tmp_path: Path) -> None:
 
     from rich.console import Console
 
-    from simulations.cli import _print_summary
+    from simulations.cli_simulate import _print_summary
 
     entry = {"num_examples": 12, "auc": 0.75, "sensitivity": 0.5, "specificity": 0.9, "epsilon": 1.0}
     summary = {"classes": ["benign/normal", "malignant"], "sites": {"s": entry}, "pooled": entry}
@@ -78,7 +78,7 @@ def test_the_final_table_marks_a_site_whose_figures_are_from_an_earlier_round(tm
 
     from rich.console import Console
 
-    from simulations.cli import _print_summary
+    from simulations.cli_simulate import _print_summary
 
     why = "figures from round 1, its last evaluation; round 2 evaluate: b: DicomError"
     late = {"round": 1, "num_examples": 10, "auc": 0.9, "epsilon": 1.0, "not_in_final_round": why}
@@ -143,3 +143,51 @@ def test_report_of_a_broken_run_folder_exits_2_with_one_line_naming_the_file(
         assert code == 2 and len(out.strip().splitlines()) == 1 and says in out
     else:  # values of the wrong kind: the report is still written, each value shown as text
         assert code == 0 and (tmp_path / "report.html").is_file()
+
+
+def test_study_multirun_runs_one_study_per_combination_and_summarises_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import simulations.cli_study as cli_study
+
+    seen: list[list[str]] = []
+
+    def fake_study(overrides: list[str], folder: Path, console: object, *, verbose: bool = False) -> Path:
+        seen.append(overrides)
+        folder.mkdir(parents=True)
+        auc = 0.6 + 0.1 * len(seen)
+        study = {"config": {"privacy": {"mode": "none"}}, "models": {"federated": {"epsilon": {}}},
+                 "matrix": {"federated": {"pooled": {"auc": auc}}}, "comparisons": []}  # fmt: skip
+        (folder / "study.json").write_text(json.dumps(study), encoding="utf-8")
+        return folder
+
+    monkeypatch.setattr(cli_study, "run_one_study", fake_study)
+
+    code = main(["study", "-m", "seed=1,2", "privacy=none", "--sweep-dir", str(tmp_path / "sweep")])
+
+    assert code == 0
+    assert sorted(seen) == [["seed=1", "privacy=none"], ["seed=2", "privacy=none"]]
+    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text(encoding="utf-8"))
+    assert [job["status"] for job in summary["jobs"]] == ["ok", "ok"]
+    assert "0.800" in (tmp_path / "sweep" / "sweep_summary.md").read_text(encoding="utf-8")
+    assert "sweep_summary.md" in capsys.readouterr().out
+
+
+def test_simulate_multirun_sweeps_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import simulations.cli_simulate as cli_simulate
+
+    def fake_run(overrides: list[str], folder: Path, console: object, verbose: bool) -> Path:
+        folder.mkdir(parents=True)
+        summary = {"pooled": {"auc": 0.7, "epsilon": 3.0}, "privacy": {"mode": "local"}}
+        (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+        return folder
+
+    monkeypatch.setattr(cli_simulate, "_simulate_one", fake_run)
+
+    assert main(["simulate", "-m", "privacy.target_epsilon=1,4,8", "--sweep-dir", str(tmp_path / "s")]) == 0
+    summary = json.loads((tmp_path / "s" / "sweep.json").read_text(encoding="utf-8"))
+    assert len(summary["jobs"]) == 3 and (tmp_path / "s" / "privacy_utility.png").stat().st_size > 1000

@@ -94,13 +94,13 @@ def test_a_label_beyond_model_num_classes_names_the_manifest_lines_and_the_rule(
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_evaluation_never_counts_a_label_outside_the_model_as_benign(tmp_path: Path, num_classes: int) -> None:
     """A label the model has no class for (past the manifest check) stops scoring instead of reading as 'benign'."""
-    from client.task import _binary
+    from client.task import headline_labels
 
     config = _config(tmp_path, tmp_path, num_classes)
 
     with pytest.raises(ManifestError, match=r"1 evaluated label\(s\) are not classes"):
-        _binary(np.array([0, num_classes - 1, num_classes]), config)
-    np.testing.assert_array_equal(_binary(np.array([0, num_classes - 1]), config), [0, 1])
+        headline_labels(np.array([0, num_classes - 1, num_classes]), config)
+    np.testing.assert_array_equal(headline_labels(np.array([0, num_classes - 1]), config), [0, 1])
 
 
 @pytest.mark.parametrize("setting", ["none", "balanced", "2,1"])

@@ -2,6 +2,7 @@
 
 from common.config.loading import load_config
 from common.config.schema import (
+    STUDY_ARMS,
     AppConfig,
     DataConfig,
     EvaluationConfig,
@@ -10,11 +11,13 @@ from common.config.schema import (
     OutputConfig,
     PrivacyConfig,
     StrategyConfig,
+    StudyConfig,
     TrainingConfig,
     resolve_class_names,
 )
 
 __all__ = [
+    "STUDY_ARMS",
     "AppConfig",
     "DataConfig",
     "EvaluationConfig",
@@ -23,6 +26,7 @@ __all__ = [
     "OutputConfig",
     "PrivacyConfig",
     "StrategyConfig",
+    "StudyConfig",
     "TrainingConfig",
     "load_config",
     "resolve_class_names",

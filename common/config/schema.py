@@ -13,6 +13,7 @@ from common.errors import ConfigError
 
 __all__ = [
     "MODEL_NAMES",
+    "STUDY_ARMS",
     "AppConfig",
     "DataConfig",
     "EvaluationConfig",
@@ -21,6 +22,7 @@ __all__ = [
     "OutputConfig",
     "PrivacyConfig",
     "StrategyConfig",
+    "StudyConfig",
     "TrainingConfig",
     "flatten",
     "resolve_class_names",
@@ -418,6 +420,44 @@ class OutputConfig:
     save_checkpoints: bool = True
 
 
+STUDY_ARMS: tuple[str, ...] = ("local", "centralized", "federated", "loso")
+"""The models a study trains: each site alone, the pooled data, the federation, and the federation without each site."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A cross-site generalization study (``fedmammo study``): which models to train, how to report them.
+
+    With ``enabled`` the ServerApp trains each arm on the same sites, splits and seeds, then asks every site to
+    score every model on its own test split (`server.study`). ``arms`` is comma-separated (run configs hold no
+    lists). Subgroups under ``min_subgroup`` test images are reported as too small, never as a number.
+    """
+
+    enabled: bool = False
+    arms: str = ",".join(STUDY_ARMS)
+    min_subgroup: int = 10
+    calibration_bins: int = 10
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        unknown = [arm for arm in self.arm_names if arm not in STUDY_ARMS]
+        _check(
+            not unknown and bool(self.arm_names),
+            "study.arms",
+            self.arms,
+            f"comma-separated arms from {', '.join(STUDY_ARMS)} (at least one)",
+        )
+        _check(self.min_subgroup >= 1, "study.min_subgroup", self.min_subgroup, ">= 1")
+        _check(2 <= self.calibration_bins <= 50, "study.calibration_bins", self.calibration_bins, "in [2, 50]")
+        _check(self.bootstrap >= 0, "study.bootstrap", self.bootstrap, ">= 0 (0 skips the CIs)")
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        """The arms asked for, in the canonical order of `STUDY_ARMS`."""
+        asked = {arm.strip() for arm in self.arms.split(",") if arm.strip()}
+        return tuple(arm for arm in STUDY_ARMS if arm in asked) + tuple(sorted(asked - set(STUDY_ARMS)))
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """Everything one run needs; one instance per entry point, passed down explicitly."""
@@ -431,6 +471,7 @@ class AppConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self, "")

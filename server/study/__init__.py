@@ -1,0 +1,85 @@
+"""A cross-site generalization study in one ServerApp run: local-only, centralized, federated and
+leave-one-site-out models, then every site scores every model on its own test split (`run_study`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.serverapp import Grid
+
+from common.config import AppConfig
+from server.report import RunDirectory
+from server.report.run_folder import server_run_dir
+from server.study.arms import ArmResult, StudyArm, plan_arms, train_arm
+from server.study.cross_site import SiteEvaluation, evaluate_across_sites
+from server.study.nodes import SiteNodes, SubsetGrid, discover_sites
+from server.study.results import POOLED, STUDY_SCHEMA, assemble_study
+
+__all__ = [
+    "POOLED",
+    "STUDY_FILE",
+    "STUDY_SCHEMA",
+    "ArmResult",
+    "SiteEvaluation",
+    "SiteNodes",
+    "StudyArm",
+    "SubsetGrid",
+    "run_study",
+]
+
+logger = logging.getLogger(__name__)
+
+STUDY_FILE = "study.json"
+_DISCOVERY_TIMEOUT_S = 120.0
+
+
+def _file_safe(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
+
+
+def run_study(grid: Grid, config: AppConfig) -> Path:
+    """Train every model of ``config.study.arms`` on the federation's sites, score all of them at every site,
+    write ``study.json``, the models and ``study.html`` into the run folder, and return the folder.
+
+    The sites' replies hold figures only: metrics, score histograms, reliability bins, subgroup figures and paired
+    AUC differences (`client.study_scores`).
+    """
+    from server.report import build_study_report
+
+    started = time.monotonic()
+    folder = RunDirectory(server_run_dir(config.output.run_dir))
+    folder.write_config(config.to_nested())
+    expected = config.federation.num_sites + int("centralized" in config.study.arm_names)
+    nodes = discover_sites(
+        grid, expected=expected, timeout_s=min(config.strategy.round_timeout_s, _DISCOVERY_TIMEOUT_S)
+    )
+    logger.info("study: sites %s%s", ", ".join(nodes.sites), " and the pooled node" if nodes.pooled else "")
+    arms = plan_arms(config.study.arm_names, nodes)
+    results = [train_arm(grid, config, arm, folder.path) for arm in arms]
+    models_dir = folder.path / "models"
+    models_dir.mkdir(exist_ok=True)
+    for result in results:
+        torch.save(result.arrays.to_torch_state_dict(), models_dir / f"{_file_safe(result.arm.key)}.pt")
+    models = {result.arm.key: result.arrays for result in results}
+    evaluations = (
+        evaluate_across_sites(grid, nodes.sites, models, timeout_s=config.strategy.round_timeout_s) if models else {}
+    )
+    study = assemble_study(
+        config,
+        list(nodes.sites),
+        results,
+        evaluations,
+        wall_time_s=time.monotonic() - started,
+        discovery_failures=nodes.failures,
+    )
+    path = folder.path / STUDY_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(study, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    report = build_study_report(folder.path)
+    logger.info("study report written to %s", report)
+    return folder.path
