@@ -110,12 +110,13 @@ def _pretrain(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    """Rebuild the report; a missing, empty or broken run folder exits 2 with one line saying which and why."""
-    from server.report import RunFolderError, build_report
+    """Rebuild the report (a study folder's study.html); a missing, empty or broken folder exits 2 with one line."""
+    from server.report import RunFolderError, StudyFolderError, build_report, build_study_report
 
+    folder = Path(args.run_dir)
     try:
-        report = build_report(Path(args.run_dir))
-    except RunFolderError as exc:
+        report = build_study_report(folder) if (folder / "study.json").is_file() else build_report(folder)
+    except (RunFolderError, StudyFolderError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except (OSError, ValueError, TypeError, KeyError) as exc:  # a run file that parses but holds odd values
@@ -170,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     add_prepare_parser(commands)
     add_check_data_parser(commands)
 
-    report = commands.add_parser("report", help="rebuild report.html and plots from a run directory")
+    report = commands.add_parser(
+        "report", help="rebuild report.html and plots from a run directory (study.html from a study's folder)"
+    )
     report.add_argument("run_dir")
     report.set_defaults(handler=_report)
     return parser

@@ -191,3 +191,14 @@ def test_simulate_multirun_sweeps_runs(tmp_path: Path, monkeypatch: pytest.Monke
     assert main(["simulate", "-m", "privacy.target_epsilon=1,4,8", "--sweep-dir", str(tmp_path / "s")]) == 0
     summary = json.loads((tmp_path / "s" / "sweep.json").read_text(encoding="utf-8"))
     assert len(summary["jobs"]) == 3 and (tmp_path / "s" / "privacy_utility.png").stat().st_size > 1000
+
+
+def test_report_rebuilds_a_study_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.study_fixture import write_study_fixture
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    write_study_fixture(folder)
+
+    assert main(["report", str(folder)]) == 0
+    assert (folder / "study.html").is_file() and "study.html" in capsys.readouterr().out
