@@ -77,43 +77,40 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{float(value):+.{digits}f}" if digits < 0 else f"{float(value):.{digits}f}"
 
 
-def _ci(row: dict[str, Any] | None, key: str = "auc", low: str = "auc_ci_low", high: str = "auc_ci_high") -> str:
-    if not row or row.get(key) is None:
-        return "n/a"
-    return f"{row[key]:.3f} ({_fmt(row.get(low), 2)}-{_fmt(row.get(high), 2)})"
+def _ci(row: dict[str, Any] | None) -> str:
+    """An AUC alone: the terminal is narrow, and its CI is in study.html; the paired differences carry theirs."""
+    return "n/a" if not row or row.get("auc") is None else f"{row['auc']:.3f}"
 
 
 def _difference(row: dict[str, Any] | None) -> str:
     if not row or row.get("difference") is None:
         return "n/a"
     low, high = row.get("ci_low"), row.get("ci_high")
-    ci = f" ({low:+.2f} to {high:+.2f})" if low is not None and high is not None else ""
+    ci = f" [{low:+.2f},{high:+.2f}]" if low is not None and high is not None else ""
     return f"{row['difference']:+.3f}{ci}"
 
 
 def print_study(folder: Path, console: Console) -> None:
-    """The comparison table per site: each model's AUC there and the paired differences, then the report's path."""
+    """Each model's AUC per site, then the paired differences with their CIs (two tables: a terminal is narrow)."""
     study = json.loads((folder / "study.json").read_text(encoding="utf-8"))
     matrix, rows = study["matrix"], study["comparisons"]
-    table = Table(title="AUC (95% CI) on each site's test split; differences paired on the same images")
-    columns = ("site", "local (own)", "centralized", "federated", "left out (LOSO)", "fed − local", "fed − central")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "site" else "right")
+    aucs = Table(title="AUC on each site's test split (CIs in study.html)")
+    for column in ("site", "local (own)", "centralized", "federated", "held out (LOSO)"):
+        aucs.add_column(column, justify="left" if column == "site" else "right")
     for site in [*study["sites"], "pooled"]:
-
-        def pair(b: str, site: str = site) -> dict[str, Any] | None:
-            return next((r for r in rows if r["site"] == site and r["b"] == b), None)
-
-        table.add_row(
-            escape(site),
-            _ci(matrix.get(f"local:{site}", {}).get(site)) if site != "pooled" else "",
-            _ci(matrix.get("centralized", {}).get(site)),
-            _ci(matrix.get("federated", {}).get(site)),
-            _ci(matrix.get(f"loso:{site}", {}).get(site)) if site != "pooled" else _ci(study.get("held_out_pooled")),
-            _difference(pair(f"local:{site}")),
-            _difference(pair("centralized")),
-        )
-    console.print(table)
+        own = _ci(matrix.get(f"local:{site}", {}).get(site)) if site != "pooled" else ""
+        held = _ci(matrix.get(f"loso:{site}", {}).get(site) if site != "pooled" else study.get("held_out_pooled"))
+        aucs.add_row(escape(site), own, _ci(matrix.get("centralized", {}).get(site)),
+                     _ci(matrix.get("federated", {}).get(site)), held)  # fmt: skip
+    console.print(aucs)
+    differences = Table(title="paired on the same test images: difference in AUC [95% CI]")
+    labels = {"local": "federated − local", "centralized": "federated − centralized", "loso": "federated − held out"}
+    for column in ("site", *labels.values()):
+        differences.add_column(column, justify="left" if column == "site" else "right")
+    for site in study["sites"]:
+        mine = {row["b"].split(":")[0]: row for row in rows if row["site"] == site}
+        differences.add_row(escape(site), *(_difference(mine.get(kind)) for kind in labels))
+    console.print(differences)
     for failure in study.get("failures", []):
         console.print(f"failed: {failure}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"study took {study['wall_time_s']:.0f}s")
