@@ -11,6 +11,7 @@ from client.ledger import LEDGER_FILE_NAME, LEDGER_KEY
 from common.config import AppConfig
 from common.data import FEDERATION_INDEX, NUM_CLASSES_KEY, recorded_num_classes, site_manifest
 from common.errors import ConfigError, ManifestError
+from common.file_names import file_safe
 
 __all__ = [
     "PARTITION_ID_KEY",
@@ -145,23 +146,21 @@ def _is_pooled_partition(config: AppConfig, index: int) -> bool:
     return index == config.federation.num_sites and config.study.enabled and "centralized" in config.study.arm_names
 
 
-def _file_safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80] or "_"
-
-
 def study_ledger(site: SiteSpec, node_config: Mapping[str, object], config: AppConfig, arm: str) -> Path:
     """The privacy ledger a study round of model ``arm`` charges.
 
-    In simulation each of a study's models gets its own ledger under the run folder, so every arm is planned and
-    reported from zero, as if it were the only use of the data (the report says so: a site taking part in every
-    arm has spent the sum). A real SuperNode (node config ``manifest``) always charges its one ledger, whatever
-    the server names: a server must not be able to reset a hospital's spending by inventing arm names.
+    A node the simulation engine made (its node config holds only ``partition-id`` and ``num-partitions``) gives each
+    of a study's models its own ledger under the run folder, so every arm is planned and reported from zero, as if
+    it were the only use of the data (the report says so: a site taking part in every arm has spent the sum). Any
+    other node (a real SuperNode with its ``manifest``, or one whose operator named a ``ledger`` or limits) always
+    charges its one ledger, whatever the server names: a server must not reset a hospital's spending by inventing
+    model names.
     """
-    if MANIFEST_KEY in node_config or PARTITION_ID_KEY not in node_config or not arm:
+    if not arm or not node_config or set(node_config) - {PARTITION_ID_KEY, NUM_PARTITIONS_KEY}:
         return site.ledger
-    folder = Path(config.output.run_dir).expanduser() / "ledgers" / _file_safe(arm)
+    folder = Path(config.output.run_dir).expanduser() / "ledgers" / file_safe(arm)
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{_file_safe(site.name)}.json"
+    return folder / f"{file_safe(site.name)}.json"
 
 
 def _check_recorded_classes(config: AppConfig) -> None:

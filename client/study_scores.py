@@ -9,6 +9,7 @@ in this process's memory.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,8 +141,6 @@ def score_models_on_site(
     ValueError
         If a pair names a model index that was not sent.
     """
-    import time
-
     started = time.perf_counter()
     bad = [pair for pair in pairs if not all(0 <= i < len(models) for i in pair)]
     if bad:

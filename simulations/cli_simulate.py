@@ -10,6 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from common.errors import ConfigError
+
 __all__ = ["add_simulate_parser"]
 
 
@@ -54,6 +56,11 @@ def _simulate_one(overrides: list[str], run_dir: Path | None, console: Console, 
     from simulations.progress import RoundProgress
 
     config, resources = compose_simulation(overrides)
+    if config.study.enabled:  # the ServerApp would run a study, and this command print a table it does not write
+        raise ConfigError(
+            "config key 'study.enabled' = True is set by `fedmammo study`, which runs and reports the cross-site "
+            "study; `fedmammo simulate` runs one federation: drop study.enabled, or run `fedmammo study`"
+        )
     if run_dir is not None:
         config = replace(config, output=replace(config.output, run_dir=str(run_dir)))
     if config.federation.synthetic:

@@ -35,6 +35,18 @@ def _latest_arm(run_dir: Path) -> str:
     return f"training {current.name} (model {len(started)}), round {rounds} done"
 
 
+def quote_arms(overrides: list[str]) -> list[str]:
+    """``study.arms=local,federated`` as one value: Hydra's grammar would read the comma as a sweep (and refuse it
+    outside ``-m``, or with ``-m`` run one study per arm)."""
+    quoted = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+~") == "study.arms" and "," in value and value[:1] not in "'\"":
+            override = f"{key}='{value}'"
+        quoted.append(override)
+    return quoted
+
+
 def run_one_study(overrides: list[str], run_dir: Path | None, console: Console, *, verbose: bool = False) -> Path:
     """Compose the config with ``study.enabled=true``, prepare phantoms if needed, run the study; return its folder."""
     from dataclasses import replace
@@ -44,7 +56,7 @@ def run_one_study(overrides: list[str], run_dir: Path | None, console: Console, 
     from simulations.launcher import run_simulation, simulated_nodes
     from simulations.phantoms import generate_configured_federation
 
-    config, resources = compose_simulation([*overrides, _STUDY])
+    config, resources = compose_simulation([*quote_arms(overrides), _STUDY])
     if run_dir is not None:
         config = replace(config, output=replace(config.output, run_dir=str(run_dir)))
     if config.federation.synthetic:
@@ -135,7 +147,7 @@ def _study(args: argparse.Namespace, console: Console) -> int:
 
             root = Path(args.sweep_dir or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
             done = run_sweep(
-                args.overrides,
+                quote_arms(args.overrides),
                 root=root,
                 kind="study",
                 run_one=lambda overrides, folder: run_one_study(overrides, folder, console, verbose=args.verbose),

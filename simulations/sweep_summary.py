@@ -41,6 +41,7 @@ _CI_LOW, _CI_HIGH = "_ci_low", "_ci_high"
 _LABELS = {
     "privacy_mode": "DP mode",
     "epsilon": "ε",
+    "target_epsilon": "target ε",
     "auc": "AUC",
     "federated_auc": "federated AUC",
     "centralized_auc": "centralized AUC",
@@ -102,13 +103,15 @@ def _study_figures(data: Mapping[str, Any]) -> dict[str, Figure]:
     matrix, models = data.get("matrix") or {}, data.get("models") or {}
     privacy = (data.get("config") or {}).get("privacy") or {}
     mode = privacy.get("mode")
-    spent = [_number(v) for v in ((models.get("federated") or {}).get("epsilon") or {}).values()]
+    federated = models.get("federated") or {}
+    spent = [_number(v) for v in (federated.get("epsilon") or {}).values()]
+    # Only what the federated model's sites recorded: a target is a plan, not a spending (no round released, say).
     epsilon = max((v for v in spent if v is not None), default=None)
-    if epsilon is None and mode != "none":
-        epsilon = _number(privacy.get("target_epsilon")) or None  # 0 means "no target": unknown, not 0
     figures: dict[str, Figure] = {"privacy_mode": mode, "epsilon": None if mode == "none" else epsilon}
+    figures["target_epsilon"] = None if mode == "none" else (_number(privacy.get("target_epsilon")) or None)
     for name in ("federated", "centralized"):
-        _auc(figures, f"{name}_auc", (matrix.get(name) or {}).get("pooled"))
+        trained = (models.get(name) or {}).get("trained", True) is not False  # an untrained model's AUC is no result
+        _auc(figures, f"{name}_auc", (matrix.get(name) or {}).get("pooled") if trained else None)
     local = [_number(((matrix.get(m) or {}).get("pooled") or {}).get("auc")) for m in models if m.startswith("local:")]
     figures["local_mean_auc"] = _mean(local)
     loso = [

@@ -202,3 +202,20 @@ def test_report_rebuilds_a_study_folder(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert main(["report", str(folder)]) == 0
     assert (folder / "study.html").is_file() and "study.html" in capsys.readouterr().out
+
+
+def test_simulate_refuses_a_study_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "study.enabled=true"]) == 1
+    assert "fedmammo study" in capsys.readouterr().out
+
+
+def test_study_arms_with_commas_is_one_value() -> None:
+    from simulations.cli_study import quote_arms
+    from simulations.hydra_config import compose_simulation
+
+    overrides = quote_arms(["study.arms=local,federated", "seed=3"])
+    config, _ = compose_simulation(overrides)
+
+    assert overrides[1] == "seed=3"
+    assert config.study.arm_names == ("local", "federated")
+    assert quote_arms(["study.arms='loso,local'"]) == ["study.arms='loso,local'"]

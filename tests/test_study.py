@@ -95,10 +95,11 @@ def test_a_deployed_node_charges_its_one_ledger_whatever_the_server_calls_the_mo
     site = SiteSpec("h", tmp_path / "m.csv", None, 0, tmp_path / "privacy_ledger.json")
 
     deployed = study_ledger(site, {"manifest": str(tmp_path / "m.csv")}, config, "local:h-fresh-ledger")
+    named = study_ledger(site, {"partition-id": 0, "ledger": str(site.ledger)}, config, "local:h")
     simulated = study_ledger(site, {"partition-id": 0}, config, "local:h")
     plain = study_ledger(site, {"partition-id": 0}, config, "")
 
-    assert deployed == site.ledger and plain == site.ledger
+    assert deployed == site.ledger and plain == site.ledger and named == site.ledger
     assert simulated == tmp_path / "run" / "ledgers" / "local_h" / "h.json" and simulated.parent.is_dir()
 
 
@@ -133,7 +134,9 @@ def test_the_pooled_node_trains_on_every_sites_own_training_split(tiny_federatio
         resolve_site({"partition-id": 2}, load_config({**config.to_flat(), "study.enabled": False}))
 
 
-def _scores(seed: int, n: int = 60, shift: float = 1.0) -> tuple[np.ndarray, np.ndarray, ModelScores]:
+def _scores(
+    seed: int, n: int = 60, shift: float = 1.0, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, ModelScores]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     scores = 1 / (1 + np.exp(-(rng.normal(size=n) + shift * labels)))
@@ -142,11 +145,11 @@ def _scores(seed: int, n: int = 60, shift: float = 1.0) -> tuple[np.ndarray, np.
         labels,
         scores,
         ModelScores(
-            metrics=binary_metrics(labels, scores, bootstrap=20),
-            threshold=0.5,
+            metrics=binary_metrics(labels, scores, bootstrap=20, threshold=threshold),
+            threshold=threshold,
             histogram=ScoreHistogram.from_scores(labels, scores),
             calibration=calibration_from_scores(labels, scores),
-            subgroups=subgroup_metrics(labels, scores, {"view": views}, min_count=5, resamples=20),
+            subgroups=subgroup_metrics(labels, scores, {"view": views}, min_count=5, resamples=20, threshold=threshold),
         ),
     )
 
@@ -167,7 +170,7 @@ def test_study_record_pools_histograms_and_keeps_site_figures_exact(tmp_path: Pa
     arm = StudyArm("federated", "federated", "federated", ("a", "b"), (1, 2))
     loso = StudyArm("loso:a", "loso", "federated without a", ("b",), (2,), "a")
     results = [ArmResult(arm, ArrayRecord(), True, 1.0, 2), ArmResult(loso, ArrayRecord(), True, 1.0, 2)]
-    (la, sa, a), (lb, sb, b), (_, _, held) = _scores(1), _scores(2, n=40), _scores(3)
+    (la, sa, a), (lb, sb, b), (_, _, held) = _scores(1, threshold=0.7), _scores(2, n=40), _scores(3)
     pair = PairedDifference(0.1, -0.05, 0.2, 60, "paired bootstrap")
     evaluations = {
         "a": SiteEvaluation("a", {"federated": a, "loso:a": held}, [{"site": "a", "a": "federated", "b": "loso:a",
@@ -183,8 +186,12 @@ def test_study_record_pools_histograms_and_keeps_site_figures_exact(tmp_path: Pa
     assert study["matrix"]["federated"]["a"]["auc"] == pytest.approx(a.metrics["auc"])  # the site's exact figure
     both = np.concatenate([la, lb]), np.concatenate([sa, sb])
     assert pooled["auc"] == pytest.approx(binary_metrics(*both, bootstrap=0)["auc"], abs=0.02)  # binned
-    # Pooled sensitivity counts each site's calls at its own threshold: exactly the calls on the raw scores.
-    assert pooled["sensitivity"] == pytest.approx(((both[1] >= 0.5) & (both[0] == 1)).sum() / both[0].sum())
+    # Pooled sensitivity counts each site's calls at its own threshold (0.7 and 0.5): the calls on the raw scores.
+    calls = np.concatenate([sa >= 0.7, sb >= 0.5])
+    assert pooled["sensitivity"] == pytest.approx((calls & (both[0] == 1)).sum() / both[0].sum())
+    cc = np.array([i % 2 == 1 for i in range(60)] + [i % 2 == 1 for i in range(40)])  # the views _scores draws
+    pooled_cc = study["subgroups"]["federated"]["pooled"]["view"]["CC"]
+    assert pooled_cc["sensitivity"] == pytest.approx((calls & cc & (both[0] == 1)).sum() / (cc & (both[0] == 1)).sum())
     assert set(study["matrix"]["loso:a"]) == {"a"} and study["held_out_pooled"]["num_examples"] == 60
     assert sum(b["count"] for b in study["calibration"]["federated"]["pooled"]["bins"]) == 100
     assert study["subgroups"]["federated"]["pooled"]["view"]["CC"]["num_examples"] == 50
@@ -231,3 +238,27 @@ def test_a_site_answers_a_study_request_with_figures_only(tiny_federation: Path,
     assert not reply.content.array_records  # models go to the site, never back
     assert dict(described.content.config_records[wire.SITE_KEY]) == {wire.SITE_NAME: "site-0"}
     assert dict(records[wire.study_pair_key(0)])["num_examples"] == num_test
+
+
+def test_a_central_dp_study_refuses_one_node_models() -> None:
+    with pytest.raises(ConfigError, match=r"study\.arms.*privacy\.mode=central"):
+        load_config({"study.enabled": True, "privacy.mode": "central"})
+
+    config = load_config({"study.enabled": True, "privacy.mode": "central", "study.arms": "federated,loso"})
+    assert config.study.arm_names == ("federated", "loso")
+
+
+def test_big_models_travel_in_several_messages_each_with_the_federated_model() -> None:
+    from server.study.cross_site import chunk_models
+
+    keys = ["local:a", "local:b", "centralized", "federated", "loso:a"]
+    sizes = dict.fromkeys(keys, 100)
+
+    one = chunk_models(keys, sizes, budget=10_000)
+    several = chunk_models(keys, sizes, budget=250)
+
+    assert one == [["federated", "local:a", "local:b", "centralized", "loso:a"]]
+    assert all(chunk[0] == "federated" and sum(sizes[k] for k in chunk) <= 250 for chunk in several)
+    assert sorted({k for chunk in several for k in chunk}) == sorted(keys) and len(several) == 4
+    assert chunk_models(["federated"], {"federated": 5}) == [["federated"]]
+    assert chunk_models(["local:a"], {"local:a": 5}) == [["local:a"]]

@@ -132,8 +132,8 @@ def _site(n: int, seed: int, vendors: list[str | None] | None = None) -> tuple[n
 
 
 def test_group_under_min_count_reports_its_size_only() -> None:
-    # Prepare: 95 GE images and 5 Hologic ones, one image of unknown vendor.
-    labels, scores, groups = _site(101, seed=1, vendors=["GE"] * 95 + ["Hologic"] * 5 + [None])
+    # Prepare: 85 GE images and 5 Hologic ones, 11 images of unknown vendor.
+    labels, scores, groups = _site(101, seed=1, vendors=["GE"] * 85 + ["Hologic"] * 5 + [None] * 11)
 
     # Execute
     report = subgroup_metrics(labels, scores, groups, min_count=10, resamples=50)
@@ -147,7 +147,7 @@ def test_group_under_min_count_reports_its_size_only() -> None:
         "sub/vendor=Hologic.too_small",
     }
     assert tuple(report.metrics["vendor"]["GE"]) == SUBGROUP_METRIC_KEYS
-    assert report.metrics["vendor"]["GE"]["num_examples"] == 95
+    assert report.metrics["vendor"]["GE"]["num_examples"] == 85
     assert "density" not in report.metrics  # every value unknown
 
 
@@ -226,7 +226,7 @@ def test_pooled_subgroups_equal_subgroups_of_the_concatenated_data() -> None:
 
 def test_pooled_subgroup_leaves_out_sites_where_it_was_too_small() -> None:
     # Prepare: Siemens reaches the minimum at site A only; Hologic at no site.
-    site_a = _site(120, seed=6, vendors=["Siemens"] * 100 + ["Hologic"] * 20)
+    site_a = _site(130, seed=6, vendors=["Siemens"] * 100 + ["Hologic"] * 20 + [None] * 10)
     site_b = _site(60, seed=7, vendors=["Siemens"] * 15 + ["Hologic"] * 15 + ["GE"] * 30)
     reports = [subgroup_metrics(*site, min_count=25, resamples=0) for site in (site_a, site_b)]
 
@@ -239,3 +239,36 @@ def test_pooled_subgroup_leaves_out_sites_where_it_was_too_small() -> None:
     assert pooled["Hologic"] == {"num_examples": 0, "too_small": True, "num_withheld": 35}
     assert math.isfinite(pooled["GE"]["auc"])
     assert set(pooled) <= set(VENDOR_GROUPS)
+
+
+def test_no_small_group_can_be_had_by_subtracting_reported_groups_from_the_whole() -> None:
+    # Prepare: 37 left and 3 right images; the site sends the whole split's histogram besides its subgroups.
+    labels, scores, _ = _site(40, seed=9, vendors=[None] * 40)
+    sides = ["L"] * 37 + ["R"] * 3
+
+    # Execute
+    report = subgroup_metrics(labels, scores, {"laterality": sides}, min_count=10, resamples=0)
+
+    # Assert: "L" alone would give away "R" (whole minus L); both are held back, L marked as withheld.
+    assert report.metrics["laterality"]["R"] == {"num_examples": 3, "too_small": True}
+    assert report.metrics["laterality"]["L"] == {"num_examples": 37, "too_small": True, "withheld": True}
+    assert not report.histograms
+    restored = subgroups_from_flat("s/", subgroups_to_flat(report, "s/"))
+    assert restored.metrics == report.metrics
+
+
+def test_the_remainder_outside_reported_groups_is_none_or_at_least_the_minimum() -> None:
+    # Prepare: many draws of group sizes with unknown values mixed in.
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n = int(rng.integers(10, 80))
+        pool = np.array(["CC", "MLO", "ML", "LM", None], dtype=object)
+        views = list(rng.choice(pool, size=n, p=rng.dirichlet(np.ones(5))))
+        labels, scores, _ = _site(n, seed=int(rng.integers(1000)), vendors=[None] * n)
+
+        # Execute
+        report = subgroup_metrics(labels, scores, {"view": views}, min_count=8, resamples=0)
+
+        # Assert
+        reported = sum(h.num_positives + h.num_negatives for h in report.histograms.values())
+        assert n - reported == 0 or n - reported >= 8

@@ -222,7 +222,7 @@ def test_a_study_sweep_summary_holds_exactly_the_studies_numbers(tmp_path: Path)
     ]
     first, no_dp = jobs[0]["figures"], jobs[2]["figures"]
     assert first == {
-        "privacy_mode": "local", "epsilon": 1.0,
+        "privacy_mode": "local", "epsilon": 1.0, "target_epsilon": 1.0,
         "federated_auc": 0.71, "federated_auc_ci_low": 0.61, "federated_auc_ci_high": 0.81,
         "centralized_auc": 0.80, "centralized_auc_ci_low": 0.70, "centralized_auc_ci_high": 0.90,
         "local_mean_auc": pytest.approx(0.62), "loso_mean_auc": pytest.approx(0.60),
@@ -243,7 +243,7 @@ def test_a_study_sweep_summary_holds_exactly_the_studies_numbers(tmp_path: Path)
 
     markdown = (root / MARKDOWN_FILE).read_text(encoding="utf-8")
     assert (
-        "| 0 | ok | local | 1 | local | 1.000 | 0.710 [0.610, 0.810] | 0.800 [0.700, 0.900] | 0.620 | 0.600 |"
+        "| 0 | ok | local | 1 | local | 1.000 | 1.000 | 0.710 [0.610, 0.810] | 0.800 [0.700, 0.900] | 0.620 | 0.600 |"
         in markdown
     )
     assert "| 0.050 [-0.020, 0.120] | – |" in markdown
@@ -332,3 +332,20 @@ def test_an_unknown_kind_or_bad_override_is_refused_before_anything_runs(tmp_pat
     with pytest.raises(ConfigError, match=r"'seed=\(' is invalid"):
         run_sweep(["seed=("], root=tmp_path / "b", run_one=run_one, kind="study")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_study_without_recorded_epsilon_or_trained_model_plots_no_point(tmp_path: Path) -> None:
+    from simulations.sweep_summary import read_figures
+
+    study = {
+        "config": {"privacy": {"mode": "local", "target_epsilon": 4.0}},
+        "models": {"federated": {"epsilon": {}, "trained": False}},
+        "matrix": {"federated": {"pooled": {"auc": 0.5}}},
+    }
+    (tmp_path / "study.json").write_text(json.dumps(study), encoding="utf-8")
+
+    status, _, figures = read_figures("study", tmp_path)
+
+    assert status == "ok"
+    assert figures["epsilon"] is None and figures["target_epsilon"] == 4.0  # a plan is not a spending
+    assert figures["federated_auc"] is None  # an untrained model's AUC is no result

@@ -477,6 +477,17 @@ class AppConfig:
         _check_finite(self, "")
         explicit_class_weights(self.training.class_weights, self.model.num_classes)  # one weight per class
         self.training.check_patch_stage(self.data.image_size, self.strategy.num_rounds, self.model.name)
+        if self.study.enabled and self.privacy.central:
+            # A model trained by one node under Flower's central-DP wrapper gets its noise sigma*C/1, a federation of
+            # N sites sigma*C/N, and a "client-level" guarantee for one client protects nobody: no fair comparison.
+            one_node = [arm for arm in self.study.arm_names if arm in ("local", "centralized")]
+            _check(
+                not one_node,
+                "study.arms",
+                self.study.arms,
+                "without local and centralized under privacy.mode=central (a one-node federation gets N times the "
+                "federation's noise); use study.arms=federated,loso, or privacy=local for every arm",
+            )
         if self.privacy.central:
             # Flower's wrapper noises every array it aggregates: frozen BatchNorm statistics would come back
             # noised (a variance can turn negative); GroupNorm has no statistics to spoil.

@@ -102,6 +102,21 @@ def _check_groups(groups: Mapping[str, Sequence[str | None]], n: int) -> dict[st
     return checked
 
 
+def _withheld(sizes: Mapping[str, int], total: int, min_count: int) -> set[str]:
+    """The groups of one attribute to hold back: those under ``min_count``, and then the smallest others until the
+    images outside every reported group number 0 or at least ``min_count``.
+
+    Why the second step: the site also sends its whole test split's histogram, so the whole minus the reported
+    groups is a group too. With 37 left and 3 right images, reporting "left" alone would give away the 3 right
+    ones by subtraction (complementary suppression, as statistical offices practise it).
+    """
+    held = {value for value, n in sizes.items() if n < min_count}
+    reported = sorted((n, value) for value, n in sizes.items() if value not in held)
+    while reported and 0 < total - sum(n for n, _ in reported) < min_count:
+        held.add(reported.pop(0)[1])
+    return held
+
+
 def subgroup_metrics(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -122,7 +137,11 @@ def subgroup_metrics(
         Per attribute of `SUBGROUP_ATTRIBUTES`, one vocabulary value or None (unknown) per image. An attribute
         whose values are all None is left out; None values are left out of their attribute.
     min_count
-        Smallest group reported with metrics; smaller ones get only ``num_examples`` and ``too_small``.
+        Smallest group reported with metrics; smaller ones get only ``num_examples`` and ``too_small``. So that no
+        small group can be recovered by subtracting reported groups from the whole split (whose histogram a site
+        sends too), the images outside every reported group of an attribute (small groups and unknown values)
+        must be none or at least ``min_count``; the smallest reported groups are held back until they are, and
+        marked ``withheld`` besides ``too_small``.
     threshold
         Operating point of sensitivity and specificity.
     resamples, seed
@@ -143,15 +162,17 @@ def subgroup_metrics(
     histograms: dict[tuple[str, str], ScoreHistogram] = {}
     for attribute in SUBGROUP_ATTRIBUTES:
         values = np.array([v or "" for v in checked.get(attribute, [])], dtype=object)
-        present = [v for v in SUBGROUP_VOCABULARIES[attribute] if (values == v).any()]
-        if present:
+        sizes = {v: int((values == v).sum()) for v in SUBGROUP_VOCABULARIES[attribute] if (values == v).any()}
+        if sizes:
             metrics[attribute] = {}
-        for value in present:
-            mask = values == value
-            n = int(mask.sum())
-            if n < min_count:
+        withheld = _withheld(sizes, labels.size, min_count)
+        for value, n in sizes.items():
+            if value in withheld:
                 metrics[attribute][value] = {"num_examples": n, "too_small": True}
+                if n >= min_count:  # held back so that a smaller group cannot be had by subtraction
+                    metrics[attribute][value]["withheld"] = True
                 continue
+            mask = values == value
             result = binary_metrics(labels[mask], scores[mask], threshold=threshold, bootstrap=resamples, seed=seed)
             metrics[attribute][value] = {"num_examples": n, **{k: result[k] for k in SUBGROUP_METRIC_KEYS[1:]}}
             histograms[(attribute, value)] = ScoreHistogram.from_scores(labels[mask], scores[mask])
@@ -211,7 +232,7 @@ def pooled_subgroup_metrics(
 
 _INT_FIELDS = ("num_examples", "num_positives", "num_negatives")
 _FLOAT_FIELDS = SUBGROUP_METRIC_KEYS[3:]
-_TOO_SMALL, _NEG, _POS = "too_small", "neg", "pos"
+_TOO_SMALL, _WITHHELD, _NEG, _POS = "too_small", "withheld", "neg", "pos"
 
 
 def subgroups_to_flat(report: SubgroupReport, prefix: str) -> dict[str, int | float | list[int]]:
@@ -226,6 +247,8 @@ def subgroups_to_flat(report: SubgroupReport, prefix: str) -> dict[str, int | fl
             flat[f"{stem}num_examples"] = int(entry["num_examples"])
             if entry.get(_TOO_SMALL):
                 flat[f"{stem}{_TOO_SMALL}"] = 1
+                if entry.get(_WITHHELD):
+                    flat[f"{stem}{_WITHHELD}"] = 1
                 continue
             flat.update({f"{stem}{k}": int(entry[k]) for k in _INT_FIELDS[1:]})
             flat.update({f"{stem}{k}": float(entry[k]) for k in _FLOAT_FIELDS})
@@ -251,6 +274,7 @@ def subgroups_from_flat(prefix: str, record: Mapping[str, Any]) -> SubgroupRepor
         if value not in SUBGROUP_VOCABULARIES[attribute] or field not in (
             *SUBGROUP_METRIC_KEYS,
             _TOO_SMALL,
+            _WITHHELD,
             _NEG,
             _POS,
         ):
@@ -262,7 +286,8 @@ def subgroups_from_flat(prefix: str, record: Mapping[str, Any]) -> SubgroupRepor
         for value in (v for v in SUBGROUP_VOCABULARIES[attribute] if (attribute, v) in fields):
             got = fields[(attribute, value)]
             if got.get(_TOO_SMALL):
-                metrics.setdefault(attribute, {})[value] = {"num_examples": int(got["num_examples"]), "too_small": True}
+                small: dict[str, Any] = {"num_examples": int(got["num_examples"]), _TOO_SMALL: True}
+                metrics.setdefault(attribute, {})[value] = small | ({_WITHHELD: True} if got.get(_WITHHELD) else {})
                 continue
             try:
                 histograms[(attribute, value)] = ScoreHistogram.from_lists(got[_NEG], got[_POS])

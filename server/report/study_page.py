@@ -143,7 +143,8 @@ _FIGURES: dict[str, tuple[_PlotFn, str, str]] = {
     STUDY_ROC_PLOT: (
         plot_study_roc,
         "ROC curves of the federated model per site and pooled, drawn from binned score histograms; dots mark the "
-        "operating point (the decision threshold). AUC: exact at sites, binned for pooled.",
+        "operating point (each site's threshold, chosen on its validation split). The pooled dot sums the sites' "
+        "calls, each at its own threshold, so it can lie off the pooled curve. AUC: exact at sites, binned for pooled.",
         "No score histograms to plot.",
     ),
 }

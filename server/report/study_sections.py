@@ -85,6 +85,11 @@ def answer_paragraphs(study: Mapping[str, Any]) -> str:
             text += (" Against a model trained on all sites' data pooled in one place, the federated model's AUC "
                      f"there differed by {_difference(central)}.")  # fmt: skip
         paragraphs.append(f'<p class="answer">{text}</p>')
+    if len(paragraphs) > 1:  # several 95% intervals: one of twenty may exclude zero by chance alone
+        paragraphs.append(
+            f'<p class="note">Each interval is a 95% interval for its own site, with no correction for looking at '
+            f"{len(paragraphs)} sites at once: by chance alone, one interval in twenty excludes zero.</p>"
+        )
     return "\n".join(paragraphs) or '<p class="note">The study lists no sites.</p>'
 
 
@@ -175,7 +180,8 @@ def subgroup_table(study: Mapping[str, Any], model: str = "federated", minimum: 
                 item = mapping(item)
                 start = [escape(site), escape(str(attribute)), escape(str(value))]
                 if item.get("too_small") or finite(item.get("num_examples")) is None:
-                    small = f"too small (n={fmt(item.get('num_examples'))})"
+                    why = "held back" if item.get("withheld") else "too small"
+                    small = f"{why} (n={fmt(item.get('num_examples'))})"
                     rows.append(("pooled" if site == POOLED else "", [*start, small, *([_DASH] * 4)]))
                     continue
                 withheld = finite(item.get("num_withheld"))
@@ -190,7 +196,8 @@ def subgroup_table(study: Mapping[str, Any], model: str = "federated", minimum: 
     note = f" with fewer than {fmt(minimum)} test images" if finite(minimum) is not None else " too small"
     return (f'<p class="note">Groups{note} are not scored: any figure from them would be noise. A site keeps such '
             "a group's scores to itself, so a pooled group covers only the sites where it was large enough "
-            '("withheld": the images the other sites kept back).</p>'
+            '("withheld": the images the other sites kept back). "Held back": a large group the site did not '
+            "report because the whole test split minus it would give away a small group.</p>"
             + html_table(headers, rows, css="figures"))  # fmt: skip
 
 

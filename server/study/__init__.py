@@ -8,12 +8,16 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.serverapp import Grid
 
 from common.config import AppConfig
+from common.file_names import file_safe
+from common.privacy.noise_seed import simulation_noise_seed
 from server.report import RunDirectory
 from server.report.run_folder import server_run_dir
+from server.report.study_page import STUDY_FILE
 from server.study.arms import ArmResult, StudyArm, plan_arms, train_arm
 from server.study.cross_site import SiteEvaluation, evaluate_across_sites
 from server.study.nodes import SiteNodes, SubsetGrid, discover_sites
@@ -33,12 +37,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STUDY_FILE = "study.json"
 _DISCOVERY_TIMEOUT_S = 120.0
-
-
-def _file_safe(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
 
 
 def run_study(grid: Grid, config: AppConfig) -> Path:
@@ -51,6 +50,9 @@ def run_study(grid: Grid, config: AppConfig) -> Path:
     from server.report import build_study_report
 
     started = time.monotonic()
+    noise_seed = simulation_noise_seed()
+    if config.privacy.central and noise_seed is not None and not config.privacy.secure_mode:
+        np.random.seed(noise_seed)  # as `server.server_app.run_federation`: reproducible central noise, simulation only
     folder = RunDirectory(server_run_dir(config.output.run_dir))
     folder.write_config(config.to_nested())
     expected = config.federation.num_sites + int("centralized" in config.study.arm_names)
@@ -63,7 +65,7 @@ def run_study(grid: Grid, config: AppConfig) -> Path:
     models_dir = folder.path / "models"
     models_dir.mkdir(exist_ok=True)
     for result in results:
-        torch.save(result.arrays.to_torch_state_dict(), models_dir / f"{_file_safe(result.arm.key)}.pt")
+        torch.save(result.arrays.to_torch_state_dict(), models_dir / f"{file_safe(result.arm.key)}.pt")
     models = {result.arm.key: result.arrays for result in results}
     evaluations = (
         evaluate_across_sites(grid, nodes.sites, models, timeout_s=config.strategy.round_timeout_s) if models else {}

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 
 from common import wire
 from common.config import AppConfig
+from common.file_names import file_safe
 from server.model_arrays import final_weights, initial_arrays
 from server.report import POOLED_SITE, RunDirectory
 from server.strategy import build_strategy
@@ -96,8 +97,23 @@ def _arm_config(config: AppConfig, arm: StudyArm) -> AppConfig:
     )
 
 
-def _file_safe(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
+def _round_timeout(config: AppConfig, arm: StudyArm) -> float:
+    """The pooled node trains on every site's data, so its rounds get the sites' timeouts added up."""
+    return config.strategy.round_timeout_s * (len(arm.trained_on) if arm.kind == "centralized" else 1)
+
+
+def _silent_rounds(arm: StudyArm, rows: list[dict[str, Any]], rounds: int, timeout_s: float) -> list[dict[str, Any]]:
+    """A failure per round in which a node of the model sent nothing (it timed out): it leaves no row otherwise."""
+    failures = []
+    for number in range(1, rounds + 1):
+        seen = {str(r["site"]) for r in rows if r.get("round") == number and r.get("site") != POOLED_SITE}
+        missing = len(arm.node_ids) - len(seen)
+        if missing > 0:
+            who = "the pooled node" if arm.kind == "centralized" else ", ".join(sorted(set(arm.trained_on) - seen))
+            reason = f"{missing} node(s) sent no reply within {timeout_s:.0f}s"
+            failures.append({"stage": "train", "model": arm.key, "site": who or None, "round": number,
+                             "error": reason, "declined": False})  # fmt: skip
+    return failures
 
 
 def _final_epsilons(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -117,17 +133,24 @@ def train_arm(grid: Grid, config: AppConfig, arm: StudyArm, study_dir: Path) -> 
     privacy ledger at each site (`client.site.study_ledger`).
     """
     arm_config = _arm_config(config, arm)
-    run_dir = RunDirectory(study_dir / "arms" / _file_safe(arm.key))
+    run_dir = RunDirectory(study_dir / "arms" / file_safe(arm.key))
     run_dir.write_config(arm_config.to_nested())
-    strategy = build_strategy(arm_config, run_dir)
     initial = initial_arrays(config)
+    grid = SubsetGrid(grid, arm.node_ids)
+    connected = len(list(grid.get_node_ids()))
+    if connected < len(arm.node_ids):  # Flower's sampling would wait for the missing node for ever
+        reason = f"{len(arm.node_ids) - connected} of its {len(arm.node_ids)} node(s) not connected; not trained"
+        logger.warning("study: %s: %s", arm.label, reason)
+        failure = {"stage": "train", "model": arm.key, "site": None, "round": None, "error": reason, "declined": False}
+        return ArmResult(arm, initial, False, 0.0, 0, failures=[failure])
+    strategy = build_strategy(arm_config, run_dir)
     started = time.monotonic()
     logger.info("study: training %s on %s", arm.label, ", ".join(arm.trained_on))
     result = strategy.start(
-        grid=SubsetGrid(grid, arm.node_ids),
+        grid=grid,
         initial_arrays=initial,
         num_rounds=config.strategy.num_rounds,
-        timeout=config.strategy.round_timeout_s,
+        timeout=_round_timeout(config, arm),
         train_config=ConfigRecord({wire.STUDY_ARM: arm.key}),
         evaluate_config=ConfigRecord(),
     )
@@ -144,6 +167,7 @@ def train_arm(grid: Grid, config: AppConfig, arm: StudyArm, study_dir: Path) -> 
         for r in rows
         if "error" in r
     ]
+    failures += _silent_rounds(arm, rows, config.strategy.num_rounds, _round_timeout(config, arm))
     epsilon = _final_epsilons(rows)
     if arm.kind == "centralized" and epsilon:  # the pooled node's ledger speaks for the pooled data, not a site
         epsilon = {"pooled data": max(epsilon.values())}

@@ -15,11 +15,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common import wire
-from common.metrics import PairedDifference
+from common.metrics import NUM_SCORE_BINS, PairedDifference
 from common.study_wire import ModelScores, model_scores_from_flat, pair_from_flat
 from server.study.arms import CENTRALIZED, FEDERATED
 
-__all__ = ["SiteEvaluation", "evaluate_across_sites", "pairs_for_site"]
+__all__ = ["MESSAGE_BUDGET_BYTES", "SiteEvaluation", "chunk_models", "evaluate_across_sites", "models_for_site",
+           "pairs_for_site"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +55,36 @@ def pairs_for_site(site: str, keys: list[str]) -> list[tuple[str, str, str]]:
     return [(FEDERATED, key, PAIR_LABELS[kind]) for kind, key in others.items() if key in keys]
 
 
-def _request(site: str, models: dict[str, ArrayRecord]) -> tuple[RecordDict, list[str], list[tuple[str, str, str]]]:
-    keys = models_for_site(site, models)
-    pairs = pairs_for_site(site, keys)
+MESSAGE_BUDGET_BYTES = 200 * 1024 * 1024
+"""Most model bytes one evaluate message carries; more models go in further messages (gRPC caps a message)."""
+
+
+def chunk_models(keys: list[str], sizes: dict[str, int], budget: int = MESSAGE_BUDGET_BYTES) -> list[list[str]]:
+    """Split a site's models into messages of at most ``budget`` bytes, the federated model in each (every
+    comparison pairs it with another model, and a pair must be scored on the same images in one request)."""
+    anchor = [FEDERATED] if FEDERATED in keys else []
+    others = [key for key in keys if key != FEDERATED]
+    chunks: list[list[str]] = []
+    current, used = list(anchor), sum(sizes[k] for k in anchor)
+    for key in others:
+        if len(current) > len(anchor) and used + sizes[key] > budget:
+            chunks.append(current)
+            current, used = list(anchor), sum(sizes[k] for k in anchor)
+        current.append(key)
+        used += sizes[key]
+    return [*chunks, current] if len(current) > len(anchor) or not chunks else chunks
+
+
+def _request(
+    keys: list[str], site_pairs: list[tuple[str, str, str]], models: dict[str, ArrayRecord]
+) -> tuple[RecordDict, list[tuple[str, str, str]]]:
+    pairs = [pair for pair in site_pairs if pair[0] in keys and pair[1] in keys]
     index = {key: i for i, key in enumerate(keys)}
     config = ConfigRecord({wire.study_pair_key(j): f"{index[a]},{index[b]}" for j, (a, b, _) in enumerate(pairs)})
     content = RecordDict(
         {wire.CONFIG_KEY: config, **{wire.study_model_key(i): models[key] for i, key in enumerate(keys)}}
     )
-    return content, keys, pairs
+    return content, pairs
 
 
 def _parse(site: str, reply: Message, keys: list[str], pairs: list[tuple[str, str, str]]) -> SiteEvaluation:
@@ -74,6 +96,8 @@ def _parse(site: str, reply: Message, keys: list[str], pairs: list[tuple[str, st
         differences: list[PairedDifference] = [
             pair_from_flat(records[wire.study_pair_key(j)]) for j in range(len(pairs))
         ]
+        if any(scores.histogram.bins != NUM_SCORE_BINS for scores in scored.values()):
+            raise ValueError(f"a score histogram does not have {NUM_SCORE_BINS} bins")
     except (KeyError, ValueError, TypeError) as exc:  # a reply that is not what was asked for fails this site only
         return SiteEvaluation(site, error=f"{site}: malformed study reply ({type(exc).__name__}: {exc})")
     rows = [
@@ -84,26 +108,48 @@ def _parse(site: str, reply: Message, keys: list[str], pairs: list[tuple[str, st
     return SiteEvaluation(site, scored, rows, seconds=seconds)
 
 
+def _merge(into: SiteEvaluation | None, part: SiteEvaluation) -> SiteEvaluation:
+    """One site's answers to several messages as one; its first error stands for the site."""
+    if into is None:
+        return part
+    if into.error or part.error:
+        return SiteEvaluation(into.site, error=into.error or part.error)
+    models = {**part.models, **into.models}  # the federated model, scored in each message, keeps its first figures
+    return SiteEvaluation(into.site, models, into.pairs + part.pairs, seconds=into.seconds + part.seconds)
+
+
 def evaluate_across_sites(
     grid: Grid, sites: dict[str, int], models: dict[str, ArrayRecord], *, timeout_s: float
 ) -> dict[str, SiteEvaluation]:
-    """Send each site its models in one message (all sites at once); return each site's evaluation or failure."""
-    requests = {site: _request(site, models) for site in sites}
-    messages = {
-        site: Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
-        for (site, node), (content, _, _) in zip(sites.items(), requests.values(), strict=True)
-    }
+    """Send each site its models (in as few messages as `MESSAGE_BUDGET_BYTES` allows, all sites at once per
+    message round); return each site's evaluation, or why it failed.
+
+    ``timeout_s`` bounds one message round; each site scores every model of a message on its whole test split.
+    """
+    sizes = {key: int(record.count_bytes()) for key, record in models.items()}
+    plans = {site: chunk_models(models_for_site(site, models), sizes) for site in sites}
     by_node = {node: site for site, node in sites.items()}
-    replies = grid.send_and_receive(list(messages.values()), timeout=timeout_s)
     results: dict[str, SiteEvaluation] = {}
-    for reply in replies:
-        site = by_node.get(reply.metadata.src_node_id)
-        if site is not None:
-            _, keys, pairs = requests[site]
-            results[site] = _parse(site, reply, keys, pairs)
-    for site in sites:
-        if site not in results:
+    for step in range(max(len(chunks) for chunks in plans.values()) if plans else 0):
+        requests = {
+            site: (chunks[step], *_request(chunks[step], pairs_for_site(site, models_for_site(site, models)), models))
+            for site, chunks in plans.items()
+            if step < len(chunks) and not (site in results and results[site].error)
+        }
+        messages = [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=sites[site])
+            for site, (_, content, _) in requests.items()
+        ]
+        answered: set[str] = set()
+        for reply in grid.send_and_receive(messages, timeout=timeout_s):
+            site = by_node.get(reply.metadata.src_node_id)
+            if site in requests and site not in answered:
+                keys, _, pairs = requests[site]
+                results[site] = _merge(results.get(site), _parse(site, reply, keys, pairs))
+                answered.add(site)
+        for site in set(requests) - answered:
             results[site] = SiteEvaluation(site, error=f"{site}: no answer within {timeout_s:.0f}s")
-        if results[site].error:
-            logger.warning("study evaluation at %s failed: %s", site, results[site].error)
+    for site, result in results.items():
+        if result.error:
+            logger.warning("study evaluation at %s failed: %s", site, result.error)
     return results

@@ -18,6 +18,9 @@ __all__ = ["SiteNodes", "SubsetGrid", "discover_sites"]
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+OPTIONAL_WAIT_S = 15.0
+RESERVED_NAME = "pooled"
+"""The study's all-sites column: a site that calls itself so is renamed ``pooled@node-<id>``."""
 
 
 class SubsetGrid(Grid):
@@ -78,18 +81,22 @@ def _wait_for_nodes(grid: Grid, expected: int, timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
         time.sleep(_POLL_S)
-    if len(nodes) < expected:
-        logger.warning("%d node(s) connected of the %d expected; the study goes on with them", len(nodes), expected)
     return nodes
 
 
-def discover_sites(grid: Grid, *, expected: int, timeout_s: float) -> SiteNodes:
+def discover_sites(grid: Grid, *, expected: int, timeout_s: float, optional: int = 0) -> SiteNodes:
     """Ask every node which site it serves (a query message; the reply carries only the site's chosen name).
 
-    Waits up to ``timeout_s`` for ``expected`` nodes. Two nodes naming one site keep the first name and get
-    ``<name>@node-<id>`` for the second, as the strategy's rows do.
+    Waits up to ``timeout_s`` for ``expected`` nodes, then up to `OPTIONAL_WAIT_S` for ``optional`` more (the
+    pooled node a simulation starts with the sites; a deployment has none, and need not wait for it long). Two
+    nodes naming one site keep the first name and get ``<name>@node-<id>`` for the second, as the strategy's rows
+    do; a site named ``pooled`` (the all-sites column) is renamed so.
     """
     nodes = _wait_for_nodes(grid, expected, timeout_s)
+    if len(nodes) < expected:
+        logger.warning("%d node(s) connected of the %d expected; the study goes on with them", len(nodes), expected)
+    elif optional:
+        nodes = _wait_for_nodes(grid, expected + optional, OPTIONAL_WAIT_S)
     asked = RecordDict({wire.CONFIG_KEY: ConfigRecord({wire.STUDY_QUERY: wire.STUDY_DESCRIBE})})
     messages = [Message(content=asked, message_type=MessageType.QUERY, dst_node_id=node) for node in nodes]
     found = SiteNodes()
@@ -104,7 +111,7 @@ def discover_sites(grid: Grid, *, expected: int, timeout_s: float) -> SiteNodes:
             found.pooled = node
             continue
         name = str(record[wire.SITE_NAME])
-        if name in found.sites:
+        if name in found.sites or name == RESERVED_NAME:
             logger.warning("node %d reports site name %r, already used by another node", node, name)
             name = f"{name}@node-{node}"
         found.sites[name] = node

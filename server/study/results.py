@@ -23,14 +23,15 @@ from common.metrics import (
 )
 from common.study_wire import ModelScores
 from server.pooling import pool_histograms
+from server.report import POOLED_SITE
 from server.report.json_safe import to_json_safe
+from server.report.study_page import STUDY_SCHEMA
 from server.study.arms import ArmResult
 from server.study.cross_site import SiteEvaluation
 
 __all__ = ["POOLED", "STUDY_SCHEMA", "assemble_study"]
 
-STUDY_SCHEMA = 1
-POOLED = "pooled"
+POOLED = POOLED_SITE
 _SITE_KEYS = ("num_examples", "num_positives", "num_negatives", "auc", "auc_ci_low", "auc_ci_high", "sensitivity",
               "specificity", "sensitivity_at_specificity", "ppv", "npv")  # fmt: skip
 
@@ -56,13 +57,27 @@ def _site_entry(scores: ModelScores) -> dict[str, Any]:
             "ece": scores.calibration.ece, "exact": True}  # fmt: skip
 
 
-def _calls(scores: ModelScores) -> dict[str, int]:
-    """The site's confusion counts at its own threshold, recovered exactly from sensitivity and specificity."""
-    pos, neg = int(scores.metrics.get("num_positives", 0)), int(scores.metrics.get("num_negatives", 0))
-    sens, spec = scores.metrics.get("sensitivity", math.nan), scores.metrics.get("specificity", math.nan)
-    tp = round(sens * pos) if pos and math.isfinite(sens) else 0
-    tn = round(spec * neg) if neg and math.isfinite(spec) else 0
+def _counts(entry: Mapping[str, Any]) -> dict[str, int]:
+    """Confusion counts at the site's own threshold, recovered exactly from sensitivity and specificity."""
+    pos, neg = int(entry.get("num_positives") or 0), int(entry.get("num_negatives") or 0)
+    sens, spec = entry.get("sensitivity", math.nan), entry.get("specificity", math.nan)
+    tp = round(sens * pos) if pos and sens is not None and math.isfinite(sens) else 0
+    tn = round(spec * neg) if neg and spec is not None and math.isfinite(spec) else 0
     return {"tp": tp, "fn": pos - tp, "tn": tn, "fp": neg - tn}
+
+
+def _with_site_calls(pooled: dict[str, Any], reports: list[Any]) -> dict[str, Any]:
+    """Pooled subgroups' sensitivity and specificity from the sites' own calls (each at its validation-chosen
+    threshold, as the sites' rows and the pooled headline), not from the summed histogram at 0.5."""
+    for attribute, groups in pooled.items():
+        for value, entry in groups.items():
+            if entry.get("too_small"):
+                continue
+            parts = [r.metrics[attribute][value] for r in reports if (attribute, value) in r.histograms]
+            counts = {k: sum(_counts(p)[k] for p in parts) for k in ("tp", "fp", "tn", "fn")}
+            calls = confusion_metrics(**counts)
+            entry["sensitivity"], entry["specificity"] = calls["sensitivity"], calls["specificity"]
+    return pooled
 
 
 def _pooled_entry(per_site: Iterable[ModelScores], config: AppConfig) -> tuple[dict[str, Any], ScoreHistogram]:
@@ -70,7 +85,7 @@ def _pooled_entry(per_site: Iterable[ModelScores], config: AppConfig) -> tuple[d
     hist = pool_histograms([s.histogram for s in scored])
     entry = histogram_metrics(hist, target_specificity=config.evaluation.target_specificity,
                               bootstrap=config.study.bootstrap, seed=config.seed)  # fmt: skip
-    counts = {k: sum(_calls(s)[k] for s in scored) for k in ("tp", "fp", "tn", "fn")}
+    counts = {k: sum(_counts(s.metrics)[k] for s in scored) for k in ("tp", "fp", "tn", "fn")}
     entry.update(confusion_metrics(**counts))  # each site called its cases at its own validation-chosen threshold
     calibration = calibration_from_histogram(hist, bins=config.study.calibration_bins)
     kept = {key: entry.get(key) for key in _SITE_KEYS if key in entry}
@@ -124,11 +139,12 @@ def assemble_study(
             matrix[key][POOLED], hist = _pooled_entry(per_site.values(), config)
             calibration[key][POOLED] = calibration_from_histogram(hist, bins=config.study.calibration_bins).to_dict()
             roc[key][POOLED] = hist.to_lists()
-            subgroups[key][POOLED] = pooled_subgroup_metrics(
-                [s.subgroups for s in per_site.values()],
-                min_count=config.study.min_subgroup,
-                resamples=config.study.bootstrap,
-                seed=config.seed,
+            reports = [s.subgroups for s in per_site.values()]
+            subgroups[key][POOLED] = _with_site_calls(
+                pooled_subgroup_metrics(
+                    reports, min_count=config.study.min_subgroup, resamples=config.study.bootstrap, seed=config.seed
+                ),
+                reports,
             )
     held_out = [e.models[f"loso:{site}"] for site, e in evaluations.items() if f"loso:{site}" in e.models]
     failures = [f for result in arms for f in result.failures]
