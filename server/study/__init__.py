@@ -55,6 +55,12 @@ def run_study(grid: Grid, config: AppConfig) -> Path:
         np.random.seed(noise_seed)  # as `server.server_app.run_federation`: reproducible central noise, simulation only
     folder = RunDirectory(server_run_dir(config.output.run_dir))
     folder.write_config(config.to_nested())
+    if config.privacy.local and config.privacy.target_epsilon <= 0:
+        logger.warning(
+            "study under DP-SGD with a fixed noise multiplier: models trained on more images (the centralized one) "
+            "spend less epsilon than a site's, so the arms are compared at different privacy; set "
+            "privacy.target_epsilon to give every model the same epsilon"
+        )
     expected = config.federation.num_sites + int("centralized" in config.study.arm_names)
     nodes = discover_sites(
         grid, expected=expected, timeout_s=min(config.strategy.round_timeout_s, _DISCOVERY_TIMEOUT_S)
