@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from client.site import SiteSpec
-from client.task import headline_labels, load_site_data, model_with, operating_threshold, pick_device
+from client.task import load_site_data, pick_device, score_headline
 from common.config import AppConfig
 from common.data import SiteData, SiteImages, read_manifest
 from common.data.dicom_header import read_header
@@ -35,7 +35,6 @@ from common.metrics import (
     view_group,
 )
 from common.study_wire import ModelScores
-from common.training import evaluate
 
 __all__ = ["StudyScores", "score_models_on_site", "test_attributes"]
 
@@ -97,10 +96,7 @@ def _score_model(
     attributes: dict[str, list[str | None]],
     device: str,
 ) -> tuple[ModelScores, np.ndarray, np.ndarray]:
-    model = model_with(config, state_dict)
-    result = evaluate(model, data.test, batch_size=config.training.batch_size * 2, device=device)
-    labels = headline_labels(result.labels, config)
-    threshold = operating_threshold(model, data, config, device)
+    result, labels, threshold = score_headline(config, data, state_dict, device)
     study = config.study
     metrics = binary_metrics(
         labels,

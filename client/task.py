@@ -33,7 +33,7 @@ from common.loss import class_weights_for
 from common.metrics import ClassEvaluation, ScoreHistogram, binary_metrics, threshold_at_specificity
 from common.models import build_model
 from common.privacy import compute_epsilon, planned_sampling, privacy_for_budget
-from common.training import TrainResult, evaluate, train_local
+from common.training import EvalResult, TrainResult, evaluate, train_local
 
 __all__ = [
     "EvaluateOutcome",
@@ -48,6 +48,7 @@ __all__ = [
     "patch_dataset",
     "pick_device",
     "round_seed",
+    "score_headline",
     "train_on_site",
 ]
 
@@ -296,11 +297,7 @@ def evaluate_on_site(
     """
     started = time.perf_counter()
     data = load_site_data(site, config)
-    model = model_with(config, state_dict)
-    device = pick_device(config.training.device)
-    result = evaluate(model, getattr(data, split), batch_size=config.training.batch_size * 2, device=device)
-    labels = headline_labels(result.labels, config)  # the headline: the last (most severe) class vs the rest
-    threshold = operating_threshold(model, data, config, device)
+    result, labels, threshold = score_headline(config, data, state_dict, pick_device(config.training.device), split)
     metrics = binary_metrics(
         labels,
         result.scores,
@@ -327,6 +324,16 @@ def evaluate_on_site(
         if config.model.num_classes > 2
         else None,
     )
+
+
+def score_headline(
+    config: AppConfig, data: SiteData, state_dict: dict[str, torch.Tensor], device: str, split: str = "test"
+) -> tuple[EvalResult, np.ndarray, float]:
+    """Score ``split`` with the received weights: the evaluation, the headline labels (the last, most severe class
+    against the rest) and the site's operating threshold (`operating_threshold`). Scores never leave the site."""
+    model = model_with(config, state_dict)
+    result = evaluate(model, getattr(data, split), batch_size=config.training.batch_size * 2, device=device)
+    return result, headline_labels(result.labels, config), operating_threshold(model, data, config, device)
 
 
 def headline_labels(labels: np.ndarray, config: AppConfig) -> np.ndarray:

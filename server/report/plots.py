@@ -23,12 +23,14 @@ __all__ = [
     "ROC_NOTE",
     "ROC_PLOT",
     "legend_aucs",
+    "new_figure",
     "plot_epsilon_per_round",
     "plot_loss_per_round",
     "plot_metrics_per_round",
     "plot_roc_per_class",
     "plot_roc_per_site",
     "roc_labels",
+    "save_figure",
     "site_order",
 ]
 
@@ -78,13 +80,15 @@ def _label(site: str) -> str:
     return site.replace("$", r"\$")
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A Matplotlib figure on the Agg canvas (no display, no global pyplot state), laid out by constrained layout."""
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as the report's PNG at ``path``."""
     figure.savefig(path, dpi=_DPI, format="png")
     return path
 
@@ -180,11 +184,11 @@ def plot_roc_per_site(
     ``aucs`` (site or ``pooled`` -> AUC) are the report table's figures, shown in the legend; a curve without one
     shows its histogram's AUC (see `roc_labels`).
     """
-    figure = _new_figure(6.0, 5.6)
+    figure = new_figure(6.0, 5.6)
     curves = {**sites, **({POOLED_SITE: pooled} if pooled is not None else {})}
     detail = f"{_label(positive)} vs rest" if positive else "per site"
     _roc_axes(figure.add_subplot(), curves, f"ROC of the final global model, {detail}", aucs)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_roc_per_class(
@@ -200,7 +204,7 @@ def plot_roc_per_class(
     ``aucs[i]`` (site or ``pooled`` -> AUC of class ``i`` vs the rest) are the per-class table's figures.
     """
     count = max([len(pooled), *(len(hs) for hs in sites.values())])
-    figure = _new_figure(5.0 * count, 5.2)
+    figure = new_figure(5.0 * count, 5.2)
     panels = figure.subplots(1, count, squeeze=False)[0]
     for index, axes in enumerate(panels):
         curves = {site: hs[index] for site, hs in sites.items() if index < len(hs)}
@@ -208,12 +212,12 @@ def plot_roc_per_class(
             curves[POOLED_SITE] = pooled[index]
         name = names[index] if index < len(names) else f"class_{index}"
         _roc_axes(axes, curves, f"{_label(name)} vs rest", aucs[index] if index < len(aucs) else None)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_metrics_per_round(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """AUC, sensitivity and specificity of the global model per round (evaluate rows), one line per site."""
-    figure = _new_figure(13.0, 4.2)
+    figure = new_figure(13.0, 4.2)
     panels = figure.subplots(1, 3, sharey=True)
     for axes, key, title in zip(
         panels, ("auc", "sensitivity", "specificity"), ("AUC", "Sensitivity", "Specificity"), strict=True
@@ -221,29 +225,29 @@ def plot_metrics_per_round(rows: Sequence[Mapping[str, Any]], path: Path) -> Pat
         _line_axes(axes, _series(rows, "evaluate", key), title, f"{title} per round")
         axes.set_ylim(-0.02, 1.02)
     panels[0].legend(fontsize="small", loc="lower right")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_epsilon_per_round(rows: Sequence[Mapping[str, Any]], delta: float | None, path: Path) -> Path:
     """Cumulative epsilon per site after each round (train rows); lower means a stronger privacy guarantee."""
-    figure = _new_figure(6.5, 4.2)
+    figure = new_figure(6.5, 4.2)
     axes = figure.add_subplot()
     numeric = isinstance(delta, (int, float)) and not isinstance(delta, bool)  # a hand-edited config may hold text
     title = "Privacy spent: cumulative ε per site" + (f" (δ = {delta:g})" if numeric else "")
     _line_axes(axes, _series(rows, "train", "epsilon"), "ε (cumulative)", title)
     axes.set_ylim(bottom=0)
     axes.legend(fontsize="small", loc="upper left")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_loss_per_round(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Mean local training loss per site per round, with the test loss beside it when sites reported one."""
     test = _series(rows, "evaluate", "loss")
     has_test = any(math.isfinite(v) for _, values in test.values() for v in values)
-    figure = _new_figure(11.0 if has_test else 6.5, 4.2)
+    figure = new_figure(11.0 if has_test else 6.5, 4.2)
     panels = figure.subplots(1, 2 if has_test else 1, squeeze=False)[0]
     _line_axes(panels[0], _series(rows, "train", "train_loss"), "cross-entropy", "Training loss per round")
     panels[0].legend(fontsize="small", loc="upper right")
     if has_test:
         _line_axes(panels[1], test, "cross-entropy", "Test loss of the global model per round")
-    return _save(figure, path)
+    return save_figure(figure, path)

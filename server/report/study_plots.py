@@ -9,11 +9,10 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from common.metrics import ScoreHistogram, histogram_roc
+from server.report.plots import new_figure, save_figure
 
 __all__ = [
     "COMPARISON_PLOT",
@@ -42,7 +41,6 @@ RELIABILITY_PLOT = "study_reliability.png"
 STUDY_ROC_PLOT = "study_roc.png"
 COMPARISON_PLOT = "study_comparisons.png"
 
-_DPI = 110
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 _PAIRS = (("local:", "federated − local", "#1f77b4"), ("centralized", "federated − centralized", "#ff7f0e"))
 
@@ -96,17 +94,6 @@ def _color(study: Mapping[str, Any], site: str) -> str:
     return "black" if site not in sites else _PALETTE[sites.index(site) % len(_PALETTE)]
 
 
-def _figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=_DPI, format="png")
-    return path
-
-
 def _dot(axes: Any, y: float, item: Mapping[str, Any], keys: Sequence[str], color: str) -> None:
     """A value with its 95% CI as a dot and a horizontal bar at ``y``; "n/a" written where the value is null."""
     value, low, high = (finite(item.get(k)) for k in keys)
@@ -132,7 +119,7 @@ def plot_study_matrix(study: Mapping[str, Any], path: Path) -> Path | None:
     if not rows:
         return None
     values = np.array([[finite(entry(study, m, c).get("auc")) or math.nan for c in columns] for m in rows])
-    figure = _figure(max(6.0, 1.25 * len(columns) + 4.0), max(3.2, 0.55 * len(rows) + 2.0))
+    figure = new_figure(max(6.0, 1.25 * len(columns) + 4.0), max(3.2, 0.55 * len(rows) + 2.0))
     axes = figure.add_subplot()
     colormap = matplotlib.colormaps["YlGnBu"].with_extremes(bad="#e0e0e0", under="#f4c7c3")
     image = axes.imshow(np.ma.masked_invalid(values), cmap=colormap, vmin=0.5, vmax=1.0, aspect="auto")
@@ -156,7 +143,7 @@ def plot_study_matrix(study: Mapping[str, Any], path: Path) -> Path | None:
     axes.set_ylabel("model")
     axes.set_title("AUC of each model on each site (red box: a local model on its own site)", fontsize="medium")
     figure.colorbar(image, ax=axes, label="AUC (below 0.5 in pink, n/a in grey)", extend="min")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_loso(study: Mapping[str, Any], path: Path) -> Path | None:
@@ -165,7 +152,7 @@ def plot_loso(study: Mapping[str, Any], path: Path) -> Path | None:
     sites = [site for site in study_sites(study) if f"loso:{site}" in known]
     if not sites:
         return None
-    figure = _figure(11.0, max(2.8, 0.6 * len(sites) + 1.8))
+    figure = new_figure(11.0, max(2.8, 0.6 * len(sites) + 1.8))
     left, right = figure.subplots(1, 2)
     keys = ("auc", "auc_ci_low", "auc_ci_high")
     for label, color in (("federated (all sites)", "#1f77b4"), ("federated without this site", "#d62728")):
@@ -180,7 +167,7 @@ def plot_loso(study: Mapping[str, Any], path: Path) -> Path | None:
                "Drop when a site's data is left out")  # fmt: skip
     right.axvline(0.0, color="grey", linestyle="--", linewidth=1)
     figure.legend(loc="outside lower center", ncol=2, fontsize="small", frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _bins(item: Mapping[str, Any]) -> list[tuple[float, float, int, float | None, float | None]]:
@@ -202,7 +189,7 @@ def plot_reliability(study: Mapping[str, Any], path: Path, model: str = "federat
         return None
     columns = 2 if len(panels) == 4 else min(3, len(panels))
     lines = math.ceil(len(panels) / columns)
-    figure = _figure(3.6 * columns + 0.4, 3.7 * lines)
+    figure = new_figure(3.6 * columns + 0.4, 3.7 * lines)
     grid = figure.subplots(lines, columns, squeeze=False).ravel()
     for axes in grid[len(panels) :]:
         axes.set_visible(False)
@@ -232,7 +219,7 @@ def plot_reliability(study: Mapping[str, Any], path: Path, model: str = "federat
         axes.grid(alpha=0.3)
         if index == 0:
             axes.legend(fontsize="x-small", loc="upper left")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_study_roc(study: Mapping[str, Any], path: Path, model: str = "federated") -> Path | None:
@@ -241,7 +228,7 @@ def plot_study_roc(study: Mapping[str, Any], path: Path, model: str = "federated
     curves = [site for site in (*study_sites(study), POOLED) if site in histograms]
     if not curves:
         return None
-    figure = _figure(6.0, 6.2)
+    figure = new_figure(6.0, 6.2)
     axes = figure.add_subplot()
     for site in curves:
         lists, item, color = mapping(histograms.get(site)), entry(study, model, site), _color(study, site)
@@ -264,7 +251,7 @@ def plot_study_roc(study: Mapping[str, Any], path: Path, model: str = "federated
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small", title="AUC: exact at sites, binned for pooled",
                 title_fontsize="small")  # fmt: skip
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_comparisons(study: Mapping[str, Any], path: Path) -> Path | None:
@@ -273,7 +260,7 @@ def plot_comparisons(study: Mapping[str, Any], path: Path) -> Path | None:
              if any(comparison(study, site, b) for b in (f"local:{site}", "centralized"))]  # fmt: skip
     if not names:
         return None
-    figure = _figure(8.0, max(2.8, 0.7 * len(names) + 1.8))
+    figure = new_figure(8.0, max(2.8, 0.7 * len(names) + 1.8))
     axes = figure.add_subplot()
     keys = ("difference", "ci_low", "ci_high")
     for _, label, color in _PAIRS:
@@ -286,4 +273,4 @@ def plot_comparisons(study: Mapping[str, Any], path: Path) -> Path | None:
                "Federated model compared with training alone and with pooled data")  # fmt: skip
     axes.axvline(0.0, color="grey", linestyle="--", linewidth=1)
     figure.legend(loc="outside lower center", ncol=2, fontsize="small", frameon=False)
-    return _save(figure, path)
+    return save_figure(figure, path)
