@@ -40,7 +40,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on this site; reply with weights and scalar metrics only."""
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
-    budget = site_budget(context.node_config, site.manifest.parent)  # a broken limits file fails closed
+    # A broken limits file fails closed; the pooled node (simulation only) holds no site's own limits.
+    budget = site_budget(context.node_config, None if site.pooled else site.manifest.parent)
     # A study's models each charge their own ledger in simulation; a real SuperNode always charges its one.
     ledger_path = study_ledger(site, context.node_config, config, str(_message_config(msg).get(wire.STUDY_ARM, "")))
     # The site's disk, not node state, is the record of spent privacy. Its lock is held from the budget check
