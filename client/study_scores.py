@@ -36,7 +36,7 @@ from common.metrics import (
 )
 from common.study_wire import ModelScores
 
-__all__ = ["StudyScores", "score_models_on_site", "test_attributes"]
+__all__ = ["StudyScores", "score_models_on_site", "subgroup_attributes"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _header_fields(path: object) -> tuple[str, str, str, str]:
     return header.manufacturer, header.patient_age, header.view, header.laterality
 
 
-def test_attributes(site: SiteSpec, test: SiteImages) -> dict[str, list[str | None]]:
+def subgroup_attributes(site: SiteSpec, test: SiteImages) -> dict[str, list[str | None]]:
     """Each test image's subgroup values (view, laterality, density, vendor, age band), in the split's order.
 
     The manifest gives view, laterality, density and age; a DICOM header fills what the manifest leaves empty and
@@ -142,7 +142,7 @@ def score_models_on_site(
     if bad:
         raise ValueError(f"study pairs {bad} name models that were not sent ({len(models)} model(s))")
     data = load_site_data(site, config)
-    attributes = test_attributes(site, data.test)
+    attributes = subgroup_attributes(site, data.test)
     device = pick_device(config.training.device)
     scored = [_score_model(config, data, state_dict, attributes, device) for state_dict in models]
     labels = scored[0][1] if scored else np.zeros(0, dtype=np.int64)
