@@ -262,3 +262,32 @@ def test_big_models_travel_in_several_messages_each_with_the_federated_model() -
     assert sorted({k for chunk in several for k in chunk}) == sorted(keys) and len(several) == 4
     assert chunk_models(["federated"], {"federated": 5}) == [["federated"]]
     assert chunk_models(["local:a"], {"local:a": 5}) == [["local:a"]]
+
+
+def test_subgroups_come_from_the_manifest_else_the_dicom_header(tiny_federation: Path, tmp_path: Path) -> None:
+    import csv
+    import shutil
+
+    from client.study_scores import subgroup_attributes
+    from common.data import SiteImages
+
+    site_dir = tmp_path / "site"
+    shutil.copytree(tiny_federation / "site_0", site_dir, ignore=shutil.ignore_patterns(".cache", "privacy_*"))
+    with (site_dir / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # the manifest keeps density, loses age and view: the header's Patient's Age and view fill in
+        row["age"], row["view"] = "", ""
+    with (site_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [2, 3, 4]
+    split = SiteImages([np.zeros((4, 4), np.uint16)] * 3, [0, 0, 0], 4, row_numbers=lines)
+    site = SiteSpec("s", site_dir / "manifest.csv", None, 0, tmp_path / "l.json")
+
+    groups = subgroup_attributes(site, split)
+
+    assert groups["view"] == [Path(rows[n - 2]["image_path"]).stem.split("_")[-1] for n in lines]  # P0001_L_CC
+    assert all(band in ("40-49", "50-59", "60-69", "70+") for band in groups["age_band"])  # from '0NNY'
+    assert groups["density"] == [rows[n - 2]["density"] for n in lines]
+    assert groups["vendor"] == ["other"] * 3  # "Phantom Imaging Co." is no real vendor
