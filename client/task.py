@@ -30,7 +30,13 @@ from common.data import (
 from common.errors import ManifestError
 from common.file_log import file_log
 from common.loss import class_weights_for
-from common.metrics import ClassEvaluation, ScoreHistogram, binary_metrics, threshold_at_specificity
+from common.metrics import (
+    ClassEvaluation,
+    ScoreHistogram,
+    binary_metrics,
+    score_bin_edges,
+    threshold_at_specificity,
+)
 from common.models import build_model
 from common.privacy import compute_epsilon, planned_sampling, privacy_for_budget
 from common.training import EvalResult, TrainResult, evaluate, train_local
@@ -357,13 +363,21 @@ def headline_labels(labels: np.ndarray, config: AppConfig) -> np.ndarray:
 
 
 def operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfig, device: str) -> float:
-    """The site's decision threshold: fixed, or the lowest reaching the target specificity on validation.
+    """The site's decision threshold: fixed, or the lowest score-bin edge reaching the target specificity on
+    validation.
 
-    Falls back to the fixed threshold when the validation split is empty or has no benign/normal case.
+    Why a bin edge (`common.metrics.score_bin_edges`): the threshold travels to the server, and the lowest
+    threshold itself sits just above one validation image's score; raised to the next of the fixed edges it
+    tells nothing about any image, still reaches the target specificity (a higher threshold calls fewer cases),
+    and agrees with the histograms the server pools. Falls back to the fixed threshold when the validation split
+    is empty or has no benign/normal case.
     """
     rule = config.evaluation
     if rule.operating_point == "fixed" or len(data.val) == 0:
         return rule.threshold
     val = evaluate(model, data.val, batch_size=config.training.batch_size * 2, device=device)
     chosen = threshold_at_specificity(headline_labels(val.labels, config), val.scores, rule.target_specificity)
-    return rule.threshold if np.isnan(chosen) else chosen
+    if np.isnan(chosen):
+        return rule.threshold
+    edges = score_bin_edges()
+    return float(edges[min(int(np.searchsorted(edges, chosen, side="left")), edges.size - 1)])

@@ -128,3 +128,28 @@ def test_a_site_trains_with_class_weights_from_its_own_training_labels(
     assert seen["class_weights"] == expected
     if setting == "balanced":
         assert min(counts) > 0 and len(set(counts)) > 1 and expected[0] != expected[1]
+
+
+def test_the_operating_threshold_is_a_fixed_score_bin_edge_reaching_the_target(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    from client.site import resolve_site
+    from client.task import load_site_data, model_with, operating_threshold
+    from common.config import load_config
+    from common.metrics import score_bin_edges
+    from common.models import build_model
+    from common.training import evaluate
+
+    config = load_config({"federation.data_dir": str(tiny_federation), "federation.num_sites": 2,
+                          "data.image_size": 32, "data.cache_dir": str(tmp_path / "cache")})  # fmt: skip
+    site = resolve_site({"partition-id": 0}, config)
+    data = load_site_data(site, config)
+    torch.manual_seed(3)
+    model = model_with(config, build_model("small_cnn", num_classes=2, in_channels=1).state_dict())
+
+    threshold = operating_threshold(model, data, config, "cpu")
+
+    assert threshold in score_bin_edges()  # no validation image's score leaves the site
+    val = evaluate(model, data.val, device="cpu")
+    negatives = val.scores[np.asarray(val.labels) == 0]
+    assert negatives.size and (negatives < threshold).mean() >= config.evaluation.target_specificity
