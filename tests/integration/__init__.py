@@ -1,0 +1,1 @@
+"""Tests that start real Flower processes (SuperLink, SuperNodes, CLI) on loopback."""
