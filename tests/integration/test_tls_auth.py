@@ -344,3 +344,78 @@ def _wait_for_status(link: SuperLink, node_id: str, status: str, log: Path, time
         if time.monotonic() > deadline:
             pytest.fail(f"node {node_id} is {now!r}, not {status!r}, after {timeout_s:.0f} s:\n{log.read_text()}")
         time.sleep(0.5)
+
+
+# --- the real app, deployed: three hospitals, two rounds, through deploy.submit -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_hospitals(superlink: SuperLink, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Three registered SuperNodes, each serving a tiny phantom site from its own manifest (node config)."""
+    from simulations.phantoms import generate_federation
+
+    for node_id, status in _node_statuses(superlink).items():  # other tests' nodes would join (and fail) the run
+        if status != "unregistered":
+            assert superlink.flwr("supernode", "unregister", node_id, CONNECTION).returncode == 0
+    data = tmp_path_factory.mktemp("hospitals")
+    manifests = generate_federation(data, num_sites=3, images_per_site=24, seed=5, matrix_scale=0.25)
+    names = []
+    for index, manifest in enumerate(manifests):
+        name = f"hospital-{'abc'[index]}"
+        keys = data / "keys"  # its own folder: other tests of this module write keys of their own
+        create_node_key(keys, name)
+        node_id = _register(superlink, keys / f"{name}.pub")
+        config = f'manifest="{manifest}" site-name="{name}" cache-dir="{data / "cache" / name}"'
+        _, log = superlink.supernode(
+            name,
+            "--root-certificates", str(superlink.pki / "ca.crt"),
+            "--auth-supernode-private-key", str(keys / name),
+            "--node-config", config,
+        )  # fmt: skip
+        _wait_for_status(superlink, node_id, "online", log)
+        names.append(name)
+    return names
+
+
+def _run_config(path: Path, run_dir: Path, overrides: dict[str, object] | None = None) -> Path:
+    from common.config import load_config
+    from simulations.launcher import write_run_config
+
+    values = {"federation.num_sites": 3, "federation.synthetic": False, "data.image_size": 32,
+              "training.batch_size": 8, "strategy.num_rounds": 2, "strategy.min_nodes": 3,
+              "output.run_dir": str(run_dir), **(overrides or {})}  # fmt: skip
+    return write_run_config(load_config(values), path)
+
+
+@needs_flower
+def test_two_rounds_of_the_real_app_on_three_tls_hospitals(superlink: SuperLink, three_hospitals: list[str]) -> None:
+    from deploy.submit import submit
+    from simulations.launcher import APP_DIR
+
+    run_dir = superlink.home / "runs" / "ok"
+    started = time.monotonic()
+
+    done = submit(APP_DIR, CONNECTION, run_config=_run_config(superlink.home / "ok.toml", run_dir), env=superlink.env)
+
+    seconds = time.monotonic() - started
+    assert done.status.status == "finished:completed"
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    assert set(summary["sites"]) == set(three_hospitals), summary["sites"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {(r["round"], r["site"]) for r in rows if r["phase"] == "train" and r["site"] != "pooled"} == {
+        (n, site) for n in (1, 2) for site in three_hospitals
+    }
+    assert not [r for r in rows if "error" in r]
+    sys.stderr.write(f"deployed run: two rounds on three TLS hospitals in {seconds:.1f} s\n")  # shown with -s
+
+
+@needs_flower
+def test_a_failed_server_app_is_reported_as_a_failure(superlink: SuperLink, three_hospitals: list[str]) -> None:
+    from deploy.submit import RunFailed, submit
+    from simulations.launcher import APP_DIR
+
+    missing = {"model.weights_path": str(superlink.home / "no-such-weights.pth")}  # the ServerApp raises at start
+    config = _run_config(superlink.home / "bad.toml", superlink.home / "runs" / "bad", missing)
+
+    with pytest.raises(RunFailed, match="finished:failed"):  # `flwr run` itself exits 0 here
+        submit(APP_DIR, CONNECTION, run_config=config, env=superlink.env)
