@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -86,7 +86,10 @@ class RecordingStrategy(Strategy):
     aggregation stays the library's (which Flower's privacy accountant insists on), and the rows are
     written from the sites' replies as they arrived, before any wrapper clips them. Failed replies (a site
     whose round raised or declined, or whose weights hold NaN or inf) are recorded with their reason and
-    left out of the aggregate; one broken hospital never stops the federation.
+    left out of the aggregate; one broken hospital never stops the federation. So is a node that dropped out:
+    the SuperLink answers for a node whose heartbeat expired (an error reply under the SuperLink's own node
+    id, named here after the node it was sent to), and a node that stays silent past the round's timeout
+    gets a row of its own.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class RecordingStrategy(Strategy):
         run_dir: RunDirectory,
         save_checkpoints: bool = True,
         central: CentralDP | None = None,
+        round_timeout_s: float | None = None,
     ) -> None:
         super().__init__()
         self.inner = inner
@@ -106,7 +110,12 @@ class RecordingStrategy(Strategy):
         self.latest_class_histograms: dict[str, tuple[ScoreHistogram, ...]] = {}
         """Per site, the final round's one-vs-rest histogram of each class (only with more than two classes)."""
         self.latest_round = 0
+        self.round_timeout_s = round_timeout_s
         self._site_names: dict[int, str] = {}
+        self._sent: dict[str, list[Metadata]] = {}
+        """Per phase, the metadata of the messages last sent (the grid sets their ids as it pushes them)."""
+        self._recipients: dict[str, int] = {}
+        """The node each message of the phase being aggregated went to, by message id."""
 
     def summary(self) -> None:
         """Log the wrapped strategy's configuration."""
@@ -116,17 +125,39 @@ class RecordingStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The wrapped strategy's train messages."""
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return self._remember("train", self.inner.configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The wrapped strategy's evaluate messages."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._remember("evaluate", self.inner.configure_evaluate(server_round, arrays, config, grid))
+
+    def _remember(self, phase: str, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self._sent[phase] = [m.metadata for m in messages]  # not the messages: their weights can be freed
+        return messages
+
+    def _unanswered(self, server_round: int, phase: str, replies: list[Message]) -> list[dict[str, Any]]:
+        """A row for each node sent this phase's message that did not answer within the round's timeout (it
+        dropped out, and the SuperLink had not yet seen its heartbeat expire); learns who each reply is about."""
+        self._recipients = {m.message_id: m.dst_node_id for m in self._sent.pop(phase, []) if m.message_id}
+        answered = {m.metadata.reply_to_message_id for m in replies}
+        within = f" = {self.round_timeout_s:g} s" if self.round_timeout_s is not None else ""
+        rows = []
+        for message_id, node in self._recipients.items():
+            if message_id not in answered:
+                site = self._site_names.get(node, f"node-{node}")
+                reason = f"no reply within strategy.round_timeout_s{within}; left out of round {server_round}"
+                logger.warning("round %d %s: %s: %s", server_round, phase, site, reason)
+                rows.append({"round": server_round, "phase": phase, "site": site, "time": time.time(),
+                             "declined": False, "error": reason})  # fmt: skip
+        return rows
 
     def _site_name(self, msg: Message) -> str:
         """The name a node reported; a failed reply carries none, so use the one it sent before."""
-        node = msg.metadata.src_node_id
+        # The node the message went to: the SuperLink answers for an unavailable node under its own id.
+        node = self._recipients.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
         reported = _reported_site_name(msg)
         if reported is not None:
             if any(name == reported for other, name in self._site_names.items() if other != node):
@@ -187,6 +218,7 @@ class RecordingStrategy(Strategy):
         sampled site's update).
         """
         replies = list(replies)
+        silent = self._unanswered(server_round, "train", replies)
         poisoned = [_has_non_finite_weights(m) for m in replies]
         non_finite = [m for m, bad in zip(replies, poisoned, strict=True) if bad]
         replies = [m for m, bad in zip(replies, poisoned, strict=True) if not bad]
@@ -202,7 +234,7 @@ class RecordingStrategy(Strategy):
             logger.info("round %d: %d site(s) sat out (trained on nothing); left out of the average",
                         server_round, len(idle))  # fmt: skip
         failures = self._record_failures(server_round, "train", replies)
-        rows += idle_rows + failures + [self._non_finite_row(server_round, m) for m in non_finite]
+        rows += idle_rows + failures + [self._non_finite_row(server_round, m) for m in non_finite] + silent
         self._weigh_uniformly(replies)
         try:
             arrays, pooled = self.inner.aggregate_train(server_round, replies)
@@ -239,11 +271,12 @@ class RecordingStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record each site's evaluation and the pooled metrics of all sites' test images together."""
         replies = list(replies)
+        silent = self._unanswered(server_round, "evaluate", replies)
         self._weigh_uniformly(replies)
         pooled = self.inner.aggregate_evaluate(server_round, replies)
         ok = [m for m in replies if not m.has_error()]
         rows = [_row(server_round, "evaluate", self._site_name(m), m.content[wire.METRICS_KEY]) for m in ok]
-        rows += self._record_failures(server_round, "evaluate", replies)
+        rows += self._record_failures(server_round, "evaluate", replies) + silent
         if pooled is not None:
             rows.append(_row(server_round, "evaluate", POOLED_SITE, pooled))
             self.latest_histograms = {self._site_name(m): reply_histogram(m.content) for m in ok}
@@ -287,4 +320,5 @@ def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingStrateg
         run_dir=run_dir,
         save_checkpoints=config.output.save_checkpoints,
         central=central,
+        round_timeout_s=config.strategy.round_timeout_s,
     )

@@ -244,3 +244,60 @@ def test_the_summary_reports_the_ledgers_epsilon_of_a_site_that_declined_every_r
 
     assert summary["sites"]["b"]["epsilon"] == 2.17 and summary["pooled"]["epsilon"] == 2.17
     assert summary["sites"]["a"]["epsilon"] == 1.5
+
+
+# --- dropouts: the SuperLink's reply for a node whose heartbeat expired, and a node that never answers ------------
+
+
+def _dropout_round(strategy, server_round: int, answering: dict[int, str], unavailable: int | None = None):
+    """Configure a train round for nodes 11, 12, 13 and push it as a grid does (which sets the message ids); the
+    nodes in ``answering`` reply under their site names, ``unavailable`` gets the SuperLink's own error reply."""
+    from unittest.mock import Mock
+
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+    from flwr.serverapp import Grid
+
+    grid = Mock(spec=Grid)
+    grid.get_node_ids.return_value = [11, 12, 13]
+    queries = list(strategy.configure_train(server_round, ArrayRecord({"w": torch.zeros(3)}), ConfigRecord(), grid))
+    for query in queries:
+        query.metadata.__dict__["_message_id"] = query.object_id  # what HttpGrid.push_messages does
+    by_node = {q.metadata.dst_node_id: q for q in queries}
+    replies = []
+    for node, site in answering.items():
+        reply = _train_reply(site, 1.0, 10, 0.1)
+        replies.append(Message(content=reply.content, reply_to=by_node[node]))
+    if unavailable is not None:
+        replies.append(create_message_error_unavailable_res_message(by_node[unavailable].metadata, "node_unavail"))
+    return strategy.aggregate_train(server_round, replies)
+
+
+def _three_node_strategy(tmp_path: Path):
+    config = load_config({"federation.num_sites": 3, "strategy.min_nodes": 2, "strategy.round_timeout_s": 90})
+    run_dir = RunDirectory(tmp_path / "run")
+    return build_strategy(config, run_dir), run_dir
+
+
+def test_a_node_the_superlink_reports_unavailable_is_recorded_under_its_site_name(tmp_path: Path) -> None:
+    strategy, run_dir = _three_node_strategy(tmp_path)
+    _dropout_round(strategy, 1, {11: "a", 12: "b", 13: "c"})
+
+    arrays, _ = _dropout_round(strategy, 2, {11: "a", 12: "b"}, unavailable=13)  # sent by node 1, the SuperLink
+
+    assert arrays is not None
+    rows = [r for r in run_dir.read_metrics() if r["round"] == 2]
+    assert [(r["site"], r["num_examples"]) for r in rows if "error" not in r] == [("a", 10), ("b", 10), ("pooled", 20)]
+    (failure,) = [r for r in rows if "error" in r]
+    assert failure["site"] == "c" and "Node Unavailable" in failure["error"] and failure["declined"] is False
+
+
+def test_a_node_that_never_answers_is_recorded_with_the_round_timeout(tmp_path: Path) -> None:
+    strategy, run_dir = _three_node_strategy(tmp_path)
+    _dropout_round(strategy, 1, {11: "a", 12: "b", 13: "c"})
+
+    arrays, _ = _dropout_round(strategy, 2, {11: "a", 12: "b"})
+
+    assert arrays is not None
+    (failure,) = [r for r in run_dir.read_metrics() if "error" in r]
+    assert (failure["round"], failure["phase"], failure["site"]) == (2, "train", "c")
+    assert failure["error"] == "no reply within strategy.round_timeout_s = 90 s; left out of round 2"
