@@ -67,13 +67,15 @@ class SuperLink:
             check=False,
         )
 
-    def supernode(self, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
-        """Start a SuperNode (its own runtime API port), output to ``<name>.log``."""
+    def supernode(
+        self, name: str, *extra: str, runtime_port: int | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start a SuperNode (its own runtime API port, a free one unless given), output to ``<name>.log``."""
         log = self.home / f"{name}.log"
         command = [
             str(BIN / "flower-supernode"),
             "--superlink", f"127.0.0.1:{self.port}",
-            "--port", str(free_port()),
+            "--port", str(runtime_port or free_port()),
             *extra,
         ]  # fmt: skip
         with log.open("wb") as out:
