@@ -8,6 +8,7 @@ from flwr.clientapp import ClientApp
 from client.budget import declined_with_spending, site_budget
 from client.ledger import PrivacyLedger
 from client.safe_reply import reply_with_error_on_failure
+from client.secure_aggregation import secure_aggregation_mod
 from client.site import resolve_site, study_ledger
 from client.study_scores import score_models_on_site
 from client.task import SatOut, evaluate_on_site, train_on_site
@@ -34,10 +35,14 @@ def _site_record(site_name: str, pooled: bool) -> ConfigRecord:
     return ConfigRecord({wire.SITE_NAME: site_name, **({wire.SITE_POOLED: 1} if pooled else {})})
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod])
 @reply_with_error_on_failure
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global weights on this site; reply with weights and scalar metrics only."""
+    """Train the received global weights on this site; reply with weights and scalar metrics only.
+
+    Under ``secure_aggregation.enabled`` Flower's SecAgg+ steps reach this handler through `secure_aggregation_mod`,
+    which sends the masked update instead of the weights.
+    """
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
     # A broken limits file fails closed; the pooled node (simulation only) holds no site's own limits.

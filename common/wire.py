@@ -18,6 +18,9 @@ __all__ = [
     "SAT_OUT",
     "SCORE_HIST_NEG",
     "SCORE_HIST_POS",
+    "SECAGG_ARRAY_NAMES",
+    "SECAGG_METRICS_PREFIX",
+    "SECAGG_SITE_PREFIX",
     "SECONDS",
     "SERVER_ROUND",
     "SITE_KEY",
@@ -109,3 +112,13 @@ def study_model_key(index: int) -> str:
 def study_pair_key(index: int) -> str:
     """The record key of the study's paired comparison ``index``."""
     return f"{STUDY_PAIR}{index}"
+
+
+# SecAgg+ entries (`server.secure_aggregation`, `client.secure_aggregation`). Flower's SecAgg+ speaks the legacy
+# FitIns/FitRes, whose arrays have no names and whose metrics are one flat table: the round's records travel in them.
+SECAGG_ARRAY_NAMES = "array-names"
+"""FitIns config: the global model's array names, comma-joined, in the order of the FitIns parameters."""
+SECAGG_METRICS_PREFIX = f"{METRICS_KEY}."
+"""Prefix; FitRes metrics ``metrics.<key>`` is entry ``<key>`` of the site's train MetricRecord."""
+SECAGG_SITE_PREFIX = f"{SITE_KEY}."
+"""Prefix; FitRes metrics ``site.<key>`` is entry ``<key>`` of the site's ConfigRecord (`SITE_KEY`)."""

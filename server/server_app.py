@@ -17,6 +17,7 @@ from common.privacy.noise_seed import simulation_noise_seed
 from server.model_arrays import final_weights, initial_arrays
 from server.report import RunDirectory, build_report
 from server.report.run_folder import server_run_dir
+from server.secure_aggregation import SecureAggregationGrid
 from server.strategy import build_strategy
 from server.summary import build_summary
 
@@ -43,6 +44,8 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
         # local simulation seeds it (for reproducibility), through its SuperLink's environment: a seed
         # in the run config would reach every site, which could then subtract the noise.
         np.random.seed(noise_seed)
+    if config.secure_aggregation.enabled:  # training through SecAgg+: the strategy sees only the aggregate
+        grid = SecureAggregationGrid(grid, config)
     started = time.monotonic()
     initial = initial_arrays(config)
     result = strategy.start(

@@ -21,6 +21,7 @@ __all__ = [
     "ModelConfig",
     "OutputConfig",
     "PrivacyConfig",
+    "SecureAggregationConfig",
     "StrategyConfig",
     "StudyConfig",
     "TrainingConfig",
@@ -420,6 +421,129 @@ class OutputConfig:
     save_checkpoints: bool = True
 
 
+SECAGG_MODULUS = 2**32
+"""Flower's SecAgg+ modulus (``SecAggPlusWorkflow.modulus_range``): the masked sum of the sites' quantized values
+must stay below it."""
+
+
+@dataclass(frozen=True)
+class SecureAggregationConfig:
+    """SecAgg+ (Bell et al. 2020, Flower's implementation): the server learns the sum of the sampled sites' updates,
+    never one site's.
+
+    Each site sends its update (local minus global weights), scaled by its weight, clipped to ``clipping_range``,
+    quantized to ``quantization_range`` levels and hidden under masks that cancel only in the sum; a site lost while
+    training is unmasked from ``reconstruction_threshold`` of its neighbours' key shares (one lost earlier is left
+    out). The aggregate equals the plain weighted mean up to the quantization step ``2 x clipping_range /
+    quantization_range`` per site, divided by the sites' summed weights (see ``max_weight``). ``num_shares`` and
+    ``reconstruction_threshold`` are Flower's: a value in (0, 1] is a fraction (of the sampled sites, of the shares),
+    a whole number above that a count.
+    """
+
+    enabled: bool = False
+    num_shares: float = 1.0
+    """How many sites hold shares of each site's keys (itself included): a fraction of the sampled sites, or a count."""
+    reconstruction_threshold: float = 0.67
+    """How many of those shares unmask a dropped site: a fraction of ``num_shares``, or a count."""
+    clipping_range: float = 8.0
+    """Each value of a weighted update is clipped to [-clipping_range, clipping_range] before quantization."""
+    quantization_range: int = 2**22
+    """Integer levels across [-clipping_range, clipping_range]."""
+    max_weight: float = 1000.0
+    """A site's update enters the sum weighted by its training examples / max_weight (under central DP every site
+    weighs 1 / 1). Set it near the largest site's training split: the quantization error grows as the weights
+    shrink, and a weight above 1 makes clipping at ``clipping_range`` likelier."""
+    timeout_s: float = 600.0
+    """Seconds each key-exchange step (setup, share keys, unmask) waits for the sites; training itself waits
+    ``strategy.round_timeout_s``."""
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 < self.num_shares <= 1.0 or (float(self.num_shares).is_integer() and self.num_shares >= 3),
+            "secure_aggregation.num_shares",
+            self.num_shares,
+            "a fraction of the sampled sites in (0, 1], or a whole number >= 3",
+        )
+        _check(
+            0.0 < self.reconstruction_threshold <= 1.0
+            or (float(self.reconstruction_threshold).is_integer() and self.reconstruction_threshold >= 2),
+            "secure_aggregation.reconstruction_threshold",
+            self.reconstruction_threshold,
+            "a fraction of secure_aggregation.num_shares in (0, 1], or a whole number >= 2",
+        )
+        _check(
+            self.num_shares <= 1.0 or self.reconstruction_threshold < self.num_shares,
+            "secure_aggregation.reconstruction_threshold",
+            self.reconstruction_threshold,
+            f"smaller than secure_aggregation.num_shares = {self.num_shares:g}",
+        )
+        _check(self.clipping_range > 0.0, "secure_aggregation.clipping_range", self.clipping_range, "> 0")
+        _check(
+            2 <= self.quantization_range < SECAGG_MODULUS,
+            "secure_aggregation.quantization_range",
+            self.quantization_range,
+            f"in [2, {SECAGG_MODULUS}) (Flower's SecAgg+ modulus)",
+        )
+        _check(self.max_weight > 0.0, "secure_aggregation.max_weight", self.max_weight, "> 0")
+        _check(self.timeout_s > 0.0, "secure_aggregation.timeout_s", self.timeout_s, "> 0")
+
+    def max_weight_under(self, central_dp: bool) -> float:
+        """The weight that maps to 1 in the secure sum: 1 under central DP (each site weighs 1), else ``max_weight``."""
+        return 1.0 if central_dp else self.max_weight
+
+    def check_federation(self, sites_per_round: int, *, study: bool, central_clipping: str | None) -> None:
+        """The rules SecAgg+ sets on the rest of the config (only when it is on).
+
+        Raises
+        ------
+        ConfigError
+            If a study is asked for (its one-site arms would be "summed" over one site), fewer than 3 sites train
+            each round, the counts ask for more sites than train, the masked sum could overflow Flower's modulus,
+            or central DP clips adaptively (the server would have to see each update to count the clipped ones).
+        """
+        if not self.enabled:
+            return
+        _check(
+            not study,
+            "secure_aggregation.enabled",
+            self.enabled,
+            "false with study.enabled = true (a study trains one-site models, and a sum over one site is its update)",
+        )
+        _check(
+            sites_per_round >= 3,
+            "secure_aggregation.enabled",
+            self.enabled,
+            f"false unless at least 3 sites train each round (federation.num_sites, strategy.fraction_train and "
+            f"strategy.min_nodes give {sites_per_round}): SecAgg+ needs 3 to hide each update among the others",
+        )
+        _check(
+            self.num_shares <= 1.0 or self.num_shares <= sites_per_round,
+            "secure_aggregation.num_shares",
+            self.num_shares,
+            f"<= the {sites_per_round} sites that train each round, or a fraction in (0, 1]",
+        )
+        _check(
+            self.reconstruction_threshold <= 1.0 or self.reconstruction_threshold < sites_per_round,
+            "secure_aggregation.reconstruction_threshold",
+            self.reconstruction_threshold,
+            f"< the {sites_per_round} sites that train each round, or a fraction in (0, 1]",
+        )
+        _check(
+            self.quantization_range * sites_per_round < SECAGG_MODULUS,
+            "secure_aggregation.quantization_range",
+            self.quantization_range,
+            f"< {SECAGG_MODULUS} / {sites_per_round} sites per round (their summed values must not overflow "
+            "Flower's SecAgg+ modulus)",
+        )
+        _check(
+            central_clipping in (None, "fixed"),
+            "privacy.central_clipping",
+            central_clipping,
+            "'fixed' with secure_aggregation.enabled (each site clips its own update to privacy.update_clip_norm "
+            "before masking; adaptive clipping would need the server to see each update)",
+        )
+
+
 STUDY_ARMS: tuple[str, ...] = ("local", "centralized", "federated", "loso")
 """The models a study trains: each site alone, the pooled data, the federation, and the federation without each site."""
 
@@ -472,9 +596,15 @@ class AppConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self, "")
+        self.secure_aggregation.check_federation(
+            self.sites_per_round,
+            study=self.study.enabled,
+            central_clipping=self.privacy.central_clipping if self.privacy.central else None,
+        )
         explicit_class_weights(self.training.class_weights, self.model.num_classes)  # one weight per class
         self.training.check_patch_stage(self.data.image_size, self.strategy.num_rounds, self.model.name)
         if self.study.enabled and self.privacy.central:
@@ -500,6 +630,12 @@ class AppConfig:
                 self.privacy.accountant,
                 "'rdp' with privacy.mode=central (Flower's server-side accountant is RDP)",
             )
+
+    @property
+    def sites_per_round(self) -> int:
+        """How many sites FedAvg samples each round when the whole federation is connected."""
+        sites = self.federation.num_sites
+        return min(sites, max(int(sites * self.strategy.fraction_train), min(self.strategy.min_nodes, sites)))
 
     def to_nested(self) -> dict[str, Any]:
         """Plain nested dict (for config.yaml and Hydra)."""
