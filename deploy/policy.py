@@ -28,6 +28,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from common import wire
 from common.config import load_config
 from common.errors import ConfigError, FedMammoError
 
@@ -67,6 +68,8 @@ PROTOCOL_RECORDS = frozenset({"site", "fitres.status", "secaggplus_configs"})
 
 METRIC_CONFIG_RECORDS = frozenset({"fitres.metrics", "evaluateres.metrics"})
 """Config records that carry metrics (the legacy format SecAgg+ replies use): checked like metric records."""
+SECAGG_METRICS, SECAGG_SITE = f"{wire.METRICS_KEY}.", f"{wire.SITE_KEY}."
+"""Prefixes of the site's metrics and site record in a SecAgg+ reply (`common.wire.SECAGG_METRICS_PREFIX`)."""
 
 _KEYS = {
     "approved-app-hashes",
@@ -255,11 +258,16 @@ def check_task(
 
 
 def _metric_records(content: RecordDict) -> list[tuple[str, Mapping[str, Any]]]:
-    return [
-        (key, record)
-        for key, record in content.items()
-        if isinstance(record, MetricRecord) or (isinstance(record, ConfigRecord) and key in METRIC_CONFIG_RECORDS)
-    ]
+    """Every record of metrics, by record name. A SecAgg+ reply carries the site's metrics in the legacy config
+    record as ``metrics.<name>`` and its site record as ``site.<name>``: the metrics are checked by their own names."""
+    records: list[tuple[str, Mapping[str, Any]]] = []
+    for key, record in content.items():
+        if isinstance(record, MetricRecord):
+            records.append((key, record))
+        elif isinstance(record, ConfigRecord) and key in METRIC_CONFIG_RECORDS:
+            metrics = {n.removeprefix(SECAGG_METRICS): v for n, v in record.items() if not n.startswith(SECAGG_SITE)}
+            records.append((key, metrics))
+    return records
 
 
 def reported(content: RecordDict, key: str) -> float | None:

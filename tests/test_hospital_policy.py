@@ -162,8 +162,11 @@ def test_a_model_without_its_epsilon_or_an_unknown_record_is_withheld(tmp_path: 
     masked = ConfigRecord({"masked_params": [b"\x00" * 8]})  # SecAgg+: the model leaves masked, same rules
     with pytest.raises(PolicyRefused, match="without the epsilon it cost"):
         check_reply(policy, RecordDict({"secaggplus_configs": masked}), trains=True)
-    check_reply(policy, RecordDict({"secaggplus_configs": masked, "fitres.metrics": ConfigRecord({"epsilon": 1.0})}),
-                trains=True)  # fmt: skip
+    legacy = ConfigRecord({"metrics.epsilon": 1.0, "metrics.num-examples": 12, "site.name": "hospital-a"})
+    check_reply(policy, RecordDict({"secaggplus_configs": masked, "fitres.metrics": legacy}), trains=True)
+    legacy["metrics.patient_age"] = 54.0
+    with pytest.raises(PolicyRefused, match=r"metric 'patient_age' in record 'fitres\.metrics'"):
+        check_reply(policy, RecordDict({"secaggplus_configs": masked, "fitres.metrics": legacy}), trains=True)
 
 
 # --- the gate's wrapped steps --------------------------------------------------------------------------------------
