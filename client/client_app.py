@@ -66,6 +66,8 @@ def train(msg: Message, context: Context) -> Message:
         sat_out = isinstance(result, SatOut)
         if not sat_out:  # a round sat out spent nothing: the ledger is not even rewritten
             ledger.record(result.history)
+    # The noise this round's DP-SGD used (derived from the site's own data under privacy.target_epsilon).
+    noise = result.history[-1][0] if config.privacy.local and not sat_out and result.history else None
     metrics = MetricRecord(
         {
             wire.NUM_EXAMPLES: result.num_examples,
@@ -74,6 +76,7 @@ def train(msg: Message, context: Context) -> Message:
             wire.SECONDS: result.seconds,
             # Only DP-SGD gives this site a guarantee of its own; under central DP the server accounts for all.
             **({wire.EPSILON: result.epsilon} if config.privacy.local else {}),
+            **({wire.NOISE_MULTIPLIER: noise} if noise is not None else {}),
             **({wire.SAT_OUT: 1} if sat_out else {}),
         }
     )

@@ -12,6 +12,7 @@ __all__ = [
     "EPSILON",
     "LOSS",
     "METRICS_KEY",
+    "NOISE_MULTIPLIER",
     "NUM_CLASSES",
     "NUM_EXAMPLES",
     "NUM_STEPS",
@@ -59,6 +60,7 @@ SAT_OUT = "sat_out"
 it trained nothing, spent no privacy and sends the received weights back with ``num-examples`` 0."""
 UNIFORM_WEIGHT = "uniform-weight"  # set by the server under central DP, where FedAvg must weigh sites equally
 EPSILON = "epsilon"
+NOISE_MULTIPLIER = "noise_multiplier"  # DP-SGD's, this round: a hospital's policy gate checks it against its floor
 SECONDS = "seconds"
 """Wall-clock seconds the site spent on the request (training or scoring), for overhead accounting."""
 LOSS = "loss"

@@ -43,8 +43,8 @@ __all__ = [
     "main",
 ]
 
-EPSILON_KEY = "epsilon"
-NOISE_KEY = "noise_multiplier"
+EPSILON_KEY = wire.EPSILON
+NOISE_KEY = wire.NOISE_MULTIPLIER
 MASKED_PARAMETERS = "masked_params"
 """The SecAgg+ record's key for a site's masked model (flwr's ``Key.MASKED_PARAMETERS``)."""
 
@@ -308,6 +308,8 @@ def check_reply(policy: HospitalPolicy, content: RecordDict, *, trains: bool) ->
         raise PolicyRefused("a trained model would leave without the epsilon it cost; the hospital's policy needs it")
     if policy.max_epsilon is not None and epsilon is not None and epsilon > policy.max_epsilon:
         raise PolicyRefused(f"epsilon {epsilon:.4g} is above the hospital's policy maximum {policy.max_epsilon:g}")
+    if policy.min_noise_multiplier > 0 and noise is None:
+        raise PolicyRefused("a trained model would leave without the noise multiplier it was trained with")
     if noise is not None and noise < policy.min_noise_multiplier:
         raise PolicyRefused(
             f"noise multiplier {noise:.4g} is below the hospital's policy minimum {policy.min_noise_multiplier:g}"

@@ -83,8 +83,11 @@ def test_train_reply_holds_weights_and_scalar_metrics_only(tiny_federation: Path
     assert set(reply.content.array_records) == {wire.ARRAYS_KEY}
     assert set(reply.content[wire.ARRAYS_KEY].keys()) == set(query.content[wire.ARRAYS_KEY].keys())
     metrics = reply.content[wire.METRICS_KEY]
-    assert set(metrics.keys()) == {wire.NUM_EXAMPLES, wire.TRAIN_LOSS, wire.NUM_STEPS, wire.EPSILON, wire.SECONDS}
+    assert set(metrics.keys()) == {
+        wire.NUM_EXAMPLES, wire.TRAIN_LOSS, wire.NUM_STEPS, wire.EPSILON, wire.NOISE_MULTIPLIER, wire.SECONDS
+    }  # fmt: skip
     assert metrics[wire.NUM_EXAMPLES] > 0 and metrics[wire.EPSILON] > 0
+    assert metrics[wire.NOISE_MULTIPLIER] == config.privacy.noise_multiplier
     _assert_only_arrays_and_scalars(reply, allowed_lists=set())
 
 

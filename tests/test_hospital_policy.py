@@ -154,6 +154,8 @@ def test_a_model_without_its_epsilon_or_an_unknown_record_is_withheld(tmp_path: 
     policy = _policy(tmp_path)
     with pytest.raises(PolicyRefused, match="without the epsilon it cost"):
         check_reply(policy, RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 3})}), trains=True)
+    with pytest.raises(PolicyRefused, match="without the noise multiplier it was trained with"):
+        check_reply(policy, RecordDict({"arrays": arrays, "metrics": MetricRecord({"epsilon": 1.0})}), trains=True)
     with pytest.raises(PolicyRefused, match=r"noise multiplier 0\.5 is below"):
         metrics = MetricRecord({"epsilon": 1.0, "noise_multiplier": 0.5})
         check_reply(policy, RecordDict({"arrays": arrays, "metrics": metrics}), trains=True)
@@ -162,7 +164,8 @@ def test_a_model_without_its_epsilon_or_an_unknown_record_is_withheld(tmp_path: 
     masked = ConfigRecord({"masked_params": [b"\x00" * 8]})  # SecAgg+: the model leaves masked, same rules
     with pytest.raises(PolicyRefused, match="without the epsilon it cost"):
         check_reply(policy, RecordDict({"secaggplus_configs": masked}), trains=True)
-    legacy = ConfigRecord({"metrics.epsilon": 1.0, "metrics.num-examples": 12, "site.name": "hospital-a"})
+    legacy = ConfigRecord({"metrics.epsilon": 1.0, "metrics.noise_multiplier": 1.2, "metrics.num-examples": 12,
+                           "site.name": "hospital-a"})  # fmt: skip
     check_reply(policy, RecordDict({"secaggplus_configs": masked, "fitres.metrics": legacy}), trains=True)
     legacy["metrics.patient_age"] = 54.0
     with pytest.raises(PolicyRefused, match=r"metric 'patient_age' in record 'fitres\.metrics'"):
