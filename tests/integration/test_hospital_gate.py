@@ -192,3 +192,35 @@ def test_policy_refusals_reach_the_server_with_their_reasons(
     assert decision == "refused" and "below the hospital's policy minimum" in reason
     for folder in folders.values():
         verify_audit_log(folder / "audit.jsonl")
+
+
+@needs_flower
+def test_a_secagg_round_through_the_gates_sends_only_masked_models(
+    superlink: SuperLink, gated_hospitals: dict[str, Path], app_snapshot: Path
+) -> None:
+    """SecAgg+ deployed: every SecAgg+ step passes each hospital's gate, and no model leaves unmasked."""
+    from deploy.submit import submit
+
+    approved = app_hash(app_snapshot)
+    for folder in gated_hospitals.values():
+        _policy(folder, approved)
+    run_dir = superlink.home / "runs" / "gated-secagg"
+    overrides = {"strategy.num_rounds": 1, "secure_aggregation.enabled": True, "secure_aggregation.timeout_s": 120.0}
+    config = run_config(superlink.home / "secagg.toml", run_dir, overrides)
+
+    done = submit(app_snapshot, CONNECTION, run_config=config, env=superlink.env, timeout_s=RUN_LIMIT_S)
+
+    assert done.status.status == "finished:completed"
+    rows = _rows(run_dir)
+    assert not [r for r in rows if "error" in r], rows
+    assert {r["site"] for r in rows if r["phase"] == "train" and r["site"] != "pooled"} == set(HOSPITALS)
+    for name, folder in gated_hospitals.items():
+        entries = [e for e in AuditLog(folder / "audit.jsonl").entries() if e["run_id"] == done.run_id]
+        train = [e for e in entries if e["message_type"] == "train"]
+        assert [e["decision"] for e in train] == ["sent"] * 4, (name, train)  # setup, keys, masked model, unmask
+        stages = [e["sent"]["secaggplus_configs"]["values"] for e in train]
+        assert sorted(stages[0]) == ["pk1", "pk2"]  # setup: the public keys only
+        [masked] = [e for e in train if e["trains"]]  # the one step that trained: its model left masked only
+        assert masked["sent"]["secaggplus_configs"]["values"]["masked_params"]["bytes"]
+        assert masked["epsilon"] > 0
+        assert all(not a["arrays"] for e in train for k, a in e["sent"].items() if a.get("kind") == "arrays")
