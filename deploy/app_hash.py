@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.app_hash", description=__doc__.splitlines()[0])
     parser.add_argument("app_dir", type=Path, nargs="?", default=Path("."))
     args = parser.parse_args(argv)
-    print(app_hash(args.app_dir))
+    sys.stdout.write(f"{app_hash(args.app_dir)}\n")
     return 0
 
 

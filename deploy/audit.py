@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,38 +88,67 @@ def _last_line(handle: Any, chunk: int = 65536) -> bytes:
     return b""
 
 
+def _parse(path: Path, handle: Any) -> list[dict[str, Any]]:
+    handle.seek(0)
+    parsed = []
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise AuditLogError(
+                f"audit log {path} line {number} is not JSON ({exc}): move the log aside (keep it) and start a new "
+                "one; `python -m deploy.audit verify` on the old one shows the lines before it are intact"
+            ) from exc
+    return parsed
+
+
 class AuditLog:
     """An append-only, hash-chained JSON-lines file on the hospital's disk."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def append(self, entry: Mapping[str, Any]) -> dict[str, Any]:
-        """Append one entry (stamped with the UTC time and the previous line's hash); return it as written."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-        with os.fdopen(fd, "r+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-            last = _last_line(handle)
-            prev = _line_hash(last) if last else GENESIS
-            written = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **entry, "prev": prev}
-            handle.write(json.dumps(written, sort_keys=True, allow_nan=True).encode("utf-8") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+    def _write(self, handle: Any, entry: Mapping[str, Any]) -> dict[str, Any]:
+        last = _last_line(handle)
+        prev = _line_hash(last) if last else GENESIS
+        written = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **entry, "prev": prev}
+        end = handle.seek(0, os.SEEK_END)
+        if end and (handle.seek(end - 1), handle.read(1))[1] != b"\n":
+            handle.write(b"\n")  # a line cut short by a crash stays a line of its own; the chain shows it
+        handle.write(json.dumps(written, sort_keys=True, allow_nan=True).encode("utf-8") + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
         return written
 
-    def entries(self) -> Iterator[dict[str, Any]]:
-        """Every entry, oldest first (an absent log has none)."""
+    def _open(self) -> Any:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.fdopen(os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640), "r+b")
+
+    def append(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Append one entry (stamped with the UTC time and the previous line's hash); return it as written."""
+        with self._open() as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+            return self._write(handle, entry)
+
+    def decide(self, decision: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
+        """Read every entry, let ``decision`` build the next one from them, append it: all under one lock.
+
+        The gate admits a task this way, so tasks that arrive together cannot all count the same history and
+        pass a cap that only one of them should.
+        """
+        with self._open() as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            return self._write(handle, decision(_parse(self.path, handle)))
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first (an absent log has none); read under a shared lock, never half a line."""
         if not self.path.exists():
-            return
+            return []
         with self.path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise AuditLogError(f"audit log {self.path} line {number} is not JSON: {exc}") from exc
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            return _parse(self.path, handle)
 
 
 def verify_audit_log(path: Path) -> int:
@@ -181,13 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with args.log.open("rb") as handle:
                 head = _line_hash(_last_line(handle)) if count else GENESIS
             # The chain shows a line changed in place; only a head recorded elsewhere shows a log rewritten whole.
-            print(f"{args.log}: {count} lines, chain intact; head {head} (record it outside this machine)")
+            sys.stdout.write(f"{args.log}: {count} lines, chain intact; head {head} (record it outside this machine)\n")
             return 0
         for entry in AuditLog(args.log).entries():
             if args.run_id is None or entry.get("run_id") == args.run_id:
-                print(_show(entry))
+                sys.stdout.write(f"{_show(entry)}\n")
     except (AuditLogError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 1
     return 0
 

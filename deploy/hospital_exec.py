@@ -37,7 +37,8 @@ def gate_command(
     policy: Path, runtime_api_address: str, *, insecure: bool, root_certificates: str | None, parent_pid: int
 ) -> list[str]:
     """The command that runs one task through the gate (the token goes in the environment, not here)."""
-    command = [sys.executable, "-m", "deploy.gate", "--policy", str(policy)]
+    # -P: the working directory (writable, in the container) is not put first on the import path.
+    command = [sys.executable, "-P", "-m", "deploy.gate", "--policy", str(policy)]
     command += ["--runtime-api-address", runtime_api_address, "--parent-pid", str(parent_pid)]
     if insecure:
         command.append("--insecure")
@@ -74,17 +75,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--insecure", action="store_true", help="plain HTTP to the SuperNode on this machine")
     parser.add_argument("--root-certificates", default=None, help="CA of the SuperNode's Runtime API certificate")
     parser.add_argument("--health-server-address", default=None)
+    parser.add_argument(
+        "--superexec-auth-secret-file",
+        default=None,
+        help="the secret shared with `flower-supernode --superexec-auth-secret-file`: only a SuperExec holding it "
+        "can take this node's tasks from its local Runtime API",
+    )
     args = parser.parse_args(argv)
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
-    print(
-        f"hospital gate: {len(policy.approved_app_hashes)} approved bundle(s); audit log {policy.audit_log}",
-        file=sys.stderr,
+    sys.stderr.write(
+        f"hospital gate: {len(policy.approved_app_hashes)} approved bundle(s); audit log {policy.audit_log}\n"
     )
+    from flwr.supercore.auth.superexec_secret import load_superexec_auth_secret
     from flwr.supercore.superexec import run_superexec as superexec
+
+    try:
+        secret = load_superexec_auth_secret(args.superexec_auth_secret_file)
+    except ValueError as exc:
+        sys.stderr.write(f"error: --superexec-auth-secret-file: {exc}\n")
+        return 2
 
     GatedExecPlugin.policy_path = args.policy.resolve()
     superexec.AutoExecPlugin = GatedExecPlugin  # Flower's loop builds its plugin by this name (flwr 1.41)
@@ -93,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         insecure=args.insecure,
         root_certificates_path=args.root_certificates,
         health_server_address=args.health_server_address,
+        superexec_auth_secret=secret,
         runtime_dependency_install=False,
     )
     return 0

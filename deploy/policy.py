@@ -1,32 +1,23 @@
 """The hospital's own policy, enforced outside the app: which app bundles may run and what may leave the site.
 
 The app a SuperNode runs is shipped by the server, so checks inside it hold only against a misconfigured server.
-These checks run in the hospital's gate (`deploy.gate`), hospital-installed code that sees each task before the
-shipped app is installed or imported, and each reply before it leaves:
-
-- before: the bundle's SHA-256 (of the bytes the SuperNode received, not the hash the server claims) must be one
-  the hospital approved; a training message may not exceed the rounds a run may train here; the run's privacy
-  settings must give at least the smallest noise multiplier and at most the largest epsilon;
-- after: only allowed metric names leave, arrays only in a training reply, and a trained model only with the
-  epsilon it cost (and noise multiplier, when the run derived it from a target epsilon) within the limits.
+These checks run in the hospital's gate (`deploy.gate`): hospital-installed code that sees each task before the
+shipped app is installed or imported (`check_task`, here) and each reply before it leaves (`deploy.reply_check`).
+Before a task, the bundle's SHA-256 (of the bytes the SuperNode received, not the hash the server claims) must be
+one the hospital approved, and the run must stay within the hospital's caps and privacy floor and ceiling.
 
 The policy is a TOML file the hospital writes (``python -m deploy.policy template`` prints one to start from).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
-
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common import wire
 from common.config import load_config
@@ -37,16 +28,14 @@ __all__ = [
     "HospitalPolicy",
     "PolicyError",
     "PolicyRefused",
-    "check_reply",
+    "SiteHistory",
+    "TaskRequest",
     "check_task",
     "load_policy",
-    "main",
 ]
 
 EPSILON_KEY = wire.EPSILON
 NOISE_KEY = wire.NOISE_MULTIPLIER
-MASKED_PARAMETERS = "masked_params"
-"""The SecAgg+ record's key for a site's masked model (flwr's ``Key.MASKED_PARAMETERS``)."""
 
 DEFAULT_ALLOWED_METRICS: tuple[str, ...] = (
     # training: size, loss, steps, time, privacy spent
@@ -60,16 +49,13 @@ DEFAULT_ALLOWED_METRICS: tuple[str, ...] = (
     "num_cases_class*", "class_hist_neg_*", "class_hist_pos_*",
     # a cross-site study: per-model histograms, reliability bins, subgroup figures, paired differences
     "hist_neg", "hist_pos", "cal.*", "sub.*", "difference", "ci_low", "ci_high",
+    # personalization.fine_tune_epochs: the fine-tuned copy's headline figures (the model itself never leaves)
+    "ft_loss", "ft_threshold", "ft_tp", "ft_fp", "ft_tn", "ft_fn", "ft_auc", "ft_auc_ci_low", "ft_auc_ci_high",
+    "ft_sensitivity", "ft_specificity", "ft_ppv", "ft_npv", "ft_f1", "ft_balanced_accuracy", "ft_accuracy",
+    "ft_sensitivity_at_specificity", "ft_num_positives", "ft_num_negatives", "ft_epsilon", "ft_epochs", "ft_seconds",
+    "ft_declined",
 )  # fmt: skip
 """Every metric name fedmammo's app sends; all are counts, rates or fixed-size histograms, never per image."""
-
-PROTOCOL_RECORDS = frozenset({"site", "fitres.status", "secaggplus_configs"})
-"""Config records that carry no metrics: the site's chosen name, the legacy status, the SecAgg+ protocol."""
-
-METRIC_CONFIG_RECORDS = frozenset({"fitres.metrics", "evaluateres.metrics"})
-"""Config records that carry metrics (the legacy format SecAgg+ replies use): checked like metric records."""
-SECAGG_METRICS, SECAGG_SITE = f"{wire.METRICS_KEY}.", f"{wire.SITE_KEY}."
-"""Prefixes of the site's metrics and site record in a SecAgg+ reply (`common.wire.SECAGG_METRICS_PREFIX`)."""
 
 _KEYS = {
     "approved-app-hashes",
@@ -79,8 +65,11 @@ _KEYS = {
     "max-evaluations-per-run",
     "min-noise-multiplier",
     "max-epsilon",
+    "max-delta",
     "allowed-metrics",
     "allow-central-dp",
+    "require-secure-aggregation",
+    "min-subgroup",
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -100,31 +89,68 @@ class HospitalPolicy:
     approved_app_hashes: frozenset[str]
     audit_log: Path
     server: str = ""
-    """The SuperLink this SuperNode joins, as the hospital names it: recorded in every audit line."""
+    """The SuperLink this SuperNode joins as the hospital names it (a label in every audit line, not checked)."""
     max_rounds_per_run: int | None = None
     max_evaluations_per_run: int | None = None
-    """Evaluation replies are not differentially private: each scores the test split with a model the server
-    chose, so their number is a limit of its own."""
+    """Models scored on the test split per run (a study's request scores several at once). Evaluation replies
+    are not differentially private: each scores the test split with a model the server chose."""
     min_noise_multiplier: float = 0.0
     max_epsilon: float | None = None
+    max_delta: float | None = None
+    """The delta the reported epsilon is computed at comes from the run config (the server's): without a ceiling
+    on it, a server could make any spending look small against ``max_epsilon`` by raising it."""
     allowed_metrics: tuple[str, ...] = DEFAULT_ALLOWED_METRICS
     allow_central_dp: bool = False
-    """Central DP adds its noise on the server: allowed only if the hospital says so (and then only without a
-    noise floor, which the hospital could not check)."""
+    """Central DP adds its noise on the server: allowed only if the hospital says so, and then without a noise
+    floor or an epsilon ceiling, which the hospital could not check."""
+    require_secure_aggregation: bool = False
+    """Train only in SecAgg+ rounds: no model leaves this site except masked."""
+    min_subgroup: int = 10
+    """The smallest group of test images a study may report a figure for (the run's ``study.min_subgroup``)."""
     source: Path = field(default=Path("policy.toml"), compare=False)
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What the gate knows about a task before any of the bundle runs."""
+
+    app_hash: str
+    """SHA-256 of the bundle's bytes as received."""
+    run_config: Mapping[str, Any]
+    """The run's configuration as this node will run it (the bundle's defaults with the server's overrides)."""
+    trains: bool = False
+    """A training message that carries the model (one round's training)."""
+    models_scored: int = 0
+    """Models an evaluate message asks this site to score (0 for other messages)."""
+
+
+@dataclass(frozen=True)
+class SiteHistory:
+    """From the audit log: what this run has had here, and what the site has spent."""
+
+    rounds_trained: int = 0
+    models_scored: int = 0
+    epsilon_spent: float | None = None
 
 
 def _fail(path: Path, key: str, value: object, rule: str) -> PolicyError:
     return PolicyError(f"policy file {path}: '{key}' = {value!r} is invalid: {rule}")
 
 
-def _positive_number(path: Path, values: Mapping[str, Any], key: str, *, integer: bool = False) -> Any:
+def _number(path: Path, values: Mapping[str, Any], key: str, *, integer: bool = False) -> Any:
     if key not in values:
         return None
     value = values[key]
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value < 0:
         raise _fail(path, key, value, f"it must be a finite {'whole ' if integer else ''}number >= 0")
+    return value
+
+
+def _flag(path: Path, values: Mapping[str, Any], key: str) -> bool:
+    value = values.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail(path, key, value, "true or false")
     return value
 
 
@@ -148,90 +174,61 @@ def load_policy(path: Path) -> HospitalPolicy:
     if not isinstance(metrics, list) or not all(isinstance(m, str) and m for m in metrics):
         raise _fail(path, "allowed-metrics", metrics, "a list of metric names (shell-style patterns allowed)")
     server = values.get("server", "")
-    central = values.get("allow-central-dp", False)
     if not isinstance(server, str):
         raise _fail(path, "server", server, "a string such as 'coordinator.example:8000'")
-    if not isinstance(central, bool):
-        raise _fail(path, "allow-central-dp", central, "true or false")
+    max_delta = _number(path, values, "max-delta")
+    if max_delta is not None and not 0 < max_delta < 1:
+        raise _fail(path, "max-delta", max_delta, "it must be in (0, 1)")
+    min_subgroup = _number(path, values, "min-subgroup", integer=True)
     policy = HospitalPolicy(
         approved_app_hashes=frozenset(hashes),
         audit_log=Path(audit_log).expanduser(),
         server=server,
-        max_rounds_per_run=_positive_number(path, values, "max-rounds-per-run", integer=True),
-        max_evaluations_per_run=_positive_number(path, values, "max-evaluations-per-run", integer=True),
-        min_noise_multiplier=float(_positive_number(path, values, "min-noise-multiplier") or 0.0),
-        max_epsilon=_positive_number(path, values, "max-epsilon"),
+        max_rounds_per_run=_number(path, values, "max-rounds-per-run", integer=True),
+        max_evaluations_per_run=_number(path, values, "max-evaluations-per-run", integer=True),
+        min_noise_multiplier=float(_number(path, values, "min-noise-multiplier") or 0.0),
+        max_epsilon=_number(path, values, "max-epsilon"),
+        max_delta=max_delta,
         allowed_metrics=tuple(metrics),
-        allow_central_dp=central,
+        allow_central_dp=_flag(path, values, "allow-central-dp"),
+        require_secure_aggregation=_flag(path, values, "require-secure-aggregation"),
+        min_subgroup=10 if min_subgroup is None else max(int(min_subgroup), 1),
         source=path,
     )
-    if policy.allow_central_dp and policy.min_noise_multiplier > 0:
-        raise _fail(path, "allow-central-dp", True, "it cannot be combined with min-noise-multiplier > 0")
+    if policy.allow_central_dp and (policy.min_noise_multiplier > 0 or policy.max_epsilon is not None):
+        raise _fail(path, "allow-central-dp", True, "it cannot be combined with min-noise-multiplier or max-epsilon")
+    if policy.max_epsilon is not None and policy.max_delta is None:
+        raise _fail(path, "max-delta", None, "a max-epsilon needs the delta it is read at: set max-delta too")
     return policy
 
 
-def check_task(
-    policy: HospitalPolicy,
-    *,
-    app_hash: str,
-    run_config: Mapping[str, Any],
-    trains: bool,
-    rounds_trained: int,
-    epsilon_spent: float | None,
-    evaluates: bool = False,
-    evaluations: int = 0,
-) -> None:
-    """Refuse a task before the shipped app is installed or imported.
-
-    Parameters
-    ----------
-    app_hash : str
-        SHA-256 of the bundle's bytes as received.
-    run_config : Mapping
-        The run's configuration as this node will run it (the bundle's defaults with the server's overrides).
-    trains : bool
-        Whether the message asks this site to train (a training message that carries the model).
-    rounds_trained : int
-        Training messages of this run already answered here (from the audit log).
-    epsilon_spent : float or None
-        The site's cumulative epsilon as last reported (from the audit log), if any.
-    evaluates, evaluations : bool, int
-        Whether the message asks for an evaluation, and how many this run already got here.
-
-    Raises
-    ------
-    PolicyRefused
-        With the reason, which the server sees.
-    """
-    if app_hash not in policy.approved_app_hashes:
-        raise PolicyRefused(f"app bundle sha256 {app_hash} is not approved by this hospital's policy")
-    if evaluates and policy.max_evaluations_per_run is not None and evaluations >= policy.max_evaluations_per_run:
+def _check_training(policy: HospitalPolicy, request: TaskRequest, history: SiteHistory, config: Any) -> None:
+    """A training round: the caps, then the run's privacy against the floor and ceilings."""
+    if policy.max_rounds_per_run is not None and history.rounds_trained >= policy.max_rounds_per_run:
         raise PolicyRefused(
-            f"this run has had {evaluations} evaluation(s) at this site; the hospital's policy allows at most "
-            f"{policy.max_evaluations_per_run} per run"
+            f"this run has trained {history.rounds_trained} round(s) at this site; the hospital's policy allows at "
+            f"most {policy.max_rounds_per_run} per run"
         )
-    if not trains:
-        return
-    if policy.max_rounds_per_run is not None and rounds_trained >= policy.max_rounds_per_run:
-        raise PolicyRefused(
-            f"this run has trained {rounds_trained} round(s) at this site; the hospital's policy allows at most "
-            f"{policy.max_rounds_per_run} per run"
-        )
-    if policy.max_epsilon is not None and epsilon_spent is not None and epsilon_spent >= policy.max_epsilon:
-        raise PolicyRefused(
-            f"this site has spent epsilon {epsilon_spent:.4g}; the hospital's policy allows at most "
-            f"{policy.max_epsilon:g}"
-        )
-    try:
-        config = load_config(dict(run_config))
-    except ConfigError as exc:
-        raise PolicyRefused(f"the run's configuration is invalid, so its privacy cannot be checked: {exc}") from exc
-    privacy = config.privacy
+    spent = history.epsilon_spent
+    if policy.max_epsilon is not None and spent is not None and not spent < policy.max_epsilon:
+        raise PolicyRefused(f"this site has spent epsilon {spent:.4g}; the hospital's policy allows at most "
+                            f"{policy.max_epsilon:g}")  # fmt: skip
     if policy.max_rounds_per_run is not None and config.strategy.num_rounds > policy.max_rounds_per_run:
         raise PolicyRefused(
             f"the run plans strategy.num_rounds = {config.strategy.num_rounds}; the hospital's policy allows at "
             f"most {policy.max_rounds_per_run} per run"
         )
+    if policy.require_secure_aggregation and not config.secure_aggregation.enabled:
+        raise PolicyRefused("the hospital's policy trains only under secure aggregation (secure_aggregation.enabled)")
+    _check_privacy(policy, config)
+
+
+def _check_privacy(policy: HospitalPolicy, config: Any) -> None:
+    """Whatever trains on the site's data (a round, or the final evaluation's fine-tuning): floor and ceilings."""
+    privacy = config.privacy
+    if policy.max_delta is not None and not privacy.delta <= policy.max_delta:
+        raise PolicyRefused(f"privacy.delta = {privacy.delta:g} is above the hospital's policy maximum "
+                            f"{policy.max_delta:g}")  # fmt: skip
     if privacy.mode == "central":
         if not policy.allow_central_dp:
             raise PolicyRefused(
@@ -240,133 +237,54 @@ def check_task(
             )
     elif privacy.mode != "local":
         if policy.min_noise_multiplier > 0 or policy.max_epsilon is not None:
-            raise PolicyRefused(
-                f"privacy.mode = {privacy.mode!r} trains without differential privacy; the hospital's policy "
-                "requires local DP-SGD"
-            )
+            raise PolicyRefused(f"privacy.mode = {privacy.mode!r} trains without differential privacy; the "
+                                "hospital's policy requires local DP-SGD")  # fmt: skip
     elif privacy.target_epsilon <= 0:
-        if privacy.noise_multiplier < policy.min_noise_multiplier:
+        if not privacy.noise_multiplier >= policy.min_noise_multiplier:
             raise PolicyRefused(
                 f"privacy.noise_multiplier = {privacy.noise_multiplier:g} is below the hospital's policy minimum "
                 f"{policy.min_noise_multiplier:g}"
             )
-    elif policy.max_epsilon is not None and privacy.target_epsilon > policy.max_epsilon:
-        raise PolicyRefused(
-            f"privacy.target_epsilon = {privacy.target_epsilon:g} is above the hospital's policy maximum "
-            f"{policy.max_epsilon:g}"
-        )
+    elif policy.max_epsilon is not None and not privacy.target_epsilon <= policy.max_epsilon:
+        raise PolicyRefused(f"privacy.target_epsilon = {privacy.target_epsilon:g} is above the hospital's policy "
+                            f"maximum {policy.max_epsilon:g}")  # fmt: skip
 
 
-def _metric_records(content: RecordDict) -> list[tuple[str, Mapping[str, Any]]]:
-    """Every record of metrics, by record name. A SecAgg+ reply carries the site's metrics in the legacy config
-    record as ``metrics.<name>`` and its site record as ``site.<name>``: the metrics are checked by their own names."""
-    records: list[tuple[str, Mapping[str, Any]]] = []
-    for key, record in content.items():
-        if isinstance(record, MetricRecord):
-            records.append((key, record))
-        elif isinstance(record, ConfigRecord) and key in METRIC_CONFIG_RECORDS:
-            metrics = {n.removeprefix(SECAGG_METRICS): v for n, v in record.items() if not n.startswith(SECAGG_SITE)}
-            records.append((key, metrics))
-    return records
-
-
-def reported(content: RecordDict, key: str) -> float | None:
-    """A number the reply reports under ``key`` in any of its metric records (epsilon, noise multiplier)."""
-    for _, record in _metric_records(content):
-        value = record.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def check_reply(policy: HospitalPolicy, content: RecordDict, *, trains: bool) -> None:
-    """Withhold a reply that would send what the policy does not allow.
+def check_task(policy: HospitalPolicy, request: TaskRequest, history: SiteHistory) -> None:
+    """Refuse a task before the shipped app is installed or imported.
 
     Raises
     ------
     PolicyRefused
-        Naming the record and key (never the value) and the rule.
+        With the reason, which the server sees.
     """
-    for key, record in content.items():
-        if isinstance(record, ArrayRecord):
-            if not trains and len(record):
-                raise PolicyRefused(f"record {key!r} would send model arrays in a reply that is not a training one")
-        elif isinstance(record, ConfigRecord) and key not in PROTOCOL_RECORDS | METRIC_CONFIG_RECORDS:
-            raise PolicyRefused(f"config record {key!r} is not one the hospital's policy lets leave")
-    for key, record in _metric_records(content):
-        for name in record:
-            if not any(fnmatchcase(name, pattern) for pattern in policy.allowed_metrics):
-                raise PolicyRefused(f"metric {name!r} in record {key!r} is not in the hospital's allowed-metrics")
-    masked = content.get("secaggplus_configs")
-    sends_model = any(isinstance(r, ArrayRecord) and len(r) for r in content.values()) or (
-        isinstance(masked, ConfigRecord) and MASKED_PARAMETERS in masked  # SecAgg+: the model, masked
-    )
-    if not (trains and sends_model):
-        return
-    epsilon, noise = reported(content, EPSILON_KEY), reported(content, NOISE_KEY)
-    if (policy.max_epsilon is not None or policy.min_noise_multiplier > 0) and epsilon is None:
-        raise PolicyRefused("a trained model would leave without the epsilon it cost; the hospital's policy needs it")
-    if policy.max_epsilon is not None and epsilon is not None and epsilon > policy.max_epsilon:
-        raise PolicyRefused(f"epsilon {epsilon:.4g} is above the hospital's policy maximum {policy.max_epsilon:g}")
-    if policy.min_noise_multiplier > 0 and noise is None:
-        raise PolicyRefused("a trained model would leave without the noise multiplier it was trained with")
-    if noise is not None and noise < policy.min_noise_multiplier:
-        raise PolicyRefused(
-            f"noise multiplier {noise:.4g} is below the hospital's policy minimum {policy.min_noise_multiplier:g}"
-        )
-
-
-_TEMPLATE = """# The hospital's policy for fedmammo runs (read by `python -m deploy.hospital_exec --policy THIS_FILE`).
-# The server cannot change it: it lives on the hospital's disk, outside the app the server ships.
-
-# SHA-256 of every app bundle the hospital reviewed and approved: `python -m deploy.app_hash APP_DIR`
-# (the same digest `flwr build` names its .fab file after and `sha256sum` prints).
-approved-app-hashes = [{hashes}]
-
-# Where every message's decision and what left is appended (hash-chained; `python -m deploy.audit verify`).
-audit-log = "/var/lib/fedmammo/audit.jsonl"
-
-# The SuperLink this node joins, as recorded in the audit log.
-server = "coordinator.example:8000"
-
-max-rounds-per-run = 50
-max-evaluations-per-run = 60     # evaluation replies (metrics on the test split) are not differentially private
-min-noise-multiplier = 0.8
-max-epsilon = 8.0
-allow-central-dp = false
-
-# Names of the metrics that may leave (shell-style patterns). The default is every name fedmammo sends:
-allowed-metrics = [
-{metrics}
-]
-"""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``template`` prints a policy file to start from; ``check`` validates one."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.policy", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("template", "check"))
-    parser.add_argument("policy", nargs="?", type=Path, help="the policy file (check)")
-    parser.add_argument("--approve", action="append", default=[], help="an app hash to list (template)")
-    args = parser.parse_args(argv)
-    if args.action == "template":
-        hashes = ", ".join(f'"{h}"' for h in args.approve) or '"<sha256 of the approved bundle>"'
-        print(_TEMPLATE.format(hashes=hashes, metrics="\n".join(f'  "{m}",' for m in DEFAULT_ALLOWED_METRICS)), end="")
-        return 0
-    if args.policy is None:
-        parser.error("check needs the policy file")
+    if request.app_hash not in policy.approved_app_hashes:
+        raise PolicyRefused(f"app bundle sha256 {request.app_hash} is not approved by this hospital's policy")
     try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"{args.policy}: {len(policy.approved_app_hashes)} approved bundle(s), audit log {policy.audit_log}, "
-        f"max rounds/run {policy.max_rounds_per_run}, min noise {policy.min_noise_multiplier:g}, "
-        f"max epsilon {policy.max_epsilon}, {len(policy.allowed_metrics)} allowed metric pattern(s)"
-    )
-    return 0
+        config = load_config(dict(request.run_config))
+    except ConfigError as exc:
+        raise PolicyRefused(f"the run's configuration is invalid, so it cannot be checked: {exc}") from exc
+    if request.models_scored:
+        cap = policy.max_evaluations_per_run
+        if cap is not None and history.models_scored + request.models_scored > cap:
+            raise PolicyRefused(
+                f"this run has had {history.models_scored} model(s) scored at this site and asks for "
+                f"{request.models_scored} more; the hospital's policy allows at most {cap} per run"
+            )
+        if config.study.min_subgroup < policy.min_subgroup:
+            raise PolicyRefused(
+                f"study.min_subgroup = {config.study.min_subgroup} is below the hospital's policy minimum "
+                f"{policy.min_subgroup}: smaller groups could describe single patients"
+            )
+    if request.trains:
+        _check_training(policy, request, history, config)
+    elif request.models_scored and config.personalization.fine_tune_epochs > 0:
+        _check_privacy(policy, config)  # the final evaluation fine-tunes on the site's data first
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m deploy.policy template|check`: the command line is in deploy.policy_cli
+    import sys
+
+    from deploy.policy_cli import main
+
     sys.exit(main())

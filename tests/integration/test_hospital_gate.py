@@ -40,7 +40,7 @@ RUN_LIMIT_S = 300.0
 
 def _policy(folder: Path, approved: str, **limits: object) -> Path:
     """Write one hospital's policy (the defaults: generous limits, the default allowed metrics)."""
-    values = {"max-rounds-per-run": 5, "min-noise-multiplier": 0.5, "max-epsilon": 1000.0, **limits}
+    values = {"max-rounds-per-run": 5, "min-noise-multiplier": 0.5, "max-epsilon": 1000.0, "max-delta": 1e-4, **limits}
     lines = [f'approved-app-hashes = ["{approved}"]', f'audit-log = "{folder / "audit.jsonl"}"',
              'server = "127.0.0.1 (test SuperLink)"'] + [f"{k} = {v}" for k, v in values.items()]  # fmt: skip
     path = folder / "policy.toml"
@@ -140,7 +140,11 @@ def test_approved_app_runs_and_every_reply_is_on_the_hospitals_audit_log(
         log = folder / "audit.jsonl"
         assert verify_audit_log(log) >= 4
         entries = [e for e in AuditLog(log).entries() if e["run_id"] == done.run_id]
-        assert {e["decision"] for e in entries} == {"sent"}, entries
+        # Every message: admitted (before the bundle ran), then sent (what left), one after the other per task.
+        assert sorted(e["decision"] for e in entries) == ["admitted"] * (len(entries) // 2) + ["sent"] * (
+            len(entries) // 2
+        ), entries
+        entries = [e for e in entries if e["decision"] == "sent"]
         assert all(e["app_hash"] == approved and e["server"] == "127.0.0.1 (test SuperLink)" for e in entries)
         trained = [e for e in entries if e["trains"]]
         assert [e["round"] for e in trained] == [1, 2], name
@@ -183,7 +187,8 @@ def test_policy_refusals_reach_the_server_with_their_reasons(
 
     def decisions(name: str) -> list[tuple[str, str]]:
         entries = AuditLog(folders[name] / "audit.jsonl").entries()
-        return [(e["decision"], e.get("reason", "")) for e in entries if e["run_id"] == done.run_id and e["trains"]]
+        return [(e["decision"], e.get("reason", "")) for e in entries
+                if e["run_id"] == done.run_id and e["trains"] and e["decision"] != "admitted"]  # fmt: skip
 
     assert [d for d, _ in decisions("hospital-a")] == ["sent"]
     [(decision, reason)] = decisions("hospital-b")
@@ -216,7 +221,8 @@ def test_a_secagg_round_through_the_gates_sends_only_masked_models(
     assert {r["site"] for r in rows if r["phase"] == "train" and r["site"] != "pooled"} == set(HOSPITALS)
     for name, folder in gated_hospitals.items():
         entries = [e for e in AuditLog(folder / "audit.jsonl").entries() if e["run_id"] == done.run_id]
-        train = [e for e in entries if e["message_type"] == "train"]
+        assert [e["decision"] for e in entries if e["message_type"] == "train"].count("admitted") == 4
+        train = [e for e in entries if e["message_type"] == "train" and e["decision"] != "admitted"]
         assert [e["decision"] for e in train] == ["sent"] * 4, (name, train)  # setup, keys, masked model, unmask
         stages = [e["sent"]["secaggplus_configs"]["values"] for e in train]
         assert sorted(stages[0]) == ["pk1", "pk2"]  # setup: the public keys only
