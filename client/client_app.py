@@ -6,7 +6,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.budget import declined_with_spending, site_budget
+from client.fine_tune import fine_tune_on_site, fine_tunes
 from client.ledger import PrivacyLedger
+from client.ledger_rounds import RoundRelease, release_digest
+from client.local_layers import LocalLayers
 from client.safe_reply import reply_with_error_on_failure
 from client.secure_aggregation import secure_aggregation_mod
 from client.site import resolve_site, study_ledger
@@ -31,6 +34,10 @@ def _message_config(msg: Message) -> ConfigRecord:
     return msg.content.get(wire.CONFIG_KEY) or ConfigRecord()
 
 
+def _run_key(msg: Message) -> str:
+    return str(_message_config(msg).get(wire.RUN_KEY, ""))
+
+
 def _site_record(site_name: str, pooled: bool) -> ConfigRecord:
     return ConfigRecord({wire.SITE_NAME: site_name, **({wire.SITE_POOLED: 1} if pooled else {})})
 
@@ -41,7 +48,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global weights on this site; reply with weights and scalar metrics only.
 
     Under ``secure_aggregation.enabled`` Flower's SecAgg+ steps reach this handler through `secure_aggregation_mod`,
-    which sends the masked update instead of the weights.
+    which sends the masked update instead of the weights. Under ``personalization.fedbn`` the site's normalization
+    layers stay on its disk (`client.local_layers`) and the reply holds the other weights only.
     """
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
@@ -49,23 +57,32 @@ def train(msg: Message, context: Context) -> Message:
     budget = site_budget(context.node_config, None if site.pooled else site.manifest.parent)
     # A study's models each charge their own ledger in simulation; a real SuperNode always charges its one.
     ledger_path = study_ledger(site, context.node_config, config, str(_message_config(msg).get(wire.STUDY_ARM, "")))
+    # personalization.fedbn: the site trains with its own normalization layers, which never leave it.
+    local = LocalLayers.for_site(site, config, _run_key(msg), context.run_id)
+    received = msg.content[wire.ARRAYS_KEY].to_torch_state_dict()
     # The site's disk, not node state, is the record of spent privacy. Its lock is held from the budget check
     # to the write, so a second training on this site (another node, run or retry) waits and sees this one's steps.
+    # The run key (the same when the run resumes) lets the ledger tell a round trained again (`client.ledger_rounds`).
+    run_key, server_round = str(_message_config(msg).get(wire.RUN_KEY, "")), _server_round(msg)
+    seeded = not config.privacy.secure_mode  # the DP noise is seeded by round: a re-run reproduces the update
     with PrivacyLedger.locked(ledger_path) as ledger:
+        start = ledger.history_for(run_key, server_round, seeded=seeded)
         try:
             result = train_on_site(
                 site,
                 config,
-                msg.content[wire.ARRAYS_KEY].to_torch_state_dict(),
-                ledger.history,
-                _server_round(msg),
+                local.personalized(received, through_round=server_round - 1) if local else received,
+                start,
+                server_round,
                 budget=budget,
+                proximal_mu=float(_message_config(msg).get(wire.PROXIMAL_MU, 0.0)),  # sent by FedProx only
             )
         except PrivacyBudgetExceeded as declined:  # the server records the ledger's epsilon from the reason
             raise declined_with_spending(declined, ledger.history, config.privacy) from declined
         sat_out = isinstance(result, SatOut)
         if not sat_out:  # a round sat out spent nothing: the ledger is not even rewritten
-            ledger.record(result.history)
+            digest = release_digest(result.state_dict, result.num_examples, result.train_loss)
+            ledger.record(result.history, base=start, release=RoundRelease(run_key, server_round, seeded, digest))
     # The noise this round's DP-SGD used (derived from the site's own data under privacy.target_epsilon).
     noise = result.history[-1][0] if config.privacy.local and not sat_out and result.history else None
     metrics = MetricRecord(
@@ -82,7 +99,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            wire.ARRAYS_KEY: ArrayRecord(result.state_dict),
+            wire.ARRAYS_KEY: ArrayRecord(local.keep(result.state_dict, server_round) if local else result.state_dict),
             wire.METRICS_KEY: metrics,
             wire.SITE_KEY: _site_record(site.name, site.pooled),
         }
@@ -131,13 +148,22 @@ def _study_evaluate(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received weights on this site's test split; reply with metrics and score histograms (counts).
 
-    A study's request (models under ``study-model.<i>``) is scored by `_study_evaluate` instead.
+    A study's request (models under ``study-model.<i>``) is scored by `_study_evaluate` instead. Under
+    ``personalization.fedbn`` the model scored has the site's own normalization layers; with
+    ``personalization.fine_tune_epochs`` the last round's reply adds the ``ft_`` figures of a fine-tuned copy.
     """
     if wire.study_model_key(0) in msg.content.array_records:
         return _study_evaluate(msg, context)
     config = load_config(context.run_config)
     site = resolve_site(context.node_config, config)
-    outcome = evaluate_on_site(site, config, msg.content[wire.ARRAYS_KEY].to_torch_state_dict())
+    received = msg.content[wire.ARRAYS_KEY].to_torch_state_dict()
+    local = LocalLayers.for_site(site, config, _run_key(msg), context.run_id)  # FedBN: the site's own norms
+    weights = local.personalized(received, through_round=_server_round(msg)) if local else received
+    outcome = evaluate_on_site(site, config, weights)
+    fine_tuned: dict[str, float | int] = {}
+    if fine_tunes(config, _server_round(msg)):  # the last round: a fine-tuned copy too, charged like a training round
+        budget = site_budget(context.node_config, None if site.pooled else site.manifest.parent)
+        fine_tuned = fine_tune_on_site(site, config, weights, ledger_path=site.ledger, budget=budget)
     hist = outcome.histogram.to_lists()
     metrics = MetricRecord(
         {
@@ -151,6 +177,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             wire.SCORE_HIST_POS: hist["positives"],
             # K > 2: per-class scalars, one fixed-size histogram per class and the K x K confusion counts.
             **(outcome.classes.to_flat() if outcome.classes is not None else {}),
+            **fine_tuned,
         }
     )
     content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: _site_record(site.name, site.pooled)})

@@ -8,13 +8,21 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.ledger_file import LEDGER_KEY, check_folder, exclusive, lock_path, not_writable, real_path, seal, sealed
+from client.ledger_rounds import (
+    RoundEntry,
+    RoundRelease,
+    entries_from_json,
+    entries_to_json,
+    history_for_round,
+    settle,
+)
+from client.ledger_steps import added_steps, covers, merged
 from common.errors import ConfigError
 from common.file_log import file_log
 from common.privacy import history_from_lists, history_to_lists
@@ -24,8 +32,10 @@ __all__ = ["LEDGER_FILE_NAME", "LEDGER_KEY", "PrivacyLedger", "lock_path"]
 logger = logging.getLogger(__name__)
 
 LEDGER_FILE_NAME = "privacy_ledger.json"
-_VERSION = 2
-"""2: with a checksum. Version 1 (no checksum) is read once, then rewritten as version 2."""
+_VERSION = 3
+"""3: with a checksum and the run and round of each round's spending (`client.ledger_rounds`). Version 2 (a checksum,
+no rounds) is read as spending of no known round; version 1 (no checksum) is read once; both are rewritten as 3."""
+_UNKEYED_VERSION = 2
 _LEGACY_VERSION = 1
 
 _MISSING = (
@@ -40,49 +50,17 @@ _TAMPERED = (
 History = list[tuple[float, float, int]]
 
 
-def _steps(history: Sequence[tuple[float, float, int]]) -> Counter[tuple[float, float]]:
-    steps: Counter[tuple[float, float]] = Counter()
-    for noise, rate, count in history:
-        steps[(float(noise), float(rate))] += int(count)
-    return steps
-
-
-def _covers(new: Sequence[tuple[float, float, int]], old: Sequence[tuple[float, float, int]]) -> bool:
-    have = _steps(new)
-    return all(have[key] >= count for key, count in _steps(old).items())
-
-
-def _added(new: Sequence[tuple[float, float, int]], old: Sequence[tuple[float, float, int]]) -> History:
-    """The steps of ``new`` beyond ``old`` (which it covers), in ``new``'s order."""
-    left = _steps(old)
-    added: History = []
-    for noise, rate, count in new:
-        key = (float(noise), float(rate))
-        taken = min(left[key], int(count))
-        left[key] -= taken
-        if count > taken:
-            added.append((key[0], key[1], int(count) - taken))
-    return added
-
-
-def _merged(history: Sequence[tuple[float, float, int]]) -> History:
-    """Consecutive entries at one (noise, sample rate) as one, as Opacus' accountant keeps them."""
-    merged: History = []
-    for noise, rate, count in history:
-        if merged and merged[-1][:2] == (noise, rate):
-            merged[-1] = (noise, rate, merged[-1][2] + count)
-        else:
-            merged.append((float(noise), float(rate), int(count)))
-    return merged
-
-
-def _checksum(lists: dict[str, list]) -> str:
-    canonical = json.dumps({"version": _VERSION, "history": lists}, sort_keys=True, separators=(",", ":"))
+def _checksum(lists: dict[str, list], rounds: list[dict[str, object]] | None, version: int = _VERSION) -> str:
+    body: dict[str, object] = {"version": version, "history": lists}
+    if rounds is not None:  # version 2 had none, and its checksum covers only the history
+        body["rounds"] = rounds
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _read(path: Path) -> tuple[History, bool]:
-    """The history in the file and whether it is a version-1 ledger still to be rewritten with a checksum.
+def _read(path: Path) -> tuple[History, list[RoundEntry], bool]:
+    """The history in the file, its round entries, and whether it is a version-1 ledger still to be rewritten with
+    a checksum.
 
     Raises
     ------
@@ -101,13 +79,14 @@ def _read(path: Path) -> tuple[History, bool]:
                 "file as well only to start counting from zero on purpose)",
                 public=_MISSING,
             )
-        return [], False
+        return [], [], False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         version = data.get("version")
-        if version not in (_VERSION, _LEGACY_VERSION):
+        if version not in (_VERSION, _UNKEYED_VERSION, _LEGACY_VERSION):
             raise ValueError(f"version {version!r}, expected {_VERSION}")
         history = history_from_lists(data["history"])
+        rounds = entries_from_json(data["rounds"]) if version == _VERSION else []
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise ConfigError(
             f"privacy ledger {path} is unreadable ({exc}); the site will not train until it can tell how much "
@@ -122,14 +101,22 @@ def _read(path: Path) -> tuple[History, bool]:
             "ledger is restored from a backup (delete the .lock file beside it only to accept an old ledger once)",
             public=_TAMPERED,
         )
-    if version == _VERSION and data.get("checksum") != _checksum(history_to_lists(history)):
+    keyed = entries_to_json(rounds) if version == _VERSION else None
+    checked = version != _LEGACY_VERSION
+    if checked and data.get("checksum") != _checksum(history_to_lists(history), keyed, version):
         raise ConfigError(
             f"privacy ledger {path} is tampered with: its content does not match its checksum, so it was changed "
             "outside fedmammo (an edit can lower the recorded spending); the site will not train until the "
             "ledger is restored from a backup",
             public=_TAMPERED,
         )
-    return history, version == _LEGACY_VERSION
+    if not covers(history, [step for entry in rounds for step in entry.history]):
+        raise ConfigError(
+            f"privacy ledger {path} is inconsistent: its rounds hold steps its history does not; the site will not "
+            "train until the ledger is restored from a backup",
+            public=_TAMPERED,
+        )
+    return history, rounds, version == _LEGACY_VERSION
 
 
 @dataclass
@@ -145,6 +132,8 @@ class PrivacyLedger:
 
     path: Path
     history: History = field(default_factory=list)
+    rounds: list[RoundEntry] = field(default_factory=list)
+    """Which run and round recorded which of ``history``'s steps (empty for spending older than version 3)."""
     _lock: int | None = field(default=None, repr=False, compare=False)
     """The locked file descriptor while this ledger is used inside `locked` (or `record` holds it)."""
 
@@ -160,8 +149,8 @@ class PrivacyLedger:
             what it spent.
         """
         path = real_path(path)
-        history, _ = _read(path)
-        return cls(path, history)
+        history, rounds, _ = _read(path)
+        return cls(path, history, rounds)
 
     @classmethod
     @contextmanager
@@ -179,31 +168,52 @@ class PrivacyLedger:
         """
         path = real_path(path)
         with exclusive(path, writable=True) as handle:
-            history, legacy = _read(path)
-            ledger = cls(path, history, _lock=handle)
+            history, rounds, legacy = _read(path)
+            ledger = cls(path, history, rounds, _lock=handle)
             if legacy:
                 file_log().warning("privacy ledger %s has no checksum (version 1): rewriting it with one", path)
-                ledger._write(history)
+                ledger._write(history, rounds)
             try:
                 yield ledger
             finally:
                 ledger._lock = None
 
-    def record(self, history: Sequence[tuple[float, float, int]]) -> None:
-        """Add this round's steps: ``history`` is the cumulative one and must hold every step read before.
+    def history_for(self, run: str, server_round: int, *, seeded: bool) -> History:
+        """The history round ``server_round`` of run ``run`` trains from: this ledger's, less an earlier attempt of
+        the same round when the noise is seeded (`client.ledger_rounds.history_for_round`)."""
+        return history_for_round(self.history, self.rounds, run, server_round, seeded=seeded)
 
-        Opacus merges consecutive steps at the same (noise, sample rate) into one entry, so "extends" is
-        checked as steps per (noise, sample rate), not as a list prefix. Only the steps beyond what this
-        ledger was read with are added, to the file as it is now (re-read under the lock): spending written
-        meanwhile by another process is kept, never overwritten.
+    def record(
+        self,
+        history: Sequence[tuple[float, float, int]],
+        *,
+        base: Sequence[tuple[float, float, int]] | None = None,
+        release: RoundRelease | None = None,
+    ) -> None:
+        """Add this round's steps: ``history`` is the cumulative one and must hold every step of ``base``.
+
+        ``base`` is the history the round trained from (`history_for`); by default the one this ledger was read
+        with. Opacus merges consecutive steps at the same (noise, sample rate) into one entry, so "extends" is
+        checked as steps per (noise, sample rate), not as a list prefix. Only the steps beyond ``base`` are added,
+        to the file as it is now (re-read under the lock): spending written meanwhile by another process is kept,
+        never overwritten. With ``release`` (a run key from the server) they are recorded as that run's round, and
+        a round trained again is settled by `client.ledger_rounds.settle`: an identical update adds nothing.
+
+        Raises
+        ------
+        PrivacyBudgetExceeded
+            From `client.ledger_rounds.settle`: a second, different update for one round under seeded noise.
         """
         history = [(float(s), float(q), int(n)) for s, q, n in history]
-        if not _covers(history, self.history):
+        start = self.history if base is None else [(float(s), float(q), int(n)) for s, q, n in base]
+        if not covers(history, start):
             raise ValueError(f"privacy ledger {self.path}: a new history must keep every recorded step, never drop one")
-        added = _added(history, self.history)
+        added = added_steps(history, start)
         with self._held():
-            current, _ = _read(self.path)
-            self._write(_merged([*current, *added]))
+            current, rounds, _ = _read(self.path)
+            if release is not None and release.run:
+                rounds, added = settle(rounds, release, added)
+            self._write(merged([*current, *added]), rounds)
 
     @contextmanager
     def _held(self) -> Iterator[None]:
@@ -218,11 +228,11 @@ class PrivacyLedger:
             finally:
                 self._lock = None
 
-    def _write(self, history: History) -> None:
-        """Replace the file atomically (temporary file, fsync, rename) with ``history`` and its checksum."""
-        lists = history_to_lists(history)
+    def _write(self, history: History, rounds: list[RoundEntry]) -> None:
+        """Replace the file atomically (temporary file, fsync, rename) with ``history``, ``rounds`` and a checksum."""
+        lists, keyed = history_to_lists(history), entries_to_json(rounds)
         payload = {"version": _VERSION, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "history": lists, "checksum": _checksum(lists)}  # fmt: skip
+                   "history": lists, "rounds": keyed, "checksum": _checksum(lists, keyed)}  # fmt: skip
         try:
             handle, temporary = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
         except OSError as exc:
@@ -246,3 +256,4 @@ class PrivacyLedger:
         if self._lock is not None and not sealed(self.path):
             seal(self._lock)
         self.history = list(history)
+        self.rounds = list(rounds)

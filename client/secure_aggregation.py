@@ -11,10 +11,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, NDArrays, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import clip_inputs_inplace, get_norm
 
+from client.local_layers import secure_sum_arrays
 from client.safe_reply import reply_with_error_on_failure
 from common import wire
 from common.config import AppConfig, load_config
@@ -94,11 +95,32 @@ def _train_for_secure_sum(fit: Message, context: Context, *, config: AppConfig, 
     if reply.has_error():
         raise _TrainingFailed(reply.error)
     metrics = reply.content[wire.METRICS_KEY]
-    update, weight = secure_update(received, reply.content[wire.ARRAYS_KEY], names, metrics, config)
+    trained = secure_sum_arrays(reply.content[wire.ARRAYS_KEY], names, received, config)  # FedBN: zero update there
+    update, weight = secure_update(received, trained, names, metrics, config)
     flat = {f"{wire.SECAGG_METRICS_PREFIX}{key}": value for key, value in metrics.items()}
     flat |= {f"{wire.SECAGG_SITE_PREFIX}{key}": value for key, value in reply.content[wire.SITE_KEY].items()}
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), weight, flat)  # type: ignore[arg-type]
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=fit)
+
+
+def _check_unmask_request(msg: Message) -> None:
+    """Refuse an unmask request that would reveal this site's update on its own.
+
+    Flower's mod sends, for each neighbour the server calls active, a share of that neighbour's mask seed, and for
+    each it calls dead, a share of its key. A server that names one node both ways, or this node dead while it is
+    answering, collects both secrets for one site and can unmask its update alone: the protocol assumes a server
+    that follows it, and this set check (no cryptography) keeps a hostile one from skipping it.
+    """
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    if configs.get(Key.STAGE) != Stage.UNMASK:
+        return
+    active = set(configs.get(Key.ACTIVE_NODE_ID_LIST, []))
+    dead = set(configs.get(Key.DEAD_NODE_ID_LIST, []))
+    if active & dead or msg.metadata.dst_node_id in dead:
+        raise ConfigError(
+            "the server's unmask request names a node both active and dead, or this node dead",
+            public="refused an unmask request that names a node both active and dead (it would expose one update)",
+        )
 
 
 def _secure_step(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -110,6 +132,7 @@ def _secure_step(msg: Message, context: Context, call_next: ClientAppCallable) -
                 public="refused a plain train request: this run uses secure aggregation, so no update is sent in clear",
             )
         return call_next(msg, context)
+    _check_unmask_request(msg)
     try:
         return secaggplus_mod(msg, context, functools.partial(_train_for_secure_sum, config=config, train=call_next))
     except _TrainingFailed as failed:  # a declined or failed round: the server records its reason as it is

@@ -53,6 +53,9 @@ class SiteSpec:
     ledger: Path
     members: tuple[SiteSpec, ...] = ()
     """The sites whose data this node pools (the study's centralized reference); empty for a real site."""
+    deployed: bool = False
+    """A real SuperNode (its node config names a manifest), not a node the simulation engine made: its DP noise
+    seeds take a secret of its own (`client.noise_secret`)."""
 
     @property
     def pooled(self) -> bool:
@@ -110,7 +113,7 @@ def resolve_site(node_config: Mapping[str, object], config: AppConfig) -> SiteSp
         # The name goes to the server: the hospital's chosen one, never a folder name from its disk.
         chosen = str(node_config.get(SITE_NAME_KEY, "") or "")
         index = _stable_index(chosen or str(manifest))  # seeds only; it never leaves the site
-        return SiteSpec(chosen or UNNAMED_SITE_NAME, manifest, cache_dir, index, ledger_for(manifest))
+        return SiteSpec(chosen or UNNAMED_SITE_NAME, manifest, cache_dir, index, ledger_for(manifest), deployed=True)
     if PARTITION_ID_KEY in node_config:
         try:
             index = int(node_config[PARTITION_ID_KEY])  # type: ignore[arg-type]

@@ -6,13 +6,14 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from client.budget import SiteBudget, check_round
+from client.noise_secret import site_noise_secret
 from client.site import SiteSpec
 from common.config import AppConfig
 from common.data import (
@@ -53,6 +54,7 @@ __all__ = [
     "operating_threshold",
     "patch_dataset",
     "pick_device",
+    "planned_epochs",
     "round_seed",
     "score_headline",
     "train_on_site",
@@ -104,7 +106,7 @@ def patch_dataset(site: SiteSpec, config: AppConfig, train: SiteImages, server_r
         train,
         patch_size=config.training.patch_size,
         lesion_share=config.training.lesion_patch_share,
-        seed=round_seed(config.seed, site.index, server_round),
+        seed=_site_seed(config, site, server_round),
     )
     logger.info(
         "site %s: round %d trains on %d-pixel patches: %d of %d training image(s) have a lesion mark, %d lesion "
@@ -132,10 +134,15 @@ def _sat_out(config: AppConfig, state_dict: dict[str, torch.Tensor], history: li
     )
 
 
-def round_seed(base_seed: int, site_index: int, server_round: int) -> int:
-    """A seed that differs per site and per round but is reproducible from the run's one seed."""
-    digest = hashlib.sha256(f"{base_seed}/{site_index}/{server_round}".encode()).digest()
+def round_seed(base_seed: int, site_index: int, server_round: int, secret: bytes = b"") -> int:
+    """A seed that differs per site and per round, reproducible from the run's one seed and the site's ``secret``
+    (`client.noise_secret`: a real site's, which the server cannot know; empty in simulation)."""
+    digest = hashlib.sha256(f"{base_seed}/{site_index}/{server_round}".encode() + secret).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def _site_seed(config: AppConfig, site: SiteSpec, server_round: int) -> int:
+    return round_seed(config.seed, site.index, server_round, site_noise_secret(site.ledger) if site.deployed else b"")
 
 
 def pick_device(setting: str) -> str:
@@ -223,13 +230,15 @@ def train_on_site(
     history: list[tuple[float, float, int]],
     server_round: int,
     budget: SiteBudget | None = None,
+    epochs: int | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Fine-tune the global weights on the site's training split, DP-SGD when privacy is on.
 
     ``history`` is the site's accountant history so far; the result's history includes this round,
     so epsilon is cumulative over the whole federation rather than per round. With
     ``privacy.target_epsilon > 0`` the noise multiplier is derived from the site's own training-set size
-    and the whole plan (``strategy.num_rounds`` x ``training.local_epochs``), the same in every round, so a
+    and the whole plan (`planned_epochs`), the same in every round, so a
     site taking part in every round ends the federation at the target epsilon.
 
     ``training.class_weights=balanced`` weighs the loss by the site's own training-split label counts
@@ -239,7 +248,15 @@ def train_on_site(
     same DP-SGD, budget check and class-weight rule (applied to the patches' labels); as the patch dataset has
     one item per image, the sample rate and accounting are those of the whole images. A site with no lesion mark
     in its training split sits those rounds out (:class:`SatOut`): no step, no privacy spent.
+
+    ``epochs`` (default ``training.local_epochs``) is how long this call trains: the last round's fine-tuning
+    (`client.fine_tune`) passes ``personalization.fine_tune_epochs``, checked against the site's limits and
+    trained with the same noise as a round.
+
+    ``proximal_mu`` is FedProx's weight (the train request's ``proximal-mu``): each step also pulls the weights
+    towards the received ones, outside DP-SGD's clipping and noise (`common.training.train_local`).
     """
+    epochs = config.training.local_epochs if epochs is None else epochs
     data = load_site_data(site, config)
     dataset: SiteImages | LesionPatches = data.train
     if in_patch_stage(config, server_round):
@@ -260,7 +277,7 @@ def train_on_site(
             privacy,
             num_examples=len(dataset),
             batch_size=config.training.batch_size,
-            epochs_total=config.strategy.num_rounds * config.training.local_epochs,
+            epochs_total=planned_epochs(config),
         )
         logger.info(
             "site %s: noise multiplier %.4f spends epsilon %.3f over %d round(s)",
@@ -271,7 +288,7 @@ def train_on_site(
         )
     if budget is not None:
         sample_rate, steps_per_epoch = planned_sampling(max(len(dataset), 1), config.training.batch_size)
-        planned = (privacy.noise_multiplier, sample_rate, steps_per_epoch * config.training.local_epochs)
+        planned = (privacy.noise_multiplier, sample_rate, steps_per_epoch * epochs)
         check_round(
             budget,
             mode=privacy.mode,
@@ -283,14 +300,22 @@ def train_on_site(
     return train_local(
         model,
         dataset,
-        training=config.training,
+        training=replace(config.training, local_epochs=epochs),
         privacy=privacy,
         history=history,
-        seed=round_seed(config.seed, site.index, server_round),
+        seed=_site_seed(config, site, server_round),
         augment=augmenter(config.data.augment_policy) if config.data.augment else None,
         device=pick_device(config.training.device),
         class_weights=class_weights,
+        proximal_mu=proximal_mu,
     )
+
+
+def planned_epochs(config: AppConfig) -> int:
+    """Epochs of DP-SGD a site that takes part in every round runs in the whole run: ``strategy.num_rounds`` x
+    ``training.local_epochs``, plus ``personalization.fine_tune_epochs`` (fine-tuning spends privacy too, so a
+    ``privacy.target_epsilon`` covers it)."""
+    return config.strategy.num_rounds * config.training.local_epochs + config.personalization.fine_tune_epochs
 
 
 def evaluate_on_site(

@@ -29,6 +29,7 @@ from common.privacy import (
     make_private_training,
     physical_batches,
 )
+from common.proximal import attach_proximal_term
 
 __all__ = ["Augment", "EvalResult", "TrainResult", "evaluate", "resolve_device", "train_local"]
 
@@ -108,6 +109,7 @@ def train_local(
     augment: Augment | None = None,
     device: str = "cpu",
     class_weights: Sequence[float] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place for ``training.local_epochs`` epochs of cross-entropy on ``dataset``.
 
@@ -143,6 +145,11 @@ def train_local(
     class_weights : sequence of float, optional
         One loss weight per class index, resolved by the caller (`common.loss.class_weights_for`); None is the
         unweighted loss.
+    proximal_mu : float
+        FedProx: each step also pulls the weights towards the ones ``model`` holds on entry (the global model) with
+        the gradient ``proximal_mu x (w - w_global)`` of ``proximal_mu / 2 x ||w - w_global||^2``; under DP-SGD it
+        is added after Opacus' clipping and noise (`common.proximal`), so the accounting is unchanged. 0 is off;
+        the reported loss is always the cross-entropy alone.
 
     Returns
     -------
@@ -156,8 +163,8 @@ def train_local(
         If the grad-sample mode does not work for ``model`` (raised at wrapping or the first step), or
         secure mode is asked for without torchcsprng.
     ValueError
-        If a label is not a class index of the model's output (a site checks its manifest before this), or
-        ``class_weights`` is not one finite weight > 0 per class.
+        If a label is not a class index of the model's output (a site checks its manifest before this),
+        ``class_weights`` is not one finite weight > 0 per class, or ``proximal_mu`` is negative or not finite.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ManifestError("the training set is empty: the site's manifest has no rows in its 'train' split")
@@ -172,6 +179,7 @@ def train_local(
         generator=torch.Generator().manual_seed(loader_seed),
     )
     optimizer = _optimizer(model, training)
+    proximal = attach_proximal_term(optimizer, proximal_mu)  # on the plain optimizer: Opacus steps it last
     module: nn.Module = model
     weighted = None if class_weights is None else WeightedCrossEntropy(class_weights).to(target)
     criterion: Callable[[Tensor, Tensor], Any] = F.cross_entropy if weighted is None else weighted
@@ -215,6 +223,8 @@ def train_local(
                     if len(labels):
                         losses.append(loss.item())
     finally:
+        if proximal is not None:
+            proximal.remove()
         if private is not None:
             private.module.to_standard_module()  # removes Opacus hooks and per-sample grads from ``model``
     prior: History = [(float(n), float(q), int(s)) for n, q, s in (history or [])]

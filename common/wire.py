@@ -10,12 +10,17 @@ __all__ = [
     "CONFUSION_KEYS",
     "CONFUSION_MATRIX",
     "EPSILON",
+    "FINE_TUNED_PREFIX",
+    "FINE_TUNE_DECLINED",
+    "FINE_TUNE_EPOCHS",
     "LOSS",
     "METRICS_KEY",
     "NOISE_MULTIPLIER",
     "NUM_CLASSES",
     "NUM_EXAMPLES",
     "NUM_STEPS",
+    "PROXIMAL_MU",
+    "RUN_KEY",
     "SAT_OUT",
     "SCORE_HIST_NEG",
     "SCORE_HIST_POS",
@@ -36,6 +41,7 @@ __all__ = [
     "TRAIN_LOSS",
     "UNIFORM_WEIGHT",
     "class_hist_keys",
+    "fine_tuned_key",
     "study_model_key",
     "study_pair_key",
 ]
@@ -50,6 +56,11 @@ SITE_KEY = "site"
 # ConfigRecord entries.
 SITE_NAME = "name"
 SERVER_ROUND = "server-round"  # injected by Flower's strategies
+RUN_KEY = "run-key"
+"""A train request's run key: a random id the server keeps in the run's checkpoint, the same when the run resumes, so
+a site's ledger can tell a round it trained before from a new one (`client.ledger_rounds`). Evaluate requests carry it
+too: under FedBN a site finds its own normalization layers by it (`client.local_layers`)."""
+PROXIMAL_MU = "proximal-mu"  # injected by Flower's FedProx: the weight of the sites' proximal term
 
 # MetricRecord entries.
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighted_by_key default
@@ -124,3 +135,18 @@ SECAGG_METRICS_PREFIX = f"{METRICS_KEY}."
 """Prefix; FitRes metrics ``metrics.<key>`` is entry ``<key>`` of the site's train MetricRecord."""
 SECAGG_SITE_PREFIX = f"{SITE_KEY}."
 """Prefix; FitRes metrics ``site.<key>`` is entry ``<key>`` of the site's ConfigRecord (`SITE_KEY`)."""
+
+
+# Personalization entries (`personalization.*`; `client.fine_tune`, `server.personalization`).
+FINE_TUNED_PREFIX = "ft_"
+"""Prefix; with ``personalization.fine_tune_epochs`` > 0 the last round's evaluate reply holds ``ft_<key>`` beside
+``<key>``: the same figure of the site's fine-tuned copy of the global model on the same test split (``ft_auc``)."""
+FINE_TUNE_DECLINED = f"{FINE_TUNED_PREFIX}declined"
+"""1 when the site's privacy limits declined the fine-tuning (its other ``ft_`` figures are then NaN), else 0."""
+FINE_TUNE_EPOCHS = f"{FINE_TUNED_PREFIX}epochs"
+"""The epochs the site fine-tuned for (``personalization.fine_tune_epochs``)."""
+
+
+def fine_tuned_key(key: str) -> str:
+    """The evaluate-reply key of the fine-tuned model's figure ``key`` (``auc`` -> ``ft_auc``)."""
+    return f"{FINE_TUNED_PREFIX}{key}"

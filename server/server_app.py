@@ -4,7 +4,6 @@ or, with ``study.enabled``, a cross-site generalization study (`server.study`)."
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,13 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from common import wire
 from common.config import AppConfig, load_config
 from common.privacy.noise_seed import simulation_noise_seed
 from server.model_arrays import final_weights, initial_arrays
 from server.report import RunDirectory, build_report
 from server.report.run_folder import server_run_dir
+from server.resume import checkpointed_rounds, resume_point
 from server.secure_aggregation import SecureAggregationGrid
 from server.strategy import build_strategy
 from server.summary import build_summary
@@ -33,31 +34,37 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
 
     The run writes into a folder of its own (`server_run_dir`): the one ``fedmammo simulate`` claimed for it,
     else a fresh one claimed from ``output.run_dir``, so runs given one folder (``flwr run .`` with the
-    default ``~/.fedmammo/runs/latest``) never mix their rows.
+    default ``~/.fedmammo/runs/latest``) never mix their rows. With ``output.resume_from`` it continues that
+    stopped run in its folder from its last checkpoint (`server.resume`).
     """
-    run_dir = RunDirectory(server_run_dir(config.output.run_dir))
+    resumed = resume_point(config) if config.output.resume_from else None
+    run_dir = resumed[0] if resumed is not None else RunDirectory(server_run_dir(config.output.run_dir))
     run_dir.write_config(config.to_nested())
     strategy = build_strategy(config, run_dir)
     noise_seed = simulation_noise_seed()
-    if strategy.central is not None and noise_seed is not None and not config.privacy.secure_mode:
+    seeded = noise_seed is not None and not config.privacy.secure_mode  # a checkpoint then holds the random state
+    if strategy.central is not None and seeded:
         # Flower's DP wrappers draw their noise and noisy counts from numpy's global generator. Only a
         # local simulation seeds it (for reproducibility), through its SuperLink's environment: a seed
         # in the run config would reach every site, which could then subtract the noise.
         np.random.seed(noise_seed)
     if config.secure_aggregation.enabled:  # training through SecAgg+: the strategy sees only the aggregate
         grid = SecureAggregationGrid(grid, config)
-    started = time.monotonic()
     initial = initial_arrays(config)
-    result = strategy.start(
+    checkpoint = resumed[1] if resumed is not None else None
+    rounds = checkpointed_rounds(strategy, run_dir, config, initial, seeded=seeded, resumed=checkpoint)
+    rounds.start(
         grid=grid,
-        initial_arrays=initial,
-        num_rounds=config.strategy.num_rounds,
+        initial_arrays=rounds.arrays,
+        num_rounds=rounds.rounds_left(config.strategy.num_rounds),
         timeout=config.strategy.round_timeout_s,
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
+        # The run key (kept by the checkpoint) lets a site's ledger tell a round it trained before the run stopped,
+        # and a FedBN site find its own normalization layers again after a resume (`client.local_layers`).
+        train_config=ConfigRecord({wire.RUN_KEY: rounds.run_key}),
+        evaluate_config=ConfigRecord({wire.RUN_KEY: rounds.run_key}),
     )
-    duration = time.monotonic() - started
-    torch.save(final_weights(result.arrays, initial).to_torch_state_dict(), run_dir.path / "global_model.pt")
+    duration = rounds.elapsed_s()
+    torch.save(final_weights(rounds.released_arrays, initial).to_torch_state_dict(), run_dir.path / "global_model.pt")
     if strategy.latest_histograms:
         run_dir.write_roc(strategy.latest_round, strategy.latest_histograms, strategy.latest_class_histograms)
     summary = build_summary(config, run_dir.read_metrics(), duration_s=duration)

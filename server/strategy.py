@@ -6,22 +6,24 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from common import wire
 from common.config import AppConfig
 from common.metrics import ScoreHistogram
 from common.privacy import parse_spent
-from server.central_dp import CentralDP, ExactSampleFedAvg, wrap_with_central_dp
+from server.central_dp import CentralDP, wrap_with_central_dp
+from server.personalization import SharedLayers
 from server.pooling import metric_classes, pool_evaluate_metrics, pool_train_metrics, reply_classes, reply_histogram
 from server.report import POOLED_SITE, RunDirectory
+from server.round_quorum import skipped_row, wait_for_nodes
+from server.strategies import build_aggregator
 
 __all__ = ["POOLED_SITE", "SAT_OUT_EMPTY", "SAT_OUT_PATCH", "RecordingStrategy", "build_strategy", "sat_out"]
 
@@ -100,9 +102,16 @@ class RecordingStrategy(Strategy):
         save_checkpoints: bool = True,
         central: CentralDP | None = None,
         round_timeout_s: float | None = None,
+        min_nodes: int = 1,
+        shared_layers: SharedLayers | None = None,
     ) -> None:
         super().__init__()
         self.inner = inner
+        self.shared_layers = shared_layers
+        """Under ``personalization.fedbn``: completes train replies with the sent normalization layers."""
+        self.min_nodes = min_nodes
+        """The quorum: fewer connected sites, or fewer usable training replies, skip the round (`round_quorum`)."""
+        self._skipped: dict[tuple[int, str], str] = {}
         self.run_dir = run_dir
         self.save_checkpoints = save_checkpoints
         self.central = central
@@ -124,14 +133,32 @@ class RecordingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The wrapped strategy's train messages."""
+        """The wrapped strategy's train messages, once enough sites are connected (else none: a skipped round)."""
+        if not self._quorum(server_round, "train", grid):
+            return []
+        if self.shared_layers is not None:  # FedBN: replies will lack the normalization layers sent here
+            self.shared_layers.remember(arrays)
         return self._remember("train", self.inner.configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """The wrapped strategy's evaluate messages."""
+        """The wrapped strategy's evaluate messages, once enough sites are connected (else none)."""
+        if not self._quorum(server_round, "evaluate", grid):
+            return []
         return self._remember("evaluate", self.inner.configure_evaluate(server_round, arrays, config, grid))
+
+    def _quorum(self, server_round: int, phase: str, grid: Grid) -> bool:
+        """Wait (at most the round's timeout) for ``min_nodes`` connected sites; Flower's own wait has no end."""
+        limit = self.round_timeout_s if self.round_timeout_s is not None else 3600.0
+        connected = wait_for_nodes(grid, self.min_nodes, limit)
+        if connected < self.min_nodes:
+            self._skipped[(server_round, phase)] = (
+                f"{connected} site(s) connected after {limit:g} s (strategy.round_timeout_s); "
+                f"strategy.min_nodes is {self.min_nodes}"
+            )
+            return False
+        return True
 
     def _remember(self, phase: str, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
@@ -218,6 +245,9 @@ class RecordingStrategy(Strategy):
         sampled site's update).
         """
         replies = list(replies)
+        if (skipped := self._skipped.pop((server_round, "train"), None)) is not None:
+            self.run_dir.append_metrics([skipped_row(server_round, "train", POOLED_SITE, skipped)])
+            return None, None
         silent = self._unanswered(server_round, "train", replies)
         poisoned = [_has_non_finite_weights(m) for m in replies]
         non_finite = [m for m, bad in zip(replies, poisoned, strict=True) if bad]
@@ -235,7 +265,17 @@ class RecordingStrategy(Strategy):
                         server_round, len(idle))  # fmt: skip
         failures = self._record_failures(server_round, "train", replies)
         rows += idle_rows + failures + [self._non_finite_row(server_round, m) for m in non_finite] + silent
+        if self.shared_layers is not None:  # FedBN: every strategy gets whole models, the sites' norms left out
+            self.shared_layers.complete(server_round, replies)
         self._weigh_uniformly(replies)
+        usable = sum(not m.has_error() for m in replies)
+        if usable < self.min_nodes:  # too few sites to average: publishing it would expose (or overfit) them
+            reason = (
+                f"{usable} usable training repl{'y' if usable == 1 else 'ies'}; strategy.min_nodes is {self.min_nodes}"
+            )
+            rows.append(skipped_row(server_round, "train", POOLED_SITE, reason))
+            self.run_dir.append_metrics(rows)
+            return None, None
         try:
             arrays, pooled = self.inner.aggregate_train(server_round, replies)
         except ZeroDivisionError:
@@ -247,6 +287,8 @@ class RecordingStrategy(Strategy):
             rows.append({"round": server_round, "phase": "train", "site": POOLED_SITE, "time": time.time(),
                          "declined": False, "error": reason})  # fmt: skip
             arrays, pooled = None, None
+        if self.shared_layers is not None:  # FedBN: the global model's norms stay exactly as sent
+            arrays = self.shared_layers.restore(arrays)
         if self.central is not None:
             if arrays is None:
                 logger.warning(
@@ -271,6 +313,9 @@ class RecordingStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Record each site's evaluation and the pooled metrics of all sites' test images together."""
         replies = list(replies)
+        if (skipped := self._skipped.pop((server_round, "evaluate"), None)) is not None:
+            self.run_dir.append_metrics([skipped_row(server_round, "evaluate", POOLED_SITE, skipped)])
+            return None
         silent = self._unanswered(server_round, "evaluate", replies)
         self._weigh_uniformly(replies)
         pooled = self.inner.aggregate_evaluate(server_round, replies)
@@ -301,8 +346,9 @@ def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingStrateg
     min_nodes = min(config.strategy.min_nodes, config.federation.num_sites)
     planned = _sites_per_round(config)
     # Central DP's noise and accountant are calibrated for exactly ``planned`` sites a round.
-    fedavg_class = partial(ExactSampleFedAvg, sample_size=planned) if config.privacy.central else FedAvg
-    fedavg = fedavg_class(
+    fedavg = build_aggregator(  # Flower's class for strategy.name (a FedAvg subclass)
+        config,
+        sample_size=planned if config.privacy.central else None,
         fraction_train=config.strategy.fraction_train,
         fraction_evaluate=config.strategy.fraction_evaluate,
         min_train_nodes=min_nodes,
@@ -321,4 +367,7 @@ def build_strategy(config: AppConfig, run_dir: RunDirectory) -> RecordingStrateg
         save_checkpoints=config.output.save_checkpoints,
         central=central,
         round_timeout_s=config.strategy.round_timeout_s,
+        # Central DP's noise is calibrated for exactly `planned` sites: fewer and the round cannot be released.
+        min_nodes=planned if config.privacy.central else min_nodes,
+        shared_layers=SharedLayers.from_config(config),
     )

@@ -22,6 +22,11 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         if args.multirun:
             import time
 
+            from simulations.resume_run import split_resume
+
+            if split_resume(args.overrides)[0] is not None:
+                raise ConfigError("'resume=' continues one stopped run; it cannot be swept (-m): drop one of them")
+
             from simulations.cli_study import sweep_exit_code
             from simulations.sweep import run_sweep
 
@@ -54,8 +59,10 @@ def _simulate_one(overrides: list[str], run_dir: Path | None, console: Console, 
     from simulations.launcher import SimulationInterrupted, run_simulation
     from simulations.phantoms import generate_configured_federation
     from simulations.progress import RoundProgress
+    from simulations.resume_run import resumed_simulation, split_resume
 
-    config, resources = compose_simulation(overrides)
+    resume, overrides = split_resume(overrides)  # resume=RUN_DIR: that run's own config, continued in its folder
+    config, resources = resumed_simulation(resume, overrides) if resume else compose_simulation(overrides)
     if config.study.enabled:  # the ServerApp would run a study, and this command print a table it does not write
         raise ConfigError(
             "config key 'study.enabled' = True is set by `fedmammo study`, which runs and reports the cross-site "
@@ -72,7 +79,8 @@ def _simulate_one(overrides: list[str], run_dir: Path | None, console: Console, 
         from client.site import PARTITION_ID_KEY, resolve_site
 
         resolve_site({PARTITION_ID_KEY: 0}, config)
-    run_dir = claim_run_dir(config.output.run_dir)  # runs/<timestamp>, or <timestamp>-2 if another run took it
+    # runs/<timestamp>, or <timestamp>-2 if another run took it; a resumed run goes on in its own folder
+    run_dir = resume if resume is not None else claim_run_dir(config.output.run_dir)
     target = config.privacy.target_epsilon
     noise = f"to ε={target:g}" if target > 0 else f"σ={config.privacy.noise_multiplier}"  # σ then derived
     privacy = {
@@ -82,7 +90,7 @@ def _simulate_one(overrides: list[str], run_dir: Path | None, console: Console, 
     }[config.privacy.mode]
     console.print(
         f"[bold]fedmammo[/] {config.federation.num_sites} sites · {config.model.name} @ {config.data.image_size}px · "
-        f"{config.strategy.num_rounds} rounds · {privacy} · run dir {run_dir}"
+        f"{config.strategy.num_rounds} rounds · {privacy} · {'resuming' if resume else 'run dir'} {run_dir}"
     )
     with RoundProgress(run_dir / "metrics.jsonl", config.strategy.num_rounds, console=console) as progress:
         echo = (lambda line: (console.print(line, markup=False, highlight=False), progress.poll())) if verbose else None
@@ -172,7 +180,11 @@ def _print_classes(rows: list, classes: list[str], fmt: Callable[..., str], cons
 def add_simulate_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``fedmammo simulate``."""
     simulate = commands.add_parser("simulate", help="run a local federated simulation (Hydra overrides: key=value)")
-    simulate.add_argument("overrides", nargs="*", help="e.g. model=resnet50 privacy=none strategy.num_rounds=3")
+    simulate.add_argument(
+        "overrides",
+        nargs="*",
+        help="e.g. model=resnet50 privacy=none strategy.num_rounds=3; resume=RUN_DIR continues a stopped run",
+    )
     simulate.add_argument("-v", "--verbose", action="store_true", help="echo Flower's log while running")
     simulate.add_argument("-m", "--multirun", action="store_true", help="sweep: one run per combination of values")
     simulate.add_argument("--sweep-dir", help="folder of a sweep's runs and summary (default runs/sweep-<time>)")

@@ -111,8 +111,11 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str], children: ChildProcesses) -> int:
-    """Start a simulation SuperLink on free loopback ports as one of ``children`` (which stop it); return its HTTP port.
+def _local_superlink(
+    flwr_home: Path, log_path: Path, env: dict[str, str], children: ChildProcesses
+) -> tuple[subprocess.Popen, int]:
+    """Start a simulation SuperLink on free loopback ports as one of ``children`` (which stop it), without waiting
+    for it (`_wait_healthy`); return the process and its HTTP port.
 
     Runtime dependency installation is disabled: the app runs in this environment, which already has
     torch (Flower would otherwise `uv sync` the app's dependencies into a fresh env for every run).
@@ -138,14 +141,18 @@ def _local_superlink(flwr_home: Path, log_path: Path, env: dict[str, str], child
     ]
     with log_path.open("ab") as log:
         process = children.start(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=flwr_home)
+    return process, http_port
+
+
+def _wait_healthy(process: subprocess.Popen, port: int, log_path: Path) -> None:
+    """Return once the SuperLink answers on ``port``; raise if it exits or stays silent past the start-up limit."""
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-    while not _healthy(http_port):
+    while not _healthy(port):
         if process.poll() is not None:
             raise SimulationError(f"flower-superlink exited with code {process.returncode}; see {log_path}")
         if time.monotonic() > deadline:
             raise SimulationError(f"flower-superlink did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {log_path}")
-        time.sleep(0.3)
-    return http_port
+        time.sleep(0.1)
 
 
 def run_simulation(
@@ -159,7 +166,8 @@ def run_simulation(
     """Run ``config`` as a local Flower simulation with one SuperNode per site; return the run directory.
 
     ``run_dir`` is claimed first (`claim_run_dir`: a folder holding anything is never reused, the next free
-    ``<run_dir>-N`` is taken), unless ``claimed`` says `claim_run_dir` already returned it. The ServerApp
+    ``<run_dir>-N`` is taken), unless ``claimed`` says `claim_run_dir` already returned it, or the run continues a
+    stopped one (``output.resume_from``, that run's folder: `simulations.resume`). The ServerApp
     writes into the returned folder: ``config.output.run_dir`` is overridden to it, and `CLAIMED_RUN_DIR_ENV`
     in the SuperLink's environment tells the ServerApp it was claimed for this run (otherwise it would claim
     another, as it does under a deployed SuperLink). Flower's log goes to ``flower.log`` there; each of its
@@ -178,8 +186,12 @@ def run_simulation(
     if not (APP_DIR / "pyproject.toml").is_file():
         raise ConfigError(f"the Flower app's pyproject.toml was not found in {APP_DIR}; install fedmammo from a clone")
     resources = resources or SimulationResources()
-    run_dir = Path(run_dir).expanduser().resolve() if claimed else claim_run_dir(run_dir)
+    resuming = bool(config.output.resume_from)  # the stopped run's own folder: no new one is claimed
+    run_dir = Path(run_dir).expanduser().resolve() if claimed or resuming else claim_run_dir(run_dir)
     log_path = run_dir / "flower.log"
+    result_file = "study.json" if config.study.enabled else "summary.json"
+    if resuming:  # the stopped run's result, if it had one, must not pass for this run's
+        (run_dir / result_file).unlink(missing_ok=True)
     run_ids: list[int] = []
     on_output = _recording_run_id(on_output, run_ids)
     with stop_on_signals(), ExitStack() as stack:
@@ -193,7 +205,11 @@ def run_simulation(
         env[CLAIMED_RUN_DIR_ENV] = str(run_dir)  # the ServerApp writes here rather than claim a folder of its own
         # The SuperLink starts flower-superexec (and that the app processes) by name, from PATH.
         env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-        port = _local_superlink(flwr_home, run_dir / "superlink.log", env, children)
+        superlink, port = _local_superlink(flwr_home, run_dir / "superlink.log", env, children)
+        from simulations.app_bundle import staged_app  # imports flwr: here, while the SuperLink starts
+
+        app = staged_app(APP_DIR, flwr_home / "app")  # `flwr run` bundles it in ms, not walking .venv and runs/
+        _wait_healthy(superlink, port, run_dir / "superlink.log")
         (flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n[superlink.{_CONNECTION}]\n'
             f'address = "127.0.0.1:{port}"\ninsecure = true\n',
@@ -206,10 +222,10 @@ def run_simulation(
             f"client-resources-num-gpus={resources.gpus_per_site}"
         )
         command = [
-            _executable("flwr"), "run", str(APP_DIR), _CONNECTION,
+            _executable("flwr"), "run", str(app), _CONNECTION,
             "--run-config", str(run_config), "--federation-config", federation, "--stream",
         ]  # fmt: skip
-        with log_path.open("w", encoding="utf-8") as log:
+        with log_path.open("a" if resuming else "w", encoding="utf-8") as log:  # a resumed run's log goes on
             process = children.start(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=run_dir, text=True, bufsize=1
             )
@@ -223,7 +239,6 @@ def run_simulation(
         run_id = run_ids[0] if run_ids else None
         ended = run_id is not None and code == 0  # Flower's status says how; `flwr run`'s exit code cannot
         status = read_run_status(command[0], _CONNECTION, run_id, env=env, cwd=run_dir) if ended else None
-    result_file = "study.json" if config.study.enabled else "summary.json"
     written = (run_dir / result_file).is_file()  # the folder was empty when claimed: no stale copy
     problem = failure_message(code, run_id, status, summary_written=written, log_path=log_path, result_file=result_file)
     if problem:

@@ -36,10 +36,6 @@ def _grid(node_ids: tuple[int, ...] = (1, 2)) -> Grid:
     return grid
 
 
-class _WouldWait(Exception):
-    """Raised by a patched ``sleep``: the strategy chose to wait for more nodes to connect."""
-
-
 def _reply(query: Message, site: str, update: np.ndarray, n: int) -> Message:
     content = RecordDict(
         {
@@ -121,8 +117,11 @@ def test_a_round_with_a_failed_site_is_not_released_nor_charged(tmp_path: Path) 
     assert arrays is None  # the noise was calibrated for two sites: one update alone would be under-protected
     assert strategy.central.accountant.num_releases == 0
     rows = run_dir.read_metrics()
-    assert [r["error"] for r in rows if "error" in r] == ["site-1: DicomError: unreadable"]
-    assert not any(r["site"] == "pooled" for r in rows)
+    assert [r["error"] for r in rows if "error" in r] == [
+        "site-1: DicomError: unreadable",
+        "round skipped: 1 usable training reply; strategy.min_nodes is 2",
+    ]
+    assert [r for r in rows if r["site"] == "pooled"] == [r for r in rows if r.get("skipped")]  # nothing released
 
 
 def test_adaptive_clipping_moves_the_clip_norm_and_is_accounted(tmp_path: Path) -> None:
@@ -174,11 +173,21 @@ def test_a_missing_node_makes_the_round_wait_instead_of_shrinking(
     tmp_path: Path, clipping: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(**{"federation.num_sites": 3, "privacy.central_clipping": clipping})
-    strategy = build_strategy(config, RunDirectory(tmp_path))
-    monkeypatch.setattr(strategy_utils, "sleep", Mock(side_effect=_WouldWait))
+    from server import round_quorum
 
-    with pytest.raises(_WouldWait):
-        strategy.configure_train(1, ArrayRecord({"w": torch.zeros(4)}), ConfigRecord(), _grid((1, 2)))
+    strategy = build_strategy(config, RunDirectory(tmp_path))
+    monkeypatch.setattr(strategy_utils, "sleep", Mock(side_effect=AssertionError("Flower's endless wait")))
+    now = [0.0]
+    monkeypatch.setattr(round_quorum.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(round_quorum.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+
+    # Central DP needs all three planned sites: with two it waits the round's timeout, then skips the round.
+    assert list(strategy.configure_train(1, ArrayRecord({"w": torch.zeros(4)}), ConfigRecord(), _grid((1, 2)))) == []
+    assert now[0] == pytest.approx(config.strategy.round_timeout_s)
+    assert (
+        len(list(strategy.configure_train(2, ArrayRecord({"w": torch.zeros(4)}), ConfigRecord(), _grid((1, 2, 3)))))
+        == 3
+    )
 
 
 def test_target_epsilon_sets_the_noise_that_spends_it_over_the_planned_rounds() -> None:

@@ -119,7 +119,7 @@ def test_an_old_ledger_without_a_checksum_is_accepted_once_and_rewritten_with_on
     assert history == [(1.0, 0.25, 8)]
     assert "has no checksum (version 1): rewriting it" in caplog.text
     rewritten = json.loads((tmp_path / "l.json").read_text())
-    assert rewritten["version"] == 2 and rewritten["checksum"].startswith("sha256:")
+    assert rewritten["version"] == 3 and rewritten["checksum"].startswith("sha256:")
     assert PrivacyLedger.open(tmp_path / "l.json").history == [(1.0, 0.25, 8)]
     (tmp_path / "l.json").write_text(json.dumps({**old, "history": {**old["history"], "num_steps": [1]}}))
     with pytest.raises(ConfigError, match="has no checksum, but this site has written checksummed ledgers"):

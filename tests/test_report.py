@@ -296,6 +296,20 @@ def test_declined_rounds_are_listed_apart_from_failures(tmp_path: Path) -> None:
     assert html_text.index("PrivacyBudgetExceeded") > declined_at and html_text.index("ManifestError") > failed_at
 
 
+def test_a_skipped_round_is_listed_as_the_rounds_not_a_sites(tmp_path: Path) -> None:
+    from server.report import RunDirectory, build_report
+    from server.round_quorum import skipped_row
+
+    run = RunDirectory(tmp_path / "run")
+    run.append_metrics([skipped_row(3, "train", "pooled", "1 usable training reply; strategy.min_nodes is 2")])
+
+    html_text = build_report(run.path).read_text()
+
+    skipped_at = html_text.index("Rounds skipped (too few sites)")
+    assert "<li>round 3, train: round skipped: 1 usable training reply; strategy.min_nodes is 2</li>" in html_text
+    assert html_text.index("round skipped") > skipped_at and "site pooled" not in html_text
+
+
 CLASSES = ("normal", "benign", "malignant")
 
 

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from flwr.serverapp.strategy import Strategy
 
 from common.config import AppConfig, load_config
 from common.errors import ConfigError
@@ -109,8 +110,8 @@ def test_a_run_folder_inside_a_file_is_a_config_error_naming_the_key(tmp_path: P
         claim_run_dir(tmp_path / "a-file" / "run")
 
 
-class _OneRoundStrategy:
-    """Stands in for the recording strategy: one round, one train row appended to the run's metrics.jsonl."""
+class _OneRoundStrategy(Strategy):
+    """Stands in for the recording strategy: round 1 appends one train row to the run's metrics.jsonl."""
 
     central = None
     latest_round = 0
@@ -120,13 +121,29 @@ class _OneRoundStrategy:
         self.latest_histograms: dict = {}
         self.latest_class_histograms: dict = {}
 
-    def start(self, **_: object) -> object:
-        from types import SimpleNamespace
+    def summary(self) -> None:
+        return None
 
-        from flwr.app import ArrayRecord
+    def configure_train(self, *_: object) -> list:
+        return []
 
-        self.run_dir.append_metrics([{"round": 1, "phase": "train", "site": "site-0", "epsilon": 1.0}])
-        return SimpleNamespace(arrays=ArrayRecord())
+    def aggregate_train(self, server_round: int, _: object) -> tuple[None, None]:
+        if server_round == 1:
+            self.run_dir.append_metrics([{"round": 1, "phase": "train", "site": "site-0", "epsilon": 1.0}])
+        return None, None
+
+    def configure_evaluate(self, *_: object) -> list:
+        return []
+
+    def aggregate_evaluate(self, *_: object) -> None:
+        return None
+
+
+class _NoSites:
+    """A grid no message goes out on."""
+
+    def send_and_receive(self, messages: object, *, timeout: float | None = None) -> list:
+        return []
 
 
 def test_two_server_runs_given_one_folder_write_separate_folders(
@@ -140,8 +157,8 @@ def test_two_server_runs_given_one_folder_write_separate_folders(
     monkeypatch.setattr(server_app, "build_strategy", lambda config, run_dir: _OneRoundStrategy(run_dir))
     config = load_config({"output.run_dir": str(tmp_path / "runs" / "shared"), "model.name": "small_cnn"})
     # Execute
-    first = server_app.run_federation(None, config)
-    second = server_app.run_federation(None, config)
+    first = server_app.run_federation(_NoSites(), config)  # type: ignore[arg-type]
+    second = server_app.run_federation(_NoSites(), config)  # type: ignore[arg-type]
     # Assert: two folders, each with its own run's one row
     assert first == tmp_path / "runs" / "shared" and second == tmp_path / "runs" / "shared-2"
     for folder in (first, second):

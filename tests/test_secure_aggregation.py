@@ -317,7 +317,7 @@ def test_too_few_sites_left_to_unmask_is_an_error_reply_for_every_site() -> None
 
 @pytest.mark.usefixtures("flower_identity")
 def test_the_recording_strategy_runs_unchanged_on_the_secure_grid(tmp_path: Path) -> None:
-    config = _config(federation__num_sites=4, strategy__min_nodes=4)
+    config = _config(federation__num_sites=4, strategy__min_nodes=3)
     nodes = [11, 12, 13, 14]
     grid = _federation(config, _site_updates(nodes), dict.fromkeys(nodes, 60), failures={14: DECLINE})
     run_dir = RunDirectory(tmp_path / "run")
@@ -518,3 +518,22 @@ def test_a_federation_with_secure_aggregation_and_local_dp_sgd_runs_end_to_end(
     rounds = sum("[ROUND " in line for line in lines)  # Flower logs each line twice here, in two formats
     assert rounds > 0 and sum("Secure aggregation completed" in line for line in lines) == rounds
     assert (run_dir / "global_model.pt").is_file()
+
+
+@pytest.mark.usefixtures("flower_identity")
+@pytest.mark.parametrize(
+    ("active", "dead", "refused"), [([2, 3], [4], False), ([2, 3], [3, 4], True), ([2], [1], True)]
+)
+def test_an_unmask_request_that_would_expose_one_update_is_refused(active: list, dead: list, refused: bool) -> None:
+    """A server naming a node both active and dead (or this node, 1, dead) would collect both of its secrets."""
+    from flwr.common.secure_aggregation.secaggplus_constants import Stage
+
+    from client.secure_aggregation import _check_unmask_request
+
+    configs = ConfigRecord({Key.STAGE: Stage.UNMASK, Key.ACTIVE_NODE_ID_LIST: active, Key.DEAD_NODE_ID_LIST: dead})
+    msg = Message(RecordDict({RECORD_KEY_CONFIGS: configs}), dst_node_id=1, message_type=MessageType.TRAIN)
+    if refused:
+        with pytest.raises(ConfigError, match="both active and dead, or this node dead"):
+            _check_unmask_request(msg)
+    else:
+        _check_unmask_request(msg)

@@ -48,9 +48,10 @@ def _eval_reply(site: str, labels: list[int], scores: list[float]) -> Message:
     return Message(content=content, reply_to=_query("evaluate"))
 
 
-def _strategy(tmp_path: Path):
+def _strategy(tmp_path: Path, **overrides: object):
     run_dir = RunDirectory(tmp_path / "run")
-    return build_strategy(load_config({"federation.num_sites": 2}), run_dir), run_dir
+    values = {"federation.num_sites": 2, "strategy.min_nodes": 1, **overrides}  # recording, not the quorum
+    return build_strategy(load_config(values), run_dir), run_dir
 
 
 def test_train_rows_per_site_and_weighted_average(tmp_path: Path) -> None:
@@ -301,3 +302,52 @@ def test_a_node_that_never_answers_is_recorded_with_the_round_timeout(tmp_path: 
     (failure,) = [r for r in run_dir.read_metrics() if "error" in r]
     assert (failure["round"], failure["phase"], failure["site"]) == (2, "train", "c")
     assert failure["error"] == "no reply within strategy.round_timeout_s = 90 s; left out of round 2"
+
+
+def test_a_round_below_the_minimum_is_skipped_and_recorded(tmp_path: Path) -> None:
+    """One usable reply of the two strategy.min_nodes requires: no model is published, and the row says why."""
+    strategy, run_dir = _strategy(tmp_path, **{"strategy.min_nodes": 2})
+    failed = Message(Error(code=0, reason="manifest missing"), reply_to=_query("train"))
+
+    arrays, pooled = strategy.aggregate_train(3, [_train_reply("a", 2.0, 5, 0.1), failed])
+
+    assert arrays is None and pooled is None  # the global model stays as it was
+    rows = run_dir.read_metrics()
+    [skipped] = [r for r in rows if r.get("skipped")]
+    assert skipped["round"] == 3 and skipped["site"] == "pooled"
+    assert skipped["error"] == "round skipped: 1 usable training reply; strategy.min_nodes is 2"
+    assert len([r for r in rows if "error" in r and not r.get("skipped")]) == 1  # the failed site, as before
+    assert [r["site"] for r in rows if "error" not in r] == ["a"]  # the site that trained still has its row
+
+
+class _Grid:
+    """Only what the quorum wait reads: the connected nodes."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def test_too_few_connected_sites_skip_the_round_after_the_timeout(tmp_path: Path, monkeypatch) -> None:
+    from server import round_quorum
+
+    now = [0.0]
+    monkeypatch.setattr(round_quorum.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(round_quorum.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    strategy, run_dir = _strategy(tmp_path, **{"strategy.round_timeout_s": 30.0, "strategy.min_nodes": 2})
+    arrays = ArrayRecord({"w": torch.zeros(3)})
+
+    assert list(strategy.configure_train(4, arrays, ConfigRecord(), _Grid([7]))) == []
+    assert now[0] == pytest.approx(30.0)  # it waited the round's timeout, no longer
+    assert strategy.aggregate_train(4, []) == (None, None)
+    assert list(strategy.configure_evaluate(4, arrays, ConfigRecord(), _Grid([7]))) == []
+    assert strategy.aggregate_evaluate(4, []) is None
+
+    rows = run_dir.read_metrics()
+    assert [(r["phase"], r["error"]) for r in rows] == [
+        (phase, "round skipped: 1 site(s) connected after 30 s (strategy.round_timeout_s); strategy.min_nodes is 2")
+        for phase in ("train", "evaluate")
+    ]
+    assert len(list(strategy.configure_train(5, arrays, ConfigRecord(), _Grid([7, 8])))) == 2  # both back: round 5 runs

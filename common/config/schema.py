@@ -20,6 +20,7 @@ __all__ = [
     "FederationConfig",
     "ModelConfig",
     "OutputConfig",
+    "PersonalizationConfig",
     "PrivacyConfig",
     "SecureAggregationConfig",
     "StrategyConfig",
@@ -366,7 +367,26 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """Server-side aggregation and round plan."""
+    """Server-side aggregation and round plan: which of Flower's strategies, with its own parameters.
+
+    Each parameter is the keyword argument of the same name of Flower's class (`server.strategies`); the defaults
+    are Flower's where they are sensible (FedAvgM's momentum 0 and FedProx's mu 0 would make them plain FedAvg).
+    A parameter the chosen strategy does not read must stay at its default: a changed one is an error, never
+    silently ignored (one left at its default cannot be told from one not given).
+    """
+
+    NAMES: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+    PARAMETERS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "fedavg": (),
+        "fedprox": ("proximal_mu",),
+        "fedavgm": ("server_learning_rate", "server_momentum"),
+        "fedadam": ("eta", "beta_1", "beta_2", "tau"),
+        "fedyogi": ("eta", "beta_1", "beta_2", "tau"),
+        "fedadagrad": ("eta", "tau"),  # Flower's FedAdagrad fixes beta_1 = beta_2 = 0
+    }
+    """The keys each strategy reads (Flower's keyword arguments, same names)."""
+    CENTRAL_DP_NAMES: ClassVar[tuple[str, ...]] = ("fedavg", "fedprox")
+    """Strategies whose aggregate is FedAvg's weighted mean, the only one Flower's central-DP noise covers."""
 
     name: str = "fedavg"
     num_rounds: int = 12
@@ -374,9 +394,24 @@ class StrategyConfig:
     fraction_evaluate: float = 1.0
     min_nodes: int = 2
     round_timeout_s: float = 3600.0
+    proximal_mu: float = 0.01
+    """fedprox: each site adds ``proximal_mu / 2 x ||w - w_global||^2`` to its local objective (0 is FedAvg)."""
+    server_learning_rate: float = 1.0
+    """fedavgm: the server's step along the (momentum-averaged) mean update."""
+    server_momentum: float = 0.9
+    """fedavgm: the server's momentum (Hsu et al. 2019; Flower's default 0 is FedAvg)."""
+    eta: float = 0.1
+    """fedadam, fedyogi, fedadagrad: the server's learning rate (Flower's default, but 0.01 for FedYogi, which the
+    ``strategy=fedyogi`` Hydra group sets)."""
+    beta_1: float = 0.9
+    """fedadam, fedyogi: decay of the first moment (the mean update)."""
+    beta_2: float = 0.99
+    """fedadam, fedyogi: decay of the second moment (the squared mean update)."""
+    tau: float = 1e-3
+    """fedadam, fedyogi, fedadagrad: the adaptivity floor added to the root of the second moment."""
 
     def __post_init__(self) -> None:
-        _check(self.name in ("fedavg",), "strategy.name", self.name, "'fedavg'")
+        _check(self.name in self.NAMES, "strategy.name", self.name, f"one of {', '.join(self.NAMES)}")
         _check(self.num_rounds >= 1, "strategy.num_rounds", self.num_rounds, ">= 1")
         _check(0.0 < self.fraction_train <= 1.0, "strategy.fraction_train", self.fraction_train, "in (0, 1]")
         _check(
@@ -387,6 +422,56 @@ class StrategyConfig:
         )
         _check(self.min_nodes >= 1, "strategy.min_nodes", self.min_nodes, ">= 1")
         _check(self.round_timeout_s > 0, "strategy.round_timeout_s", self.round_timeout_s, "> 0")
+        self._check_parameters()
+
+    def _check_parameters(self) -> None:
+        """Each strategy parameter's range, then that the strategy reads every parameter changed from its default."""
+        fedprox = self.name == "fedprox"
+        _check(
+            self.proximal_mu > 0 if fedprox else self.proximal_mu >= 0,
+            "strategy.proximal_mu",
+            self.proximal_mu,
+            "> 0 with strategy.name = 'fedprox' (0 is FedAvg: use strategy.name = 'fedavg')" if fedprox else ">= 0",
+        )
+        _check(self.server_learning_rate > 0, "strategy.server_learning_rate", self.server_learning_rate, "> 0")
+        _check(0.0 <= self.server_momentum < 1.0, "strategy.server_momentum", self.server_momentum, "in [0, 1)")
+        _check(self.eta > 0, "strategy.eta", self.eta, "> 0")
+        _check(0.0 <= self.beta_1 < 1.0, "strategy.beta_1", self.beta_1, "in [0, 1)")
+        _check(0.0 <= self.beta_2 < 1.0, "strategy.beta_2", self.beta_2, "in [0, 1)")
+        _check(self.tau > 0, "strategy.tau", self.tau, "> 0")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in sorted({key for keys in self.PARAMETERS.values() for key in keys} - set(self.PARAMETERS[self.name])):
+            readers = [name for name, keys in self.PARAMETERS.items() if key in keys]
+            readers_text = " and ".join([", ".join(readers[:-1]), readers[-1]] if len(readers) > 1 else readers)
+            _check(
+                getattr(self, key) == defaults[key],
+                f"strategy.{key}",
+                getattr(self, key),
+                f"left at its default {defaults[key]!r} with strategy.name = {self.name!r}, which does not use it "
+                f"(only {readers_text} do{'es' if len(readers) == 1 else ''})",
+            )
+
+    def check_central_dp(self, central: bool) -> None:
+        """Refuse a server-side optimizer under ``privacy.mode=central``.
+
+        Why: Flower's central-DP wrappers add the noise to whatever the wrapped strategy returns, i.e. after
+        FedAvgM's momentum or FedAdam's per-coordinate scaling, which can move the model further on one site's
+        update than the noise (``sigma x clip / sites``) covers, and whose state remembers un-noised updates.
+        Flower's fixed-clipping accountant refuses such a strategy itself; the adaptive wrapper would not.
+
+        Raises
+        ------
+        ConfigError
+            If ``central`` and ``name`` is not one of `CENTRAL_DP_NAMES`.
+        """
+        _check(
+            not central or self.name in self.CENTRAL_DP_NAMES,
+            "strategy.name",
+            self.name,
+            f"one of {', '.join(self.CENTRAL_DP_NAMES)} with privacy.mode=central (Flower's central-DP noise is "
+            "calibrated for FedAvg's mean, not for a server optimizer's step); use privacy.mode=local (DP-SGD on each "
+            "site) with a server-side optimizer",
+        )
 
 
 @dataclass(frozen=True)
@@ -415,10 +500,14 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where the server writes the run directory."""
+    """Where the server writes the run directory, and which stopped run it continues."""
 
     run_dir: str = "~/.fedmammo/runs/latest"
     save_checkpoints: bool = True
+    """Save the global model and the run's checkpoint after each round's training and evaluation (needed to resume)."""
+    resume_from: str = ""
+    """A stopped run's folder: continue it from its last checkpoint, in that folder (`server.resume`); empty: a new
+    run. Only ``strategy.num_rounds``, timeouts, ``training.device`` and ``output.*`` may differ from its config."""
 
 
 SECAGG_MODULUS = 2**32
@@ -583,6 +672,58 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class PersonalizationConfig:
+    """Models fitted to each site on top of the global one, for sites whose images are shifted (other scanners).
+
+    ``fedbn`` (Li et al. 2021, FedBN): every normalization layer's weights and statistics (`common.models.norm_layers`)
+    stay at the site that trained them and never enter a reply; the server averages the other layers only, and each
+    site trains and evaluates the shared layers with its own normalization. ``fine_tune_epochs`` > 0: in the last
+    round's evaluation each site also fine-tunes a copy of the global model for that many epochs on its own training
+    split (DP-SGD under local privacy, charged to its ledger like a round) and reports both models' test figures; the
+    fine-tuned model never leaves the site.
+    """
+
+    fedbn: bool = False
+    fine_tune_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.fine_tune_epochs >= 0,
+            "personalization.fine_tune_epochs",
+            self.fine_tune_epochs,
+            ">= 0 (0 = no fine-tuning; N = N epochs on each site's training split in the last round's evaluation)",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any personalization is asked for."""
+        return self.fedbn or self.fine_tune_epochs > 0
+
+    def check_study(self, study: bool) -> None:
+        """A study trains several models in one run and scores each across sites: neither fits personalization.
+
+        Raises
+        ------
+        ConfigError
+            If personalization is asked for with ``study.enabled``: a FedBN model's local layers would be shared
+            by every model of the study at a site, and a study's evaluation has no fine-tuning step.
+        """
+        _check(
+            not (study and self.fedbn),
+            "personalization.fedbn",
+            self.fedbn,
+            "false with study.enabled = true (a study trains several models in one run, and each site would mix "
+            "their local normalization layers); compare FedBN with FedAvg as two `fedmammo simulate` runs",
+        )
+        _check(
+            not (study and self.fine_tune_epochs > 0),
+            "personalization.fine_tune_epochs",
+            self.fine_tune_epochs,
+            "0 with study.enabled = true (a study scores its models without fine-tuning them at each site)",
+        )
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Everything one run needs; one instance per entry point, passed down explicitly."""
 
@@ -597,6 +738,7 @@ class AppConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self, "")
@@ -606,6 +748,7 @@ class AppConfig:
             central_clipping=self.privacy.central_clipping if self.privacy.central else None,
         )
         explicit_class_weights(self.training.class_weights, self.model.num_classes)  # one weight per class
+        self.personalization.check_study(self.study.enabled)
         self.training.check_patch_stage(self.data.image_size, self.strategy.num_rounds, self.model.name)
         if self.study.enabled and self.privacy.central:
             # A model trained by one node under Flower's central-DP wrapper gets its noise sigma*C/1, a federation of

@@ -15,6 +15,7 @@ from server.report.class_section import render_class_section
 from server.report.epsilons import final_epsilons
 from server.report.final_round import mark_final_round
 from server.report.page import render_page
+from server.report.personalization_section import render_personalization_section
 from server.report.plots import (
     CLASS_ROC_PLOT,
     EPSILON_PLOT,
@@ -272,6 +273,7 @@ def build_report(run_dir: str | Path) -> Path:
         target_specificity=operating_point_text(config)[1],
         class_names=class_names,
         class_section=render_class_section(results, class_names) if class_names else "",
+        personalization_section=render_personalization_section(results, config),
     )
     folder.report_path.write_text(html_text, encoding="utf-8")
     logger.info("wrote %s with %d plot(s)", folder.report_path, len(plots))

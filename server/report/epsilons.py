@@ -6,6 +6,7 @@ from `final_epsilons`, so the two cannot disagree on what a site has spent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,9 +15,16 @@ from server.report.metrics_rows import PHASES, POOLED_SITE
 
 __all__ = ["final_epsilons", "spent_epsilons"]
 
+_FINE_TUNED_EPSILON = wire.fine_tuned_key(wire.EPSILON)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 def spent_epsilons(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Each site's largest epsilon over its train rows, declined ones included (they carry the ledger's).
+    """Each site's largest epsilon over its train rows, declined ones included (they carry the ledger's), and over
+    its evaluation rows' ``ft_epsilon`` (the ledger's after the last round's fine-tuning).
 
     Why declined rows count: a site that declined its later rounds (or all of them) has still spent what its
     ledger holds; epsilon only grows, so the largest figure is the latest one. Failed rows carry no figure.
@@ -26,6 +34,10 @@ def spent_epsilons(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if row.get("phase") == "train" and wire.EPSILON in row and ("error" not in row or row.get("declined")):
             site = str(row["site"])
             spent[site] = max(spent.get(site, 0.0), float(row[wire.EPSILON]))
+        elif row.get("phase") == "evaluate" and "error" not in row and _finite(row.get(_FINE_TUNED_EPSILON)):
+            # The last round's fine-tuning (personalization.fine_tune_epochs) spends privacy too, after every round.
+            site = str(row["site"])
+            spent[site] = max(spent.get(site, 0.0), float(row[_FINE_TUNED_EPSILON]))
     return spent
 
 

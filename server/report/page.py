@@ -178,6 +178,7 @@ def render_page(
     target_specificity: float,
     class_names: Sequence[str] = (),
     class_section: str = "",
+    personalization_section: str = "",
 ) -> str:
     """The whole report page as a string.
 
@@ -185,9 +186,9 @@ def render_page(
     relatively, so the folder can be moved or zipped; ``notes`` say what is missing and why (no ROC data,
     privacy off, ...). A site whose figures are older than the final round (`server.report.final_round`) gets
     a Round column and a warning saying why. Every text is HTML-escaped here (a run folder's files are input a
-    reader may have edited), except ``class_section``, HTML that
-    `server.report.class_section` already escaped. ``class_names`` (more than two classes) say which class
-    the headline results are about.
+    reader may have edited), except ``class_section`` and ``personalization_section``, HTML that
+    `server.report.class_section` and `server.report.personalization_section` already escaped. ``class_names``
+    (more than two classes) say which class the headline results are about.
     """
     settings_rows = [("", [escape(name), escape(value)]) for name, value in settings]
     parts = [
@@ -209,13 +210,21 @@ def render_page(
         parts.insert(-1, f'<p class="note">{note}</p>')
     if class_section:
         parts.append(class_section)
+    if personalization_section:
+        parts.append(personalization_section)
+    skipped = [f for f in failures if f.get("skipped")]  # the round as a whole (strategy.min_nodes), no one site
     declined = [f for f in failures if f.get("declined")]
-    failed = [f for f in failures if not f.get("declined")]
-    for title, entries in (("Rounds declined by a site's privacy ceiling", declined), ("Failed site replies", failed)):
+    failed = [f for f in failures if not f.get("declined") and not f.get("skipped")]
+    for title, entries in (
+        ("Rounds skipped (too few sites)", skipped),
+        ("Rounds declined by a site's privacy ceiling", declined),
+        ("Failed site replies", failed),
+    ):
         if entries:
             items = "".join(
-                f"<li>round {escape(str(f.get('round')))}, {escape(str(f.get('phase')))}, site "
-                f"{escape(str(f.get('site')))}: {escape(str(f.get('error')))}</li>"
+                f"<li>round {escape(str(f.get('round')))}, {escape(str(f.get('phase')))}"
+                + ("" if f.get("skipped") else f", site {escape(str(f.get('site')))}")
+                + f": {escape(str(f.get('error')))}</li>"
                 for f in entries
             )
             parts.append(f'<h2>{escape(title)}</h2><ul class="warn">{items}</ul>')
