@@ -203,7 +203,8 @@ class GatedTask:
                 self.log.append({**self.entry, "decision": "error", "reason": reply.error.reason})
                 return push_message(client, reply, context)
             try:
-                check_reply(self.policy, reply.content, trains=self.entry["trains"])
+                train_message = self.entry["message_type"] == MessageType.TRAIN
+                check_reply(self.policy, reply.content, trains=self.entry["trains"], train_message=train_message)
             except PolicyRefused as refusal:
                 withheld = describe_content(reply.content)
                 self.log.append({**self.entry, "decision": "withheld", "reason": str(refusal), "withheld": withheld})

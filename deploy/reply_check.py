@@ -53,7 +53,7 @@ def reported(content: RecordDict, key: str) -> float | None:
     return None
 
 
-def _check_config_record(key: str, record: ConfigRecord, *, trains: bool) -> None:
+def _check_config_record(key: str, record: ConfigRecord, *, trains: bool, train_message: bool) -> None:
     if key == wire.SITE_KEY:
         extra = sorted(set(record) - SITE_KEYS)
     elif key in METRIC_CONFIG_RECORDS:
@@ -61,8 +61,8 @@ def _check_config_record(key: str, record: ConfigRecord, *, trains: bool) -> Non
         extra += sorted(n for n in record if not n.startswith((SECAGG_SITE, SECAGG_METRICS)))
     elif key == STATUS_RECORD:  # Flower's legacy status: a code and, from our app, an empty message
         extra = sorted(set(record) - {"code", "message"}) + (["message"] if record.get("message") else [])
-    elif key == RECORD_KEY_CONFIGS and trains:
-        return
+    elif key == RECORD_KEY_CONFIGS and train_message:  # SecAgg+'s steps are train messages; one carries the model
+        extra = [Key.MASKED_PARAMETERS] if Key.MASKED_PARAMETERS in record and not trains else []
     else:
         raise PolicyRefused(f"config record {key!r} is not one the hospital's policy lets leave in this reply")
     if extra:
@@ -76,8 +76,11 @@ def _sends_model(content: RecordDict) -> bool:
     )
 
 
-def check_reply(policy: HospitalPolicy, content: RecordDict, *, trains: bool) -> None:
+def check_reply(policy: HospitalPolicy, content: RecordDict, *, trains: bool, train_message: bool = False) -> None:
     """Withhold a reply that would send what the policy does not allow.
+
+    ``trains``: the message carried the model to train (a round's training); ``train_message``: it was a train
+    message at all (SecAgg+'s key-exchange and unmask steps are train messages without a model).
 
     Raises
     ------
@@ -91,7 +94,7 @@ def check_reply(policy: HospitalPolicy, content: RecordDict, *, trains: bool) ->
             if policy.require_secure_aggregation:
                 raise PolicyRefused(f"record {key!r} would send the model unmasked; the policy requires SecAgg+")
         elif isinstance(record, ConfigRecord):
-            _check_config_record(key, record, trains=trains)
+            _check_config_record(key, record, trains=trains, train_message=train_message or trains)
     for key, record in _metric_records(content):
         for name in record:
             if not any(fnmatchcase(name, pattern) for pattern in policy.allowed_metrics):

@@ -220,6 +220,11 @@ def test_secagg_replies_are_checked_by_their_own_names() -> None:
         check_reply(policy, RecordDict({"secaggplus_configs": masked}), trains=True)
     with pytest.raises(PolicyRefused, match="config record 'secaggplus_configs' is not one"):
         check_reply(policy, RecordDict({"secaggplus_configs": masked}), trains=False)
+    # SecAgg+'s key exchange and unmask steps: train messages without a model; their record leaves, a model not.
+    keys = ConfigRecord({"pk1": b"\x01" * 8, "pk2": b"\x02" * 8})
+    check_reply(policy, RecordDict({"secaggplus_configs": keys}), trains=False, train_message=True)
+    with pytest.raises(PolicyRefused, match=r"'secaggplus_configs' holds \['masked_params'\]"):
+        check_reply(policy, RecordDict({"secaggplus_configs": masked}), trains=False, train_message=True)
     legacy = ConfigRecord({"metrics.epsilon": 1.0, "metrics.noise_multiplier": 1.2, "metrics.num-examples": 12,
                            "site.name": "hospital-a"})  # fmt: skip
     check_reply(policy, RecordDict({"secaggplus_configs": masked, "fitres.metrics": legacy}), trains=True)
