@@ -268,7 +268,8 @@ class RecordingStrategy(Strategy):
         if self.shared_layers is not None:  # FedBN: every strategy gets whole models, the sites' norms left out
             self.shared_layers.complete(server_round, replies)
         self._weigh_uniformly(replies)
-        usable = sum(not m.has_error() for m in replies)
+        # Sites that answered: trained, or sat the round out (they took part and spent nothing); failures do not count.
+        usable = sum(not m.has_error() for m in replies) + len(idle)
         if usable < self.min_nodes:  # too few sites to average: publishing it would expose (or overfit) them
             reason = (
                 f"{usable} usable training repl{'y' if usable == 1 else 'ies'}; strategy.min_nodes is {self.min_nodes}"
