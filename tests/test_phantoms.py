@@ -14,8 +14,7 @@ from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, Expli
 
 from common.data import MANIFEST_COLUMNS, ManifestRow, read_manifest
 from common.errors import ConfigError
-from simulations.phantoms import generate as generate_module
-from simulations.phantoms import generate_federation, generate_site, scanner_profile
+from simulations.phantoms import dicom_writer, generate_federation, generate_site, scanner_profile
 
 SCALE = 0.25  # 128 x 104 px images for site 0: fast, lesions still several pixels wide
 
@@ -233,7 +232,7 @@ def test_existing_site_is_reused_and_changed_arguments_regenerate(tmp_path: Path
 
 def test_crash_mid_site_leaves_no_half_site_or_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
-    real_write = generate_module.write_dicom
+    real_write = dicom_writer.write_dicom  # looked up when a site is written, not when generate is imported
     written: list[Path] = []
 
     def failing_write(path: Path, *args: object) -> Path:
@@ -242,7 +241,7 @@ def test_crash_mid_site_leaves_no_half_site_or_temp_folder(tmp_path: Path, monke
         written.append(real_write(path, *args))
         return path
 
-    monkeypatch.setattr(generate_module, "write_dicom", failing_write)
+    monkeypatch.setattr(dicom_writer, "write_dicom", failing_write)
     # Execute
     with pytest.raises(OSError, match="disk full"):
         generate_site(tmp_path / "site_0", site_index=0, num_images=8, seed=2, matrix_scale=0.15)

@@ -2,6 +2,7 @@
 
 from common.models.adapters import GRAYSCALE_MODES
 from common.models.norm import NORM_POLICIES, FrozenBatchNorm2d
+from common.models.norm_layers import model_norm_state_names, norm_state_names
 from common.models.registry import available_models, build_model, input_size, min_input_size
 from common.models.weights import adapt_input_conv
 from common.models.weights_card import CARD_FORMAT_VERSION, card_path, check_weights_card, read_card, write_card
@@ -18,6 +19,8 @@ __all__ = [
     "check_weights_card",
     "input_size",
     "min_input_size",
+    "model_norm_state_names",
+    "norm_state_names",
     "read_card",
     "write_card",
 ]

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from simulations.hydra_config import compose_simulation
 from simulations.launcher import SimulationResources, run_simulation
 from simulations.phantoms import generate_configured_federation
 
-__all__ = ["main", "measure_rounds", "measure_step_times"]
+__all__ = ["main", "measure_rounds", "measure_step_times", "round_ends", "round_walls"]
 
 
 def measure_rounds(config: AppConfig, resources: SimulationResources, run_dir: Path) -> dict[str, Any]:
@@ -43,7 +43,28 @@ def measure_rounds(config: AppConfig, resources: SimulationResources, run_dir: P
     run_dir = run_simulation(config, run_dir, resources=resources)  # run_dir-2 if run_dir already held a run
     total = time.time() - started
     rows = RunDirectory(run_dir).read_metrics()
-    ends = {r["round"]: r["time"] for r in rows if r["phase"] == "evaluate" and r["site"] == "pooled"}
+    ends = round_ends(rows)
+    rounds = round_walls(rows)
+    return {
+        "total_s": total,
+        "first_round_end_s": ends.get(1, float("nan")) - started if ends else float("nan"),
+        "rounds": rounds,
+        "mean_round_s": statistics.fmean(r["wall_s"] for r in rounds) if rounds else float("nan"),
+        "mean_outside_share": statistics.fmean(r["outside_share"] for r in rounds) if rounds else float("nan"),
+    }
+
+
+def round_ends(rows: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    """Round number to the time its pooled evaluation row was written (the round's end), from metrics rows."""
+    return {r["round"]: r["time"] for r in rows if r["phase"] == "evaluate" and r["site"] == "pooled"}
+
+
+def round_walls(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per round after the first: wall seconds (previous round's end to its own), site work and the share outside.
+
+    Site work is the sum of every site's reported ``seconds`` (training and scoring) in that round.
+    """
+    ends = round_ends(rows)
     rounds = []
     for rnd in sorted(ends):
         if rnd - 1 not in ends:
@@ -52,13 +73,7 @@ def measure_rounds(config: AppConfig, resources: SimulationResources, run_dir: P
         wall = ends[rnd] - ends[rnd - 1]
         site_work = sum(r["seconds"] for r in site_rows)
         rounds.append({"round": rnd, "wall_s": wall, "site_work_s": site_work, "outside_share": 1 - site_work / wall})
-    return {
-        "total_s": total,
-        "first_round_end_s": ends.get(1, float("nan")) - started if ends else float("nan"),
-        "rounds": rounds,
-        "mean_round_s": statistics.fmean(r["wall_s"] for r in rounds) if rounds else float("nan"),
-        "mean_outside_share": statistics.fmean(r["outside_share"] for r in rounds) if rounds else float("nan"),
-    }
+    return rounds
 
 
 def measure_step_times(config: AppConfig, *, arch: str = "resnet18", repeats: int = 10) -> dict[str, float]:

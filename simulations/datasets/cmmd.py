@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.data import read_manifest_header
 from common.errors import ManifestError
 from simulations.datasets.tables import find_table, read_table
 
@@ -40,6 +39,8 @@ def read_cmmd(source: str | Path) -> list[dict[str, object]]:
         If the clinical table is missing or lacks ``ID1``/``LeftRight``/``classification``, or no DICOM
         file matches it.
     """
+    from common.data import read_manifest_header  # pydicom: here, not when the CLI builds its parser
+
     source = Path(source).expanduser()
     table = find_table(source, ("CMMD_clinicaldata_revision", "CMMD_clinicaldata"))
     labels: dict[tuple[str, str], str] = {}

@@ -1,20 +1,22 @@
-"""Synthetic "phantom hospitals": deterministic mammography DICOM sites, each with its own scanner."""
+"""Synthetic "phantom hospitals": deterministic mammography DICOM sites, each with its own scanner.
 
-from __future__ import annotations
+Each name below imports its submodule on first use (`common.lazy_exports`).
+"""
 
-from simulations.phantoms.generate import (
-    GENERATOR_VERSION,
-    generate_configured_federation,
-    generate_federation,
-    generate_site,
+from common.lazy_exports import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "simulations.phantoms.generate": (
+            "GENERATOR_VERSION",
+            "generate_configured_federation",
+            "generate_federation",
+            "generate_site",
+        ),
+        "simulations.phantoms.scanners": (
+            "ScannerProfile",
+            "scanner_profile",
+        ),
+    },
 )
-from simulations.phantoms.scanners import ScannerProfile, scanner_profile
-
-__all__ = [
-    "GENERATOR_VERSION",
-    "ScannerProfile",
-    "generate_configured_federation",
-    "generate_federation",
-    "generate_site",
-    "scanner_profile",
-]

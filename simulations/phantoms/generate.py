@@ -12,9 +12,6 @@ from pathlib import Path
 from common.config import FederationConfig
 from common.data import write_manifest
 from common.errors import ConfigError
-from simulations.phantoms.dicom_writer import ImageHeader, phantom_uid, write_dicom
-from simulations.phantoms.patients import VIEWS, patient_age, patient_findings, render_patient
-from simulations.phantoms.scanners import scanner_profile
 
 __all__ = ["GENERATOR_VERSION", "STAMP_NAME", "generate_configured_federation", "generate_federation", "generate_site"]
 
@@ -128,6 +125,11 @@ def generate_site(
 
 
 def _write_site(work: Path, stamp: dict[str, object]) -> None:
+    # Imported here: rendering needs scipy and pydicom, reusing a site on disk (every run's start) does not.
+    from simulations.phantoms.dicom_writer import ImageHeader, phantom_uid, write_dicom
+    from simulations.phantoms.patients import VIEWS, patient_age, patient_findings, render_patient
+    from simulations.phantoms.scanners import scanner_profile
+
     seed, site_index, num_images = int(stamp["seed"]), int(stamp["site_index"]), int(stamp["num_images"])
     profile = scanner_profile(site_index)
     num_patients = (num_images + len(VIEWS) - 1) // len(VIEWS)
