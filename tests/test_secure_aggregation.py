@@ -515,8 +515,10 @@ def test_a_federation_with_secure_aggregation_and_local_dp_sgd_runs_end_to_end(
         r["epsilon"] for r in sorted(rows, key=lambda r: r["round"]) if r["site"] == "site-0" and r["phase"] == "train"
     ]
     assert 0 < epsilons[0] < epsilons[1]  # the same DP-SGD and ledger as a plain round
-    rounds = sum("[ROUND " in line for line in lines)  # Flower logs each line twice here, in two formats
-    assert rounds > 0 and sum("Secure aggregation completed" in line for line in lines) == rounds
+    # Both rounds went through SecAgg+ (the pooled train rows above say both were aggregated). Flower logs a line once
+    # or twice depending on which handlers its processes set up, so its lines are counted as at least one a round.
+    assert sum("Secure aggregation completed" in line for line in lines) >= 2
+    assert not any("Secure aggregation halted" in line for line in lines)
     assert (run_dir / "global_model.pt").is_file()
 
 
