@@ -21,50 +21,18 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from common import wire
 from common.config import AppConfig
 from common.config.schema import SECAGG_MODULUS
+from server.delegating_grid import DelegatingGrid
 
 __all__ = ["SecureAggregationGrid"]
 
 logger = logging.getLogger(__name__)
 
 
-class _DelegatingGrid(Grid):
-    """Everything the wrapped grid's, as `server.study.nodes.SubsetGrid` (``create_message`` too, deprecated in Flower
-    but abstract); subclasses change ``send_and_receive``."""
-
-    def __init__(self, grid: Grid) -> None:
-        self._grid = grid
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
-
-
-class _ProtocolGrid(_DelegatingGrid):
+class _ProtocolGrid(DelegatingGrid):
     """The grid Flower's SecAgg+ workflow talks through: each step's timeout, and why each lost node was lost.
 
     The workflow keeps only the nodes that answered; the error a node sent (a declined round's reason) or the step
@@ -234,7 +202,7 @@ def _reply_content(arrays: ArrayRecord, flat: dict[str, Scalar]) -> RecordDict:
     )
 
 
-class SecureAggregationGrid(_DelegatingGrid):
+class SecureAggregationGrid(DelegatingGrid):
     """The run's grid, with each round's training sent through Flower's SecAgg+ workflow instead of in clear.
 
     Flower 1.41 has SecAgg+ only in its legacy workflow, so the new-API strategy's ``start`` loop stays as it is

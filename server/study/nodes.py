@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from common import wire
+from server.delegating_grid import DelegatingGrid
 
 __all__ = ["SiteNodes", "SubsetGrid", "discover_sites"]
 
@@ -23,7 +23,7 @@ RESERVED_NAME = "pooled"
 """The study's all-sites column: a site that calls itself so is renamed ``pooled@node-<id>``."""
 
 
-class SubsetGrid(Grid):
+class SubsetGrid(DelegatingGrid):
     """A view of ``grid`` in which only ``node_ids`` exist, so Flower's own strategy (and its ``start`` loop) trains
     one study model on its sites: a site's local model on that site alone, a leave-one-out model on the others.
 
@@ -31,40 +31,13 @@ class SubsetGrid(Grid):
     """
 
     def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._node_ids = tuple(node_ids)
-
-    def set_run(self, run: Run) -> None:
-        """The wrapped grid's."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """The wrapped grid's run."""
-        return self._grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        """The wrapped grid's (deprecated in Flower; kept for the abstract interface)."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         """The subset's nodes that the wrapped grid still lists."""
         connected = set(self._grid.get_node_ids())
         return [node for node in self._node_ids if node in connected]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """The wrapped grid's."""
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """The wrapped grid's."""
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """The wrapped grid's."""
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 @dataclass
