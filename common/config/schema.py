@@ -481,8 +481,21 @@ class EvaluationConfig:
     operating_point: str = "val_specificity"
     target_specificity: float = 0.9
     threshold: float = 0.5
+    exam_rule: str = "max"
+    """How a breast's views (CC, MLO, ...) become one breast score, and a study's breasts one exam score: the
+    ``max`` or ``mean`` of the image scores, or ``learned``: a logistic combination fitted on the site's
+    validation split (falling back to ``max`` where that split cannot fit one)."""
+    localization: bool = True
+    """In the final round, score where the global model looked (Grad-CAM pointing game and box IoU) on the
+    site's test images that carry a lesion mark."""
 
     def __post_init__(self) -> None:
+        _check(
+            self.exam_rule in ("max", "mean", "learned"),
+            "evaluation.exam_rule",
+            self.exam_rule,
+            "'max', 'mean' or 'learned' (a logistic combination fitted on the validation split)",
+        )
         _check(
             self.operating_point in ("val_specificity", "fixed"),
             "evaluation.operating_point",
