@@ -10,9 +10,11 @@ from client.fine_tune import fine_tune_on_site, fine_tunes
 from client.ledger import PrivacyLedger
 from client.ledger_rounds import RoundRelease, release_digest
 from client.local_layers import LocalLayers
+from client.localization import localization_on_site, localizes
 from client.safe_reply import reply_with_error_on_failure
 from client.secure_aggregation import secure_aggregation_mod
 from client.site import resolve_site, study_ledger
+from client.site_counts import site_count_metrics
 from client.study_scores import score_models_on_site
 from client.task import SatOut, evaluate_on_site, train_on_site
 from common import wire
@@ -177,7 +179,11 @@ def evaluate(msg: Message, context: Context) -> Message:
             wire.SCORE_HIST_POS: hist["positives"],
             # K > 2: per-class scalars, one fixed-size histogram per class and the K x K confusion counts.
             **(outcome.classes.to_flat() if outcome.classes is not None else {}),
+            **outcome.exam,  # breast- and exam-level AUCs, counts and fixed-size histograms (`client.exam_scores`)
             **fine_tuned,
+            # The final round under evaluation.localization: Grad-CAM pointing-game and box-IoU counts.
+            **(localization_on_site(site, config, weights) if localizes(config, _server_round(msg)) else {}),
+            **site_count_metrics(site, config),  # images, patients and cases per class and split, for the model card
         }
     )
     content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: _site_record(site.name, site.pooled)})

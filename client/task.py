@@ -6,13 +6,14 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from client.budget import SiteBudget, check_round
+from client.exam_scores import exam_figures, needs_validation
 from client.noise_secret import site_noise_secret
 from client.site import SiteSpec
 from common.config import AppConfig
@@ -76,6 +77,8 @@ class EvaluateOutcome:
     seconds: float
     classes: ClassEvaluation | None = None
     """Per-class (one vs rest) results, histograms and the argmax confusion matrix; None for a binary model."""
+    exam: dict[str, float | int | list[int]] = field(default_factory=dict)
+    """Breast- and exam-level AUCs, counts and histograms (`client.exam_scores`, keys `common.wire.exam_keys`)."""
 
 
 @dataclass
@@ -325,10 +328,19 @@ def evaluate_on_site(
 
     The headline metrics and histogram are about the last class against the rest (P(last class) as the score);
     with more than two classes ``classes`` adds each class against the rest and the argmax confusion matrix.
+    ``exam`` groups the split's images into breasts and exams by ``evaluation.exam_rule`` (`client.exam_scores`);
+    the ``learned`` rule's validation scores are the ones the operating threshold is chosen on (scored once).
     """
     started = time.perf_counter()
     data = load_site_data(site, config)
-    result, labels, threshold = score_headline(config, data, state_dict, pick_device(config.training.device), split)
+    device, rule = pick_device(config.training.device), config.evaluation.exam_rule
+    manifest = None if site.pooled else site.manifest  # a pooled split has no manifest lines to group by
+    val = (
+        evaluate(model_with(config, state_dict), data.val, batch_size=config.training.batch_size * 2, device=device)
+        if needs_validation(rule, manifest, data.val)
+        else None
+    )
+    result, labels, threshold = score_headline(config, data, state_dict, device, split, val=val)
     metrics = binary_metrics(
         labels,
         result.scores,
@@ -354,17 +366,31 @@ def evaluate_on_site(
         classes=ClassEvaluation.from_predictions(result.labels, result.probabilities, seed=config.seed)
         if config.model.num_classes > 2
         else None,
+        exam=exam_figures(
+            manifest,
+            rule,
+            (getattr(data, split), labels, result.scores),
+            (data.val, headline_labels(val.labels, config), val.scores) if val is not None else None,
+            seed=config.seed,
+        ),
     )
 
 
 def score_headline(
-    config: AppConfig, data: SiteData, state_dict: dict[str, torch.Tensor], device: str, split: str = "test"
+    config: AppConfig,
+    data: SiteData,
+    state_dict: dict[str, torch.Tensor],
+    device: str,
+    split: str = "test",
+    *,
+    val: EvalResult | None = None,
 ) -> tuple[EvalResult, np.ndarray, float]:
     """Score ``split`` with the received weights: the evaluation, the headline labels (the last, most severe class
-    against the rest) and the site's operating threshold (`operating_threshold`). Scores never leave the site."""
+    against the rest) and the site's operating threshold (`operating_threshold`, from ``val`` when the caller has
+    scored the validation split already). Scores never leave the site."""
     model = model_with(config, state_dict)
     result = evaluate(model, getattr(data, split), batch_size=config.training.batch_size * 2, device=device)
-    return result, headline_labels(result.labels, config), operating_threshold(model, data, config, device)
+    return result, headline_labels(result.labels, config), operating_threshold(model, data, config, device, val=val)
 
 
 def headline_labels(labels: np.ndarray, config: AppConfig) -> np.ndarray:
@@ -387,7 +413,9 @@ def headline_labels(labels: np.ndarray, config: AppConfig) -> np.ndarray:
     return (labels == config.model.num_classes - 1).astype(np.int64)
 
 
-def operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfig, device: str) -> float:
+def operating_threshold(
+    model: torch.nn.Module, data: SiteData, config: AppConfig, device: str, *, val: EvalResult | None = None
+) -> float:
     """The site's decision threshold: fixed, or the lowest score-bin edge reaching the target specificity on
     validation.
 
@@ -395,12 +423,13 @@ def operating_threshold(model: torch.nn.Module, data: SiteData, config: AppConfi
     threshold itself sits just above one validation image's score; raised to the next of the fixed edges it
     tells nothing about any image, still reaches the target specificity (a higher threshold calls fewer cases),
     and agrees with the histograms the server pools. Falls back to the fixed threshold when the validation split
-    is empty or has no benign/normal case.
+    is empty or has no benign/normal case. ``val`` is the validation split's evaluation when the caller has it.
     """
     rule = config.evaluation
     if rule.operating_point == "fixed" or len(data.val) == 0:
         return rule.threshold
-    val = evaluate(model, data.val, batch_size=config.training.batch_size * 2, device=device)
+    if val is None:
+        val = evaluate(model, data.val, batch_size=config.training.batch_size * 2, device=device)
     chosen = threshold_at_specificity(headline_labels(val.labels, config), val.scores, rule.target_specificity)
     if np.isnan(chosen):
         return rule.threshold

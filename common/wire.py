@@ -4,15 +4,35 @@ from __future__ import annotations
 
 __all__ = [
     "ARRAYS_KEY",
+    "BREAST_PREFIX",
     "CLASS_HIST_NEG",
     "CLASS_HIST_POS",
     "CONFIG_KEY",
     "CONFUSION_KEYS",
     "CONFUSION_MATRIX",
+    "DATA_COUNT_PREFIX",
+    "DATA_IMAGES",
+    "DATA_LABEL",
+    "DATA_PATIENTS",
+    "DATA_SPLITS",
     "EPSILON",
+    "EXAM_FIGURES",
+    "EXAM_PREFIX",
+    "EXAM_RULE_FALLBACK",
     "FINE_TUNED_PREFIX",
     "FINE_TUNE_DECLINED",
     "FINE_TUNE_EPOCHS",
+    "LOCALIZATION_KEYS",
+    "LOC_BASELINE_BRIGHT_HITS",
+    "LOC_BASELINE_CENTRE_HITS",
+    "LOC_BASELINE_CHANCE_SUM",
+    "LOC_FAILED",
+    "LOC_FLAT_MAPS",
+    "LOC_HITS",
+    "LOC_IMAGES",
+    "LOC_IOU10",
+    "LOC_IOU30",
+    "LOC_IOU_SUM",
     "LOSS",
     "METRICS_KEY",
     "NOISE_MULTIPLIER",
@@ -41,6 +61,10 @@ __all__ = [
     "TRAIN_LOSS",
     "UNIFORM_WEIGHT",
     "class_hist_keys",
+    "data_count_key",
+    "data_label_key",
+    "exam_key",
+    "exam_keys",
     "fine_tuned_key",
     "study_model_key",
     "study_pair_key",
@@ -99,6 +123,52 @@ def class_hist_keys(index: int) -> tuple[str, str]:
     return f"{CLASS_HIST_NEG}{index}", f"{CLASS_HIST_POS}{index}"
 
 
+# Site data counts (`client.site_counts`): each evaluation reply says how many images, patients and cases of each
+# class the site holds per split, so the model card can describe its training sites (`server.model_card`).
+DATA_COUNT_PREFIX = "data_"
+"""Prefix of every count entry; these are counts of the site's data, not figures of a model, and are never pooled."""
+DATA_SPLITS = ("train", "val", "test")
+DATA_IMAGES = "images"
+DATA_PATIENTS = "patients"
+DATA_LABEL = "label_"
+
+
+def data_count_key(split: str, what: str) -> str:
+    """The evaluate-reply key of ``split``'s count of ``what`` (`DATA_IMAGES`, `DATA_PATIENTS`): ``data_val_images``."""
+    return f"{DATA_COUNT_PREFIX}{split}_{what}"
+
+
+def data_label_key(split: str, label: int) -> str:
+    """The evaluate-reply key of ``split``'s number of images with class index ``label``: ``data_test_label_1``."""
+    return data_count_key(split, f"{DATA_LABEL}{label}")
+
+
+# Exam-level entries (`client.exam_scores`, `server.exam_pooling`): images grouped into breasts and exams by
+# `common.metrics.exam`. Every binary or multi-class evaluate reply holds all of them (Flower's FedAvg refuses a round
+# whose replies differ in metric names); a site whose test split has no study with several views sends counts 0,
+# AUC NaN and empty histograms.
+BREAST_PREFIX = "breast_"
+"""Prefix of the per-breast figures (a breast: one study's images of one side, CC and MLO combined)."""
+EXAM_PREFIX = "exam_"
+"""Prefix of the per-exam figures (an exam: one study's images, both breasts combined)."""
+EXAM_FIGURES = ("auc", "num_cases", "num_positives", "num_negatives", "hist_neg", "hist_pos")
+"""Each level's figures: exact AUC at the site, breasts/exams counted (all, label 1, label 0), and their fixed-bin
+score histograms (as `SCORE_HIST_NEG`/`SCORE_HIST_POS`), which the server sums into the pooled AUC."""
+EXAM_RULE_FALLBACK = "exam_rule_fallback"
+"""1 when ``evaluation.exam_rule = learned`` fell back to ``max`` at the site (its validation breasts could not fit
+a combination), else 0."""
+
+
+def exam_key(prefix: str, figure: str) -> str:
+    """The evaluate-reply key of a level's figure: ``exam_key(BREAST_PREFIX, "auc") == "breast_auc"``."""
+    return f"{prefix}{figure}"
+
+
+def exam_keys() -> tuple[str, ...]:
+    """Every exam-level key an evaluate reply holds."""
+    return (*(exam_key(p, f) for p in (BREAST_PREFIX, EXAM_PREFIX) for f in EXAM_FIGURES), EXAM_RULE_FALLBACK)
+
+
 # Cross-site study entries (`fedmammo study`; `server.study`, `client.study_scores`).
 SITE_POOLED = "pooled"
 """1 in a node's site record when it holds every site's training data (the study's centralized reference,
@@ -150,3 +220,42 @@ FINE_TUNE_EPOCHS = f"{FINE_TUNED_PREFIX}epochs"
 def fine_tuned_key(key: str) -> str:
     """The evaluate-reply key of the fine-tuned model's figure ``key`` (``auc`` -> ``ft_auc``)."""
     return f"{FINE_TUNED_PREFIX}{key}"
+
+
+# Localization entries (``evaluation.localization``; `client.localization`, `common.metrics.localization_counts`):
+# the final round's evaluate reply counts where the global model's Grad-CAM pointed on the site's lesion-marked test
+# images of the last class. Every site sends all of them (zeros when it has no such image), as FedAvg refuses a round
+# whose replies differ in metric names. Counts only: the server sums them and derives the rates.
+LOC_IMAGES = "loc_images"
+"""Images scored: lesion-marked test images whose label is the last class (at most `client.localization`'s cap)."""
+LOC_HITS = "loc_hits"
+"""Of those, the images whose heatmap maximum lies in the lesion (the pointing game)."""
+LOC_IOU_SUM = "loc_iou_sum"
+"""Sum over the scored images of the suspicious box's IoU with the lesion's box (divided by `LOC_IMAGES`: mean)."""
+LOC_IOU10 = "loc_iou10"
+"""Images whose box IoU is at least 0.1."""
+LOC_IOU30 = "loc_iou30"
+"""Images whose box IoU is at least 0.3."""
+LOC_BASELINE_BRIGHT_HITS = "loc_baseline_bright_hits"
+"""Images whose brightest spot lies in the lesion: what a model pointing at "bright" would score."""
+LOC_BASELINE_CENTRE_HITS = "loc_baseline_centre_hits"
+"""Images whose breast centre (centroid of the tissue) lies in the lesion."""
+LOC_BASELINE_CHANCE_SUM = "loc_baseline_chance_sum"
+"""Sum of each lesion's share of its breast: the hits expected of a point drawn at random over the breast."""
+LOC_FLAT_MAPS = "loc_flat_maps"
+"""Images whose heatmap was zero everywhere (no evidence for the last class anywhere): misses, counted apart."""
+LOC_FAILED = "loc_failed"
+"""1 when the site could not compute heatmaps (the reason is in its log; its other figures are kept), else 0."""
+LOCALIZATION_KEYS = (
+    LOC_IMAGES,
+    LOC_HITS,
+    LOC_IOU_SUM,
+    LOC_IOU10,
+    LOC_IOU30,
+    LOC_BASELINE_BRIGHT_HITS,
+    LOC_BASELINE_CENTRE_HITS,
+    LOC_BASELINE_CHANCE_SUM,
+    LOC_FLAT_MAPS,
+    LOC_FAILED,
+)
+"""Every localization entry of an evaluate reply."""

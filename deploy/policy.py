@@ -54,6 +54,14 @@ DEFAULT_ALLOWED_METRICS: tuple[str, ...] = (
     "ft_sensitivity", "ft_specificity", "ft_ppv", "ft_npv", "ft_f1", "ft_balanced_accuracy", "ft_accuracy",
     "ft_sensitivity_at_specificity", "ft_num_positives", "ft_num_negatives", "ft_epsilon", "ft_epochs", "ft_seconds",
     "ft_declined",
+    # exam level: per breast and per exam (study) the AUC, counts and fixed-size score histograms
+    "breast_auc", "breast_num_cases", "breast_num_positives", "breast_num_negatives", "breast_hist_neg",
+    "breast_hist_pos", "exam_auc", "exam_num_cases", "exam_num_positives", "exam_num_negatives", "exam_hist_neg",
+    "exam_hist_pos", "exam_rule_fallback",
+    # the site's data as counts per split (train, val, test) for the model card: images, patients, cases per class
+    "data_*_images", "data_*_patients", "data_*_label_*",
+    # evaluation.localization (final round): counts of lesion-marked test images the Grad-CAM peak / box / baselines hit
+    *wire.LOCALIZATION_KEYS,
 )  # fmt: skip
 """Every metric name fedmammo's app sends; all are counts, rates or fixed-size histograms, never per image."""
 

@@ -10,6 +10,8 @@ from flwr.app import MetricRecord, RecordDict
 
 from common import wire
 from common.metrics import ClassEvaluation, ScoreHistogram, confusion_metrics, histogram_metrics
+from server.exam_pooling import pool_exam_metrics
+from server.localization_pooling import pool_localization_metrics
 
 __all__ = [
     "metric_classes",
@@ -98,6 +100,8 @@ def pool_evaluate_metrics(records: list[RecordDict], weight_key: str) -> MetricR
         values.update(confusion_metrics(**counts))
         values.update(counts)
     values.update(_pool_classes(records))
+    values.update(pool_exam_metrics([_metrics(r) for r in records]))  # breast and exam level, when sites sent any
+    values.update(pool_localization_metrics([_metrics(r) for r in records]))  # the final round's heatmap counts
     return MetricRecord(values)
 
 

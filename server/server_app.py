@@ -15,6 +15,7 @@ from common import wire
 from common.config import AppConfig, load_config
 from common.privacy.noise_seed import simulation_noise_seed
 from server.model_arrays import final_weights, initial_arrays
+from server.model_card import federation_card_fields, write_model_card
 from server.report import RunDirectory, build_report
 from server.report.run_folder import server_run_dir
 from server.resume import checkpointed_rounds, resume_point
@@ -71,6 +72,8 @@ def run_federation(grid: Grid, config: AppConfig) -> Path:
     if strategy.central is not None:  # the noise the server used (derived when target_epsilon is set)
         summary["privacy"]["noise_multiplier"] = strategy.central.noise_multiplier
     run_dir.write_summary(summary)
+    card = federation_card_fields(config, summary, run_dir.read_metrics(), trained=len(rounds.released_arrays) > 0)
+    write_model_card(run_dir.path / "global_model.pt", card)  # global_model.pt.json (SHA-256) and .md beside it
     report = build_report(run_dir.path)
     logger.info("report written to %s", report)
     return run_dir.path

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.config import AppConfig
+from common.metrics.localization_counts import localization_figures
 from server.report import POOLED_SITE, latest_rows, nest_class_results
 from server.report.epsilons import final_epsilons
 from server.report.final_round import FINAL_ROUND, mark_final_round
@@ -30,6 +31,7 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
     for site in sorted(set(evaluated) | set(trained) | set(epsilons)):
         entry = {k: v for k, v in evaluated.get(site, {}).items() if k not in ("phase", "site")}
         entry["epsilon"] = epsilons.get(site, 0.0)
+        entry.update(localization_figures(entry))  # the final round's hit rate, CI, mean IoU and baselines, if sent
         sites[site] = entry
     last_round = mark_final_round(sites, rows)
     pooled = sites.pop(POOLED_SITE, {})
@@ -47,6 +49,9 @@ def build_summary(config: AppConfig, rows: Sequence[Mapping[str, Any]], *, durat
         "classes": list(names),
         "image_size": config.data.image_size,
         "strategy": config.strategy.name,
+        # Views -> breast -> exam; each entry's breast_auc/exam_auc and counts (when its test split had studies
+        # of several views) are scored by this rule (`common.metrics.exam`).
+        "exam_rule": config.evaluation.exam_rule,
         "sites": sites,
         "pooled": pooled,
         "privacy": {

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from client.check_data_cli import add_check_data_parser
+from client.predict.cli import add_predict_parser
 from common.config import AppConfig, FederationConfig
 from common.errors import ConfigError, FedMammoError, ModelError
 from simulations.cli_prepare import add_prepare_parser
@@ -170,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     add_study_parser(commands)
     add_prepare_parser(commands)
     add_check_data_parser(commands)
+    add_predict_parser(commands)
 
     report = commands.add_parser(
         "report", help="rebuild report.html and plots from a run directory (study.html from a study's folder)"

@@ -19,6 +19,9 @@ from tests.test_ledger import refuse_writes_in
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
+_EXAM_LISTS = {key for key in wire.exam_keys() if key.endswith(("hist_neg", "hist_pos"))}
+"""The breast- and exam-level score histograms of an evaluate reply (`client.exam_scores`)."""
+
 
 def _config(data_dir: Path, tmp_path: Path, **overrides: object) -> AppConfig:
     values = {
@@ -210,7 +213,7 @@ def test_evaluate_reply_holds_metrics_and_fixed_size_histograms(tiny_federation:
     assert sum(metrics[wire.SCORE_HIST_NEG]) + sum(metrics[wire.SCORE_HIST_POS]) == n
     assert {"auc", "sensitivity", "specificity"} <= set(metrics.keys())
     assert wire.NUM_CLASSES not in metrics and "macro_auc" not in metrics  # a binary reply is as it always was
-    _assert_only_arrays_and_scalars(reply, allowed_lists={wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS})
+    _assert_only_arrays_and_scalars(reply, allowed_lists={wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS, *_EXAM_LISTS})
 
 
 def test_a_three_class_evaluate_reply_adds_per_class_histograms_and_confusion_counts_only(
@@ -230,7 +233,7 @@ def test_a_three_class_evaluate_reply_adds_per_class_histograms_and_confusion_co
         assert sum(metrics[negatives]) + sum(metrics[positives]) == n
     assert metrics[wire.SCORE_HIST_POS] == metrics[wire.class_hist_keys(2)[1]]  # headline: the last class vs rest
     assert {"auc_class0", "auc_ci_low_class1", "num_cases_class2", "macro_auc"} <= set(metrics.keys())
-    allowed = {wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS, wire.CONFUSION_MATRIX, *class_lists}
+    allowed = {wire.SCORE_HIST_NEG, wire.SCORE_HIST_POS, wire.CONFUSION_MATRIX, *class_lists, *_EXAM_LISTS}
     _assert_only_arrays_and_scalars(reply, allowed_lists=allowed, num_classes=3)
 
 

@@ -62,6 +62,8 @@ def test_run_directory_is_complete(finished_run: Path) -> None:
     assert summary["sites"]["site-0"]["epsilon"] > 0 and "auc" in summary["pooled"]
     for name in ("config.yaml", "metrics.jsonl", "roc.json", "global_model.pt", "run_config.toml"):
         assert (finished_run / name).is_file(), name
+    card = json.loads((finished_run / "global_model.pt.json").read_text())  # the model card, and its Markdown
+    assert card["sites"]["site-0"]["images"]["test"] > 0 and (finished_run / "global_model.pt.md").is_file()
     for png in ("roc_per_site.png", "metrics_per_round.png", "epsilon_per_round.png"):
         assert (finished_run / png).stat().st_size > 1000 and png in report
     assert "site-0" in report and "site-1" in report

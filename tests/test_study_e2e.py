@@ -115,6 +115,8 @@ def test_study_folder_is_complete(finished_study: Path, study: dict) -> None:
     html = (finished_study / "study.html").read_text(encoding="utf-8")
 
     assert (finished_study / "models" / "federated.pt").is_file()
+    card = json.loads((finished_study / "models" / "loso_site-1.pt.json").read_text(encoding="utf-8"))
+    assert card["kind"] == "study-arm-model" and not card["sites"]["site-1"]["trained_on"]  # scored where held out
     assert (finished_study / "arms" / "loso_site-1" / "metrics.jsonl").is_file()
     assert "federated" in html and "site-2" in html
     assert study["wall_time_s"] > 0 and study["versions"]["flwr"]

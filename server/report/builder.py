@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from common.metrics import DEFAULT_TARGET_SPECIFICITY, DEFAULT_THRESHOLD
+from server.report.card_section import render_card_section
 from server.report.class_results import class_names_of
 from server.report.class_section import render_class_section
 from server.report.epsilons import final_epsilons
+from server.report.exam_section import exam_rule_of, render_exam_section
 from server.report.final_round import mark_final_round
+from server.report.localization_section import render_localization_section
 from server.report.page import render_page
 from server.report.personalization_section import render_personalization_section
 from server.report.plots import (
@@ -274,6 +277,9 @@ def build_report(run_dir: str | Path) -> Path:
         class_names=class_names,
         class_section=render_class_section(results, class_names) if class_names else "",
         personalization_section=render_personalization_section(results, config),
+        exam_section=render_exam_section(results, exam_rule_of(summary, config)),
+        card_section=render_card_section(folder.path),
+        localization_section=render_localization_section(results, class_names),
     )
     folder.report_path.write_text(html_text, encoding="utf-8")
     logger.info("wrote %s with %d plot(s)", folder.report_path, len(plots))

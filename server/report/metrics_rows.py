@@ -20,6 +20,15 @@ metrics.jsonl: one JSON object per line, {"round": int, "phase": "train" | "eval
                  the last class vs the rest; with more than two classes also num_classes, macro_auc,
                  auc/auc_ci_low/auc_ci_high/num_cases_class<c> per class (one vs rest) and confusion_matrix
                  (K lists of K counts: row = true class, column = argmax prediction).
+                 Exam level (evaluation.exam_rule): breast_/exam_ auc, num_cases, num_positives, num_negatives
+                 and exam_rule_fallback (0 counts and null AUC without studies of several views; the pooled row
+                 has them only when some site counted a breast).
+                 A site's data as counts, for the model card: data_<split>_images, data_<split>_patients and
+                 data_<split>_label_<c> for split train, val and test (not in the pooled row).
+                 Localization (evaluation.localization, final round only): the counts loc_images, loc_hits,
+                 loc_iou_sum, loc_iou10, loc_iou30, loc_baseline_bright_hits, loc_baseline_centre_hits,
+                 loc_baseline_chance_sum, loc_flat_maps, loc_failed; the pooled row sums them and adds loc_hit_rate
+                 (with loc_hit_rate_ci_low/high, Wilson 95%), loc_mean_iou and the baselines' rates.
   site "pooled": all sites as one population (evaluate: metrics from summed score histograms;
                  train: example-weighted mean loss, largest epsilon of any site).
   sat-out train rows: a site that trained on nothing (the patch stage, without lesion marks): num_examples 0,

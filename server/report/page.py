@@ -179,6 +179,9 @@ def render_page(
     class_names: Sequence[str] = (),
     class_section: str = "",
     personalization_section: str = "",
+    exam_section: str = "",
+    card_section: str = "",
+    localization_section: str = "",
 ) -> str:
     """The whole report page as a string.
 
@@ -187,7 +190,8 @@ def render_page(
     privacy off, ...). A site whose figures are older than the final round (`server.report.final_round`) gets
     a Round column and a warning saying why. Every text is HTML-escaped here (a run folder's files are input a
     reader may have edited), except ``class_section`` and ``personalization_section``, HTML that
-    `server.report.class_section` and `server.report.personalization_section` already escaped. ``class_names``
+    `server.report.class_section` and `server.report.personalization_section` already escaped (as is
+    ``exam_section``, `server.report.exam_section`'s). ``class_names``
     (more than two classes) say which class the headline results are about.
     """
     settings_rows = [("", [escape(name), escape(value)]) for name, value in settings]
@@ -208,10 +212,15 @@ def render_page(
         last, others = escape(class_names[-1]), ", ".join(escape(n) for n in class_names[:-1])
         note = f"<b>{last}</b> vs the rest ({others}): the score is the model's probability of {last}."
         parts.insert(-1, f'<p class="note">{note}</p>')
+    if exam_section:
+        parts.append(exam_section)
+    if localization_section:  # `server.report.localization_section`'s, already escaped: next to the AUCs above
+        parts.append(localization_section)
     if class_section:
         parts.append(class_section)
     if personalization_section:
         parts.append(personalization_section)
+    parts.append(card_section)  # `server.report.card_section`'s, already escaped; "" without a model card
     skipped = [f for f in failures if f.get("skipped")]  # the round as a whole (strategy.min_nodes), no one site
     declined = [f for f in failures if f.get("declined")]
     failed = [f for f in failures if not f.get("declined") and not f.get("skipped")]

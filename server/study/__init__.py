@@ -18,6 +18,7 @@ from common.privacy.noise_seed import simulation_noise_seed
 from server.report import RunDirectory
 from server.report.run_folder import server_run_dir
 from server.report.study_page import STUDY_FILE
+from server.study.arm_cards import write_arm_card
 from server.study.arms import ArmResult, StudyArm, plan_arms, train_arm
 from server.study.cross_site import SiteEvaluation, evaluate_across_sites
 from server.study.nodes import SiteNodes, SubsetGrid, discover_sites
@@ -88,6 +89,8 @@ def run_study(grid: Grid, config: AppConfig) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(study, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+    for result in results:  # a card beside each model: models/<arm>.pt.json (SHA-256) and .md
+        write_arm_card(models_dir / f"{file_safe(result.arm.key)}.pt", config, result, study)
     report = build_study_report(folder.path)
     logger.info("study report written to %s", report)
     return folder.path
