@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from common.errors import ModelError
-from common.explain import cam_layer, class_activation_maps, peak_location, scores_and_maps, suspicious_box
+from common.explain import (
+    cam_layer,
+    class_activation_maps,
+    headline_region,
+    peak_location,
+    scores_and_maps,
+    suspicious_box,
+)
 from common.models import available_models, build_model, min_input_size
 
 EXPECTED_LAYERS = {
@@ -141,3 +148,17 @@ def test_the_suspicious_box_holds_the_peak_region_only() -> None:
         suspicious_box(heat, fraction=0)
     with pytest.raises(ValueError, match="non-empty 2-D array"):
         peak_location(np.zeros((2, 2, 2)))
+
+
+def test_headline_region_ignores_the_padding_and_has_no_box_for_a_flat_map() -> None:
+    # Prepare: the map's hottest pixel lies in the padding (rows 0-3), a warmer spot inside the content
+    heatmap = np.zeros((16, 16), dtype=np.float32)
+    heatmap[1, 1] = 1.0
+    heatmap[9:11, 5:7] = 0.5
+    # Execute
+    region = headline_region(heatmap, content=(4, 0, 16, 16))
+    flat = headline_region(np.zeros((16, 16), dtype=np.float32), content=(4, 0, 16, 16))
+    # Assert: the peak and box are the content's spot, renormalised; a flat map points nowhere
+    assert not region.flat and region.peak == (9, 5) and region.box == (9, 5, 11, 7)
+    assert region.cam.max() == pytest.approx(1.0) and region.cam[1, 1] == 0.0
+    assert flat.flat and flat.peak is None and flat.box is None and not flat.cam.any()

@@ -11,6 +11,12 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "common.explain.cam_layers": ("cam_layer", "unwrapped"),
         "common.explain.grad_cam": ("class_activation_maps", "scores_and_maps"),
-        "common.explain.regions": ("peak_location", "suspicious_box"),
+        "common.explain.regions": (
+            "BOX_FRACTION",
+            "HeadlineRegion",
+            "headline_region",
+            "peak_location",
+            "suspicious_box",
+        ),
     },
 )
