@@ -382,3 +382,191 @@ def test_the_learned_exam_rule_falls_back_to_max_in_predict_and_says_why(tmp_pat
     rule = _predictions(tmp_path / "out")["exam_rule"]
     assert status == 0 and rule["name"] == "max" and rule["requested"] == "learned"
     assert "validation split" in rule["note"]
+
+
+def _model_file(tmp_path: Path, model: nn.Module, **card: object) -> Path:
+    """``model`` saved with a card as the server writes it; ``card`` replaces top-level sections of it."""
+    path = tmp_path / "model" / "global_model.pt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), path)
+    write_card(path, {**_card_fields(), **card})
+    return path
+
+
+def _dark_detector() -> nn.Module:
+    """The bright detector with its classes swapped: brightness argues against malignant, so its Grad-CAM is zero."""
+    model = _bright_detector()
+    with torch.no_grad():
+        model.fc.weight.mul_(-1.0)
+    return model
+
+
+def test_a_flat_heatmap_gives_no_box_no_peak_and_says_so_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a model for which every bright pixel argues against malignant (Grad-CAM's ReLU zeroes its map)
+    path = _model_file(tmp_path, _dark_detector())
+    image = _breast("L", SPOT)
+    _write_dicom(tmp_path / "img.dcm", image, laterality="L")
+    out = tmp_path / "out"
+    # Execute
+    status = main(["predict", str(path), str(tmp_path / "img.dcm"), "--out", str(out)])
+    # Assert: the record says flat, with no box or peak (not a box around the whole breast)
+    record = _predictions(out)["images"][0]
+    assert status == 0 and record["status"] == "ok"
+    assert record["box"] is None and record["peak"] is None and record["heatmap"]["flat"] is True
+    assert "no box or peak is given" in record["heatmap"]["note"]
+    assert "no evidence for malignant found" in " ".join(capsys.readouterr().out.split())
+    # the overlay is the plain grey image under the caption: no heat, no box, no cross
+    rgb = np.asarray(Image.open(out / record["outputs"]["overlay"]))
+    grey = np.round(image * 255).astype(np.uint8)
+    below_caption = slice(ROWS // 4, ROWS)
+    for channel in range(3):
+        assert np.array_equal(rgb[below_caption, :, channel], grey[below_caption])
+    # the PACS gets the overlay and a presentation state with the score and the note, no outline
+    assert record["outputs"]["dicom"] == ["img.sc.dcm", "img.gsps.dcm"]
+    annotation = pydicom.dcmread(out / "img.gsps.dcm").GraphicAnnotationSequence[0]
+    assert "GraphicObjectSequence" not in annotation
+    assert "no evidence for malignant found" in annotation.TextObjectSequence[0].UnformattedTextValue
+
+
+def test_a_heatmap_with_evidence_still_gets_its_box_and_a_non_flat_record(tmp_path: Path, model_file: Path) -> None:
+    Image.fromarray(np.round(_breast("L", SPOT) * 255).astype(np.uint8)).save(tmp_path / "left.png")
+    main(["predict", str(model_file), str(tmp_path / "left.png"), "--out", str(tmp_path / "out")])
+    record = _predictions(tmp_path / "out")["images"][0]
+    assert record["heatmap"]["flat"] is False and "no box or peak" not in record["heatmap"]["note"]
+    _assert_on_spot(record, SPOT)
+
+
+def test_a_model_with_nan_weights_fails_each_image_and_the_json_holds_no_nan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a diverged run's weights
+    model = _bright_detector()
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))
+    path = _model_file(tmp_path, model)
+    _write_dicom(tmp_path / "img.dcm", _breast("L", SPOT), laterality="L")
+    out = tmp_path / "out"
+    # Execute
+    status = main(["predict", str(path), str(tmp_path / "img.dcm"), "--out", str(out)])
+    # Assert: a failed record naming the reason; breasts and exams hold no NaN score (the JSON was written strictly)
+    predictions = _predictions(out)
+    (record,) = predictions["images"]
+    assert status == 1 and record["status"] == "failed"
+    assert record["error"].startswith("ModelError: ") and "non-finite scores" in record["error"]
+    assert str(path) in record["error"] and predictions["breasts"] == [] and predictions["exams"] == []
+    assert not list(out.glob("*.dcm")) and "skipped img.dcm" in capsys.readouterr().out
+
+
+def test_a_fedbn_model_is_announced_in_red_in_the_json_and_in_the_card_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a card of a FedBN run (as server.model_card writes it) with its limitations
+    from client.predict.card_summary import FEDBN_WARNING
+
+    training = {
+        "strategy": "fedavg",
+        "rounds_planned": 5,
+        "final_round": 5,
+        "personalization": {"fedbn": True, "fine_tune_epochs": 0, "note": "FedBN: ..."},
+    }
+    limits = [f"limit number {n}." for n in range(1, 6)]
+    path = _model_file(tmp_path, _bright_detector(), training=training, limitations=limits)
+    Image.fromarray(np.round(_breast("L", SPOT) * 255).astype(np.uint8)).save(tmp_path / "left.png")
+    # Execute
+    status = main(["predict", str(path), str(tmp_path / "left.png"), "--out", str(tmp_path / "out")])
+    # Assert
+    text = " ".join(capsys.readouterr().out.split())
+    assert status == 0 and "WARNING: this model was trained with FedBN" in text
+    assert _predictions(tmp_path / "out")["model"]["warnings"] == [FEDBN_WARNING]
+    lines = dict(card_lines(json.loads(card_path(path).read_text())))
+    assert lines["personalization"].startswith("FedBN: this model was trained with FedBN")
+    assert lines["limitations"] == "- limit number 1.\n- limit number 2.\n- limit number 3.\n(and 2 more in the card)"
+    plain = dict(card_lines(_card_fields()))
+    assert "personalization" not in plain and plain["limitations"] == "not recorded"
+
+
+def test_the_model_input_is_training_s_bit_for_bit_after_the_cache_s_uint16_round_trip(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: record what the model is given
+    import client.predict.one_image as one_image
+    from client.predict.model_file import load_predict_model
+    from common.data.image_cache import dequantise, quantise
+
+    seen: list[np.ndarray] = []
+    original = one_image.scores_and_maps
+
+    def recording(model: nn.Module, images: torch.Tensor, target_class: int | None = None) -> tuple:
+        seen.append(images.detach().cpu().numpy()[0, 0].copy())
+        return original(model, images, target_class=target_class)
+
+    monkeypatch.setattr(one_image, "scores_and_maps", recording)
+    image = tmp_path / "right.dcm"
+    _write_dicom(image, _breast("R", _mirrored(SPOT, "R")), laterality="R")
+    model = load_predict_model(model_file)
+    # Execute
+    prediction = one_image.predict_image(model, image)
+    # Assert: what training's cache serves, and the split pipeline is the whole one
+    training_input = dequantise(quantise(model.pipeline.load(image)))
+    assert np.array_equal(seen[0], training_input) and seen[0].dtype == np.float32
+    split, geometry = model.pipeline.preprocess(model.pipeline.read(image), name=image)
+    whole, whole_geometry = model.pipeline.load_with_geometry(image)
+    assert np.array_equal(split, whole) and geometry == whole_geometry == prediction.geometry
+
+
+def test_a_card_whose_preprocessing_settings_differ_is_refused_naming_the_keys(tmp_path: Path) -> None:
+    from client.predict.model_file import load_predict_model
+    from common.data.image_pipeline import ImagePipeline
+    from common.errors import ModelError
+
+    settings = ImagePipeline(image_size=64).settings()
+    path = _model_file(tmp_path, _bright_detector())
+    write_card(path, _card_fields(preprocess_settings=settings))
+    assert load_predict_model(path).pipeline.settings() == settings
+    write_card(path, _card_fields(preprocess_settings={**settings, "threshold": "otsu", "size": 128}))
+    with pytest.raises(
+        ModelError, match=r"\(size: card 128, here 64; threshold: card 'otsu', here 'triangle-smoothed'\)"
+    ):
+        load_predict_model(path)
+
+
+def test_the_weights_loaded_are_the_bytes_that_were_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: other weights are saved over the file just after its hash was checked (a copy finishing late)
+    import client.predict.model_file as model_file
+
+    path = _model_file(tmp_path, _bright_detector())
+    hashed = torch.load(path, weights_only=True)
+    check = model_file._checked_hash
+
+    def check_then_swap(*args: object) -> tuple[str, bool]:
+        result = check(*args)
+        torch.save(build_model("small_cnn", norm="groupnorm").state_dict(), path)
+        return result
+
+    monkeypatch.setattr(model_file, "_checked_hash", check_then_swap)
+    # Execute
+    loaded = model_file.load_predict_model(path)
+    # Assert: the hashed (card's) weights, not the swapped-in ones
+    assert loaded.hash_matches and torch.equal(loaded.model.state_dict()["fc.weight"], hashed["fc.weight"])
+
+
+def test_a_failure_of_the_dicom_step_is_a_warning_on_a_scored_record(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the DICOM writer fails with an error that is not ours (a library's surprise)
+    import client.predict.dicom_files as dicom_files
+    from client.predict.model_file import load_predict_model
+    from client.predict.run import predict_files
+
+    def broken(*args: object, **kwargs: object) -> list[Path]:
+        raise RuntimeError("highdicom surprise")
+
+    monkeypatch.setattr(dicom_files, "write_dicom_outputs", broken)
+    _write_dicom(tmp_path / "img.dcm", _breast("L", SPOT), laterality="L")
+    # Execute
+    record = predict_files(load_predict_model(model_file), [tmp_path / "img.dcm"], tmp_path / "out").records[0]
+    # Assert
+    assert record["status"] == "ok" and record["outputs"]["dicom"] == []
+    assert record["warnings"] == ["no DICOM results: RuntimeError: highdicom surprise"]

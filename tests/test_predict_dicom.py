@@ -1,4 +1,4 @@
-"""Tests of the DICOM results of predict (client.predict.dicom_outputs): valid, in the source's study, box in place."""
+"""Tests of predict's DICOM results (client.predict.dicom_outputs, dicom_files): valid, in the study, box in place."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage, SecondaryCaptureImageStorage
 
-from client.predict.dicom_outputs import presentation_state, secondary_capture, write_dicom_outputs
+from client.predict.dicom_files import write_dicom_outputs
+from client.predict.dicom_outputs import presentation_state, secondary_capture
 from common.data.dicom_windows import ROBUST_PERCENTILES
 from common.errors import DicomError
 from simulations.phantoms.dicom_writer import ImageHeader, phantom_uid, write_dicom
@@ -288,3 +289,43 @@ def test_real_vendor_headers_give_valid_outputs(tmp_path: Path, name: str) -> No
             float(v) for v in np.atleast_1d(src.WindowCenter)
         ]
     assert gsps.PresentationLUTShape == ("INVERSE" if src.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY")
+
+
+def test_a_file_that_cannot_be_written_is_a_named_error_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Setup: the disk fills up while the second object (the presentation state) is being written
+    source_path = write_source(tmp_path)
+    calls: list[str] = []
+    save_as = pydicom.dataset.Dataset.save_as
+
+    def filling_up(self: pydicom.dataset.Dataset, filename: Path, *args: object, **kwargs: object) -> None:
+        calls.append(Path(filename).name)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"half a file")
+            raise OSError(28, "No space left on device")
+        save_as(self, filename, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", filling_up)
+    out = tmp_path / "out"
+    # Execute
+    with pytest.raises(DicomError) as caught:
+        write_dicom_outputs(source_path, overlay(), BOX, 0.5, out)
+    # Assert: the file is named, its public reason names none, and neither the partial nor the first result is left
+    gsps = out / f"{source_path.stem}.gsps.dcm"
+    assert calls == [f"{source_path.stem}.sc.dcm.partial", f"{gsps.name}.partial"]
+    assert str(gsps) in str(caught.value) and "No space left on device" in str(caught.value)
+    assert caught.value.public_reason == "a DICOM result could not be written to the output folder"
+    assert list(out.iterdir()) == []
+
+
+def test_no_box_gives_the_score_and_note_at_the_top_left_without_outline(tmp_path: Path) -> None:
+    # Setup
+    src = pydicom.dcmread(write_source(tmp_path))
+    # Execute
+    gsps = presentation_state(src, None, 0.02, label="malignant score", note="no evidence for malignant found")
+    # Assert
+    annotation = gsps.GraphicAnnotationSequence[0]
+    text = annotation.TextObjectSequence[0]
+    assert "GraphicObjectSequence" not in annotation and [float(v) for v in text.AnchorPoint] == [0.0, 0.0]
+    assert text.UnformattedTextValue.startswith("fedmammo malignant score 0.02, no evidence for malignant found (")

@@ -2,7 +2,8 @@
 
 ``model_file`` loads a model with its card (hash check, preprocessing), ``card_summary`` shows the card's key lines,
 ``one_image`` scores one file and maps its Grad-CAM back to the file's pixels, ``overlay`` draws it, ``records`` writes
-``predictions.json``, ``run`` goes through the files, ``dicom_outputs`` makes the DICOM results, ``cli`` is the
+``predictions.json``, ``run`` goes through the files, ``dicom_outputs`` makes the DICOM results (from what
+``dicom_source`` and ``dicom_window`` take of the source) and ``dicom_files`` writes them, ``cli`` is the
 subcommand. Each name below imports its submodule on first use (`common.lazy_exports`): registering the subcommand
 imports neither torch nor highdicom.
 """
@@ -16,6 +17,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "client.predict.model_file": ("PredictModel", "load_predict_model"),
         "client.predict.one_image": ("ImagePrediction", "predict_image"),
         "client.predict.run": ("PredictRun", "predict_files"),
-        "client.predict.dicom_outputs": ("write_dicom_outputs",),
+        "client.predict.dicom_files": ("write_dicom_outputs",),
     },
 )

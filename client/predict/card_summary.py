@@ -6,11 +6,19 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NOT_A_DEVICE", "card_lines"]
+__all__ = ["FEDBN_WARNING", "LIMITATION_LINES", "NOT_A_DEVICE", "card_lines", "card_warnings", "is_fedbn"]
 
 _NOT_A_DEVICE_TAIL = "not a medical device: never use it to diagnose, screen or treat anyone"
 NOT_A_DEVICE = f"research software, {_NOT_A_DEVICE_TAIL}"
 """Shown whatever the card says, so the line is never missing from a prediction."""
+FEDBN_WARNING = (
+    "this model was trained with FedBN: each site kept its own normalization layers, and this file holds only the "
+    "initial ones, so its scores are not those of the models the card's figures were measured on. Predict with a "
+    "site's own model (its normalization layers) where there is one, and do not compare these scores to the card's"
+)
+"""Said loudly before any score of such a model, and kept in ``predictions.json``'s model section."""
+LIMITATION_LINES = 3
+"""How many of the card's ``limitations`` the console shows (the rest are in the card and its Markdown)."""
 
 
 def _section(card: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -77,11 +85,41 @@ def _intended_use(text: str) -> str:
     return f"{first}; {_NOT_A_DEVICE_TAIL if 'research' in first.lower() else NOT_A_DEVICE}"
 
 
+def is_fedbn(card: Mapping[str, Any]) -> bool:
+    """Whether the card's run trained with FedBN (``training.personalization.fedbn``, or its config's)."""
+    recorded = _section(_section(card, "training"), "personalization").get("fedbn")
+    configured = _section(_section(card, "config"), "personalization").get("fedbn")
+    return bool(recorded or configured)
+
+
+def card_warnings(card: Mapping[str, Any], *, hash_matches: bool = True) -> list[str]:
+    """What must be said before any score of this model: a file that is not the card's, a FedBN model's own layers."""
+    warnings = []
+    if not hash_matches:
+        warnings.append(
+            "this model file is not the one its card describes (SHA-256 differs); --allow-hash-mismatch was given, so "
+            "it is used anyway, and the card's description may not be of these weights"
+        )
+    if is_fedbn(card):
+        warnings.append(FEDBN_WARNING)
+    return warnings
+
+
+def _limitations(card: Mapping[str, Any]) -> str:
+    lines = [" ".join(str(line).split()) for line in card.get("limitations") or [] if str(line).strip()]
+    if not lines:
+        return "not recorded"
+    shown = "\n".join(f"- {line}" for line in lines[:LIMITATION_LINES])
+    rest = len(lines) - LIMITATION_LINES
+    return f"{shown}\n(and {rest} more in the card)" if rest > 0 else shown
+
+
 def card_lines(card: Mapping[str, Any], *, sha256: str = "", hash_matches: bool = True) -> list[tuple[str, str]]:
     """``(label, value)`` lines of ``card`` for the console: a reviewer's first look at a model before its scores.
 
     Architecture and input settings, the training sites, rounds and strategy, epsilon per site, the pooled AUC with
-    its confidence interval, the intended use (always ending with :data:`NOT_A_DEVICE`) and the weights' hash.
+    its confidence interval, the intended use (always ending with :data:`NOT_A_DEVICE`), the first
+    :data:`LIMITATION_LINES` of the card's limitations and the weights' hash; a FedBN model's personalization.
     Values the card lacks show as ``n/a`` or "not recorded" (a card from ``fedmammo pretrain`` has no sites).
     """
     model, data = _section(card, "model"), _section(card, "data")
@@ -100,13 +138,16 @@ def card_lines(card: Mapping[str, Any], *, sha256: str = "", hash_matches: bool 
         if hash_matches
         else (f"MISMATCH: the file's SHA-256 is {sha256}, the card records {recorded}")
     )
+    personal = [("personalization", f"FedBN: {FEDBN_WARNING}")] if is_fedbn(card) else []
     return [
         ("model", f"{model.get('name', 'n/a')} ({model.get('norm', 'n/a')}), classes {', '.join(names) or 'n/a'}"),
         ("input", input_text),
         ("sites", _sites(card)),
         ("training", _training(card)),
+        *personal,
         ("privacy", _privacy(card)),
         ("pooled AUC", _auc(pooled_metrics) if pooled_metrics else "not recorded"),
         ("intended use", _intended_use(str(card.get("intended_use") or ""))),
+        ("limitations", _limitations(card)),
         ("weights", hash_text),
     ]

@@ -21,8 +21,10 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:  # type: i
         "(<MODEL>.json, written beside every global_model.pt): the images are preprocessed as the card says training "
         "did. Writes to --out one <name>.overlay.png per image (the heatmap of the headline class over the original "
         "image, the suspicious box and the score), <name>.sc.dcm (Secondary Capture) and <name>.gsps.dcm (the box as "
-        "a presentation state) per DICOM image, and predictions.json. A file that cannot be used is skipped with its "
-        "reason; the exit status is 1 only when no image could be scored. Research software, not a medical device.",
+        "a presentation state) per DICOM image, and predictions.json. When the image holds no evidence for the "
+        "headline class (a flat heatmap) no box is drawn anywhere and each output says so. A file that cannot be used "
+        "is skipped with its reason; the exit status is 1 only when no image could be scored. Research software, not "
+        "a medical device.",
     )
     parser.add_argument("model", help="the model file (global_model.pt); its card <MODEL>.json must be beside it")
     parser.add_argument("images", nargs="+", help="DICOM files (any suffix) or .png/.pgm/.jpg/.tif images")
@@ -47,15 +49,21 @@ def _card_table(lines: list[tuple[str, str]]) -> Table:
 
 
 def _show_record(console: Console, record: dict[str, Any]) -> None:
+    from client.predict.records import no_evidence  # loaded by then: records are made there
+
     name = escape(record["file"])
     if record["status"] != "ok":
         console.print(f"[red]skipped[/] {name}: {escape(record['error'])}", highlight=False, soft_wrap=True)
         return
     headline, box, peak = record["headline"], record["box"], record["peak"]
     outputs = [record["outputs"]["overlay"], *record["outputs"]["dicom"]]
+    where = (
+        f"box rows {box['row0']}-{box['row1']} cols {box['col0']}-{box['col1']}, peak ({peak['row']}, {peak['col']})"
+        if box is not None and peak is not None
+        else escape(no_evidence(headline["class"]))
+    )
     console.print(
-        f"[green]scored[/] {name}: {escape(headline['class'])} {headline['score']:.3f}, box rows "
-        f"{box['row0']}-{box['row1']} cols {box['col0']}-{box['col1']}, peak ({peak['row']}, {peak['col']}) "
+        f"[green]scored[/] {name}: {escape(headline['class'])} {headline['score']:.3f}, {where} "
         f"-> {escape(', '.join(outputs))}",
         highlight=False,
         soft_wrap=True,
@@ -89,20 +97,15 @@ def _show_breasts(console: Console, records: list[dict[str, Any]], rule_name: st
 
 def run_predict(args: argparse.Namespace, console: Console) -> int:
     """Load the model (refusing one without a card or with another hash), score each image, report; exit 1 if none."""
-    from client.predict.card_summary import card_lines
+    from client.predict.card_summary import card_lines, card_warnings
     from client.predict.model_file import load_predict_model
     from client.predict.run import predict_files
 
     model = load_predict_model(args.model, allow_hash_mismatch=args.allow_hash_mismatch, device=args.device)
     console.print(f"[bold]fedmammo predict[/] {escape(str(model.path))}", highlight=False, soft_wrap=True)
     console.print(_card_table(card_lines(model.card, sha256=model.sha256, hash_matches=model.hash_matches)))
-    if not model.hash_matches:
-        console.print(
-            "[bold red]WARNING: this model file is not the one its card describes (SHA-256 differs); "
-            "--allow-hash-mismatch was given, so it is used anyway. Its results may not match the card.[/]",
-            highlight=False,
-            soft_wrap=True,
-        )
+    for warning in card_warnings(model.card, hash_matches=model.hash_matches):
+        console.print(f"[bold red]WARNING: {escape(warning)}.[/]", highlight=False, soft_wrap=True)
     run = predict_files(
         model, args.images, args.out, dicom=not args.no_dicom, on_record=lambda r: _show_record(console, r)
     )

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 from highdicom.color import CIELabColor
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 
 from client.predict.dicom_source import (
@@ -22,14 +17,12 @@ from client.predict.dicom_source import (
     SOFTWARE_VERSION,
     box_polyline,
     checked_source,
-    display_window,
-    needs_pixels,
     scaled_spacing,
     source_name,
     source_reference,
 )
+from client.predict.dicom_window import display_window
 from common.data.dicom_header import laterality
-from common.data.dicom_io import IMAGE_SUFFIXES
 from common.errors import DicomError
 
 __all__ = [
@@ -37,7 +30,6 @@ __all__ = [
     "SC_SERIES_NUMBER",
     "presentation_state",
     "secondary_capture",
-    "write_dicom_outputs",
 ]
 
 SC_SERIES_NUMBER = 9901
@@ -51,8 +43,6 @@ _YELLOW = CIELabColor.from_rgb(255, 215, 0)
 """The layer's recommended colour: visible on grey tissue, the colour of a CAD mark."""
 _PLACEHOLDER_ORIENTATION = ("A", "F")
 """Satisfies highdicom's single-letter check; replaced at once by the source's own (compound, e.g. A\\FR) value."""
-
-_log = logging.getLogger(__name__)
 
 
 def secondary_capture(
@@ -132,10 +122,11 @@ def secondary_capture(
 
 def presentation_state(
     source: Dataset,
-    box: tuple[float, float, float, float],
+    box: tuple[float, float, float, float] | None,
     score: float,
     *,
     label: str = "malignancy score",
+    note: str = "",
     series_number: int = GSPS_SERIES_NUMBER,
     instance_number: int = 1,
     description: str = _GSPS_DESCRIPTION,
@@ -143,7 +134,7 @@ def presentation_state(
     """A Grayscale Softcopy Presentation State: the source image as its modality shows it, with the box drawn.
 
     The viewer opens the original pixels (full resolution, no copy) under the source's own window or VOI
-    LUT (:func:`client.predict.dicom_source.display_window` picks one where the source has none) and draws
+    LUT (:func:`client.predict.dicom_window.display_window` picks one where the source has none) and draws
     a closed POLYLINE around the suspicious region and a text with the score and the research-use note.
     MONOCHROME1 sources get Presentation LUT Shape ``INVERSE``: a presentation state replaces the photometric
     inversion, so ``IDENTITY`` would show a MONOCHROME1 mammogram as a negative.
@@ -156,11 +147,14 @@ def presentation_state(
         ``(row0, col0, row1, col1)`` in source pixels, continuous: pixel ``(i, j)`` covers
         ``[i, i + 1) x [j, j + 1)``, so slice bounds (``pixels[row0:row1, col0:col1]``) are the box's edges.
         An empty box (``row0 == row1`` or ``col0 == col1``: the hot region lay in the padding) draws no
-        outline, only the text at its place.
+        outline, only the text at its place. None (a flat heatmap: no evidence for the class, so no region to
+        show) draws no outline either, the text at the image's top left.
     score : float
         The model's score, shown with two decimals.
     label : str
         What the score is ("malignancy score").
+    note : str
+        Said after the score (e.g. that the heatmap found no evidence for the class).
     series_number, instance_number : int
         Where the object sorts in the viewer's series list.
     description : str
@@ -174,14 +168,17 @@ def presentation_state(
     src = checked_source(source, grayscale=True)
     if not math.isfinite(score):
         raise DicomError(f"{source_name(source)}: score {score!r} is not finite", public="the score is not finite")
-    points = box_polyline(box, rows=int(src.Rows), columns=int(src.Columns), where=source_name(source))
+    empty = (0.0, 0.0, 0.0, 0.0)  # no region: the text alone, at the top left
+    points = box_polyline(
+        empty if box is None else box, rows=int(src.Rows), columns=int(src.Columns), where=source_name(source)
+    )
     has_area = bool(points[2, 0] > points[0, 0] and points[2, 1] > points[0, 1])
     layer = hd.pr.GraphicLayer(
         layer_name=_LAYER, order=1, description=f"fedmammo, {RESEARCH_NOTE}", display_color=_YELLOW
     )
     outline = hd.pr.GraphicObject(graphic_type=hd.pr.GraphicTypeValues.POLYLINE, graphic_data=points, units="PIXEL")
     text = hd.pr.TextObject(
-        text_value=f"fedmammo {label} {score:.2f} ({RESEARCH_NOTE})",
+        text_value=f"fedmammo {label} {score:.2f}{f', {note}' if note else ''} ({RESEARCH_NOTE})",
         units="PIXEL",
         anchor_point=(float(points[0, 0]), float(points[0, 1])),
         anchor_point_visible=False,
@@ -214,75 +211,3 @@ def presentation_state(
         series_description=description,
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
-
-
-def write_dicom_outputs(
-    source_path: Path,
-    overlay_rgb: np.ndarray,
-    box: tuple[float, float, float, float],
-    score: float,
-    out_dir: Path,
-    *,
-    label: str = "malignancy score",
-) -> list[Path]:
-    """Write ``<stem>.sc.dcm`` (:func:`secondary_capture`) and ``<stem>.gsps.dcm`` (:func:`presentation_state`).
-
-    Both are DICOM Part 10 files (file meta, Explicit VR Little Endian) a PACS accepts by C-STORE or import.
-    Both objects are built before either is written, so a source that cannot give one gets neither; each
-    file appears whole (written beside, then renamed). The header is read without pixels unless the
-    presentation state needs them for a window (:func:`client.predict.dicom_source.needs_pixels`).
-
-    Parameters
-    ----------
-    source_path : Path
-        The image predicted on. A plain image (``.png``, ``.jpg``...) belongs to no study: nothing is written.
-    overlay_rgb, box, score, label
-        As :func:`secondary_capture` and :func:`presentation_state` take them.
-    out_dir : Path
-        Created if missing.
-
-    Returns
-    -------
-    list of Path
-        The files written, SC first; empty for a plain image.
-
-    Raises
-    ------
-    DicomError
-        If the source is not DICOM, lacks an identifier, or highdicom refuses a value it carries.
-    """
-    source_path = Path(source_path)
-    if source_path.suffix.lower() in IMAGE_SUFFIXES:
-        _log.debug("plain image source: no study to attach DICOM results to")
-        return []
-    try:
-        source = pydicom.dcmread(source_path, stop_before_pixels=True)
-        if needs_pixels(source):  # no window or VOI LUT: the presentation state's window comes from the pixels
-            source = pydicom.dcmread(source_path)
-    except (InvalidDicomError, OSError) as exc:
-        raise DicomError(
-            f"{source_path}: cannot be read as DICOM to attach results to its study ({exc})",
-            public="the file could not be read as DICOM to attach results to its study",
-        ) from exc
-    try:
-        objects = {
-            "sc": secondary_capture(source, overlay_rgb),
-            "gsps": presentation_state(source, box, score, label=label),
-        }
-    except DicomError:
-        raise
-    except (ValueError, TypeError, AttributeError) as exc:  # highdicom's validation of a value from the source
-        raise DicomError(
-            f"{source_path}: highdicom refused a value taken from this file's header ({type(exc).__name__}: {exc})",
-            public="a value in the file's header is not valid DICOM, so no DICOM result could be made",
-        ) from exc
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for kind, dataset in objects.items():
-        path = out_dir / f"{source_path.stem}.{kind}.dcm"
-        partial = path.with_name(path.name + ".partial")
-        dataset.save_as(partial, enforce_file_format=True)
-        os.replace(partial, path)
-        written.append(path)
-    return written

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +18,6 @@ from common.data.image_pipeline import ImagePipeline
 from common.data.preprocessing import PREPROCESS_VERSION
 from common.errors import ConfigError, ModelError
 from common.models import build_model, card_path, read_card
-from common.models.weights_card import file_sha256
 
 __all__ = ["OPACUS_PREFIX", "PredictModel", "load_predict_model"]
 
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 OPACUS_PREFIX = "_module."
 """Opacus' ``GradSampleModule`` prefixes every state-dict key with this; a file saved from the wrapper has them."""
+
+_ABSENT = "(absent)"
+"""Shown for a preprocessing setting one side does not record."""
 
 _NO_CARD_HELP = (
     "A card is the JSON file fedmammo writes beside every model it saves (global_model.pt -> global_model.pt.json, "
@@ -81,9 +85,17 @@ def _section(card: Mapping[str, Any], key: str, where: Path) -> Mapping[str, Any
     return value
 
 
-def _checked_hash(path: Path, card: Mapping[str, Any], allow_mismatch: bool) -> tuple[str, bool]:
+def _read_bytes(path: Path) -> bytes:
+    """The whole file, read once: the bytes hashed are the bytes loaded (the file may be replaced in between)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file '{path}' could not be read ({exc})") from exc
+
+
+def _checked_hash(path: Path, data: bytes, card: Mapping[str, Any], allow_mismatch: bool) -> tuple[str, bool]:
     expected = str(card["weights"]["sha256"]).lower()
-    actual = file_sha256(path)
+    actual = hashlib.sha256(data).hexdigest()
     if actual == expected:
         return actual, True
     where = card_path(path)
@@ -105,9 +117,10 @@ def _checked_hash(path: Path, card: Mapping[str, Any], allow_mismatch: bool) -> 
     return actual, False
 
 
-def _weights(path: Path) -> dict[str, torch.Tensor]:
+def _weights(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    """The state dict in ``data`` (the file's bytes, as hashed), Opacus' ``_module.`` prefixes stripped."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: name it
         raise ModelError(
             f"model file '{path}' could not be read as a PyTorch state dict ({type(exc).__name__}: {exc})"
@@ -115,6 +128,29 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"model file '{path}' holds a {type(state).__name__}, not a state dict of tensors")
     return {(k[len(OPACUS_PREFIX) :] if k.startswith(OPACUS_PREFIX) else k): v for k, v in state.items()}
+
+
+def _check_settings(pipeline: ImagePipeline, data: Mapping[str, Any], where: Path) -> None:
+    """Refuse a card whose recorded ``preprocess_settings`` are not what ``pipeline`` does here, naming the keys.
+
+    The settings (`ImagePipeline.settings`) spell out each step (resampling, orientation, threshold, crop, padding):
+    a fedmammo that changed one without a new preprocessing version would otherwise prepare images unlike training's.
+    A card without them (written before they were recorded) is checked by its version alone.
+    """
+    recorded = data.get("preprocess_settings")
+    if not isinstance(recorded, Mapping):
+        return
+    ours = pipeline.settings()
+    differing = sorted(key for key in {*recorded, *ours} if recorded.get(key, _ABSENT) != ours.get(key, _ABSENT))
+    if differing:
+        details = "; ".join(
+            f"{key}: card {recorded.get(key, _ABSENT)!r}, here {ours.get(key, _ABSENT)!r}" for key in differing
+        )
+        raise ModelError(
+            f"model card '{where}' records preprocessing settings this fedmammo does not reproduce ({details}), so its "
+            "images would not look like the training images. Use the fedmammo version that trained the model, or "
+            "retrain it with this one"
+        )
 
 
 def load_predict_model(path: str | Path, *, allow_hash_mismatch: bool = False, device: str = "cpu") -> PredictModel:
@@ -138,7 +174,7 @@ def load_predict_model(path: str | Path, *, allow_hash_mismatch: bool = False, d
     ------
     ModelError
         If the file or its card is missing or damaged, the hash differs (unless allowed), the card's preprocessing
-        version is not this fedmammo's, or the weights do not fit the card's architecture.
+        version or settings are not this fedmammo's, or the weights do not fit the card's architecture.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -147,7 +183,8 @@ def load_predict_model(path: str | Path, *, allow_hash_mismatch: bool = False, d
     if card is None:
         raise ModelError(f"model file '{path}' has no card: '{card_path(path)}' is missing. {_NO_CARD_HELP}")
     where = card_path(path)
-    sha256, matches = _checked_hash(path, card, allow_hash_mismatch)  # first: is this the file the card describes?
+    data_bytes = _read_bytes(path)
+    sha256, matches = _checked_hash(path, data_bytes, card, allow_hash_mismatch)  # is it the file the card describes?
     model_section, data = _section(card, "model", where), _section(card, "data", where)
     version = data.get("preprocess_version")
     if version != PREPROCESS_VERSION:
@@ -165,7 +202,7 @@ def load_predict_model(path: str | Path, *, allow_hash_mismatch: bool = False, d
         model = build_model(
             str(model_section["name"]), num_classes=num_classes, in_channels=1, norm=str(model_section["norm"])
         )
-        model.load_state_dict(_weights(path))
+        model.load_state_dict(_weights(path, data_bytes))
         pipeline = ImagePipeline(
             image_size=int(data["image_size"]),
             pixel_spacing_mm=float(data.get("pixel_spacing_mm", 0.0) or 0.0),
@@ -175,6 +212,7 @@ def load_predict_model(path: str | Path, *, allow_hash_mismatch: bool = False, d
         if isinstance(exc, ModelError):
             raise
         raise ModelError(f"model file '{path}' does not fit its card '{where}' ({type(exc).__name__}: {exc})") from exc
+    _check_settings(pipeline, data, where)
     names = tuple(str(n) for n in model_section.get("class_names") or config.model.class_labels)
     if len(names) != num_classes:
         raise ModelError(f"model card '{where}' names {len(names)} classes for a {num_classes}-class model")

@@ -11,18 +11,14 @@ import pydicom
 import torch
 
 from client.predict.model_file import PredictModel
-from common.data.dicom_io import IMAGE_SUFFIXES, Mammogram, read_mammogram
+from common.data.dicom_io import IMAGE_SUFFIXES, Mammogram
 from common.data.geometry_inverse import box_to_source, content_box, point_to_source
+from common.data.image_cache import dequantise, quantise
 from common.data.image_pipeline import ImageGeometry
-from common.data.preprocessing import preprocess_with_geometry
-from common.errors import DicomError
-from common.explain import peak_location, scores_and_maps, suspicious_box
-from common.file_log import file_log
+from common.errors import DicomError, ModelError
+from common.explain import headline_region, scores_and_maps
 
-__all__ = ["BOX_FRACTION", "ImagePrediction", "dicom_identifiers", "predict_image"]
-
-BOX_FRACTION = 0.5
-"""The suspicious box holds the connected region around the peak where the heatmap is at least this share of it."""
+__all__ = ["ImagePrediction", "dicom_identifiers", "model_input", "predict_image"]
 
 _UID_KEYWORDS = {"study_uid": "StudyInstanceUID", "series_uid": "SeriesInstanceUID", "sop_uid": "SOPInstanceUID"}
 
@@ -42,11 +38,13 @@ class ImagePrediction:
     probabilities : numpy.ndarray
         Softmax probability per class.
     cam : numpy.ndarray
-        The headline class's Grad-CAM over the model's input (``size x size``, [0, 1], zero in the padding).
-    box : tuple of int
-        ``(row0, col0, row1, col1)`` of the suspicious region in the file's pixels (exclusive ends).
-    peak : tuple of int
-        ``(row, col)`` of the heatmap's maximum in the file's pixels.
+        The headline class's Grad-CAM over the model's input (``size x size``, [0, 1], zero in the padding; all
+        zero when flat), from `common.explain.headline_region`.
+    box : tuple of int or None
+        ``(row0, col0, row1, col1)`` of the suspicious region in the file's pixels (exclusive ends); None when the
+        heatmap is flat (:attr:`flat`).
+    peak : tuple of int or None
+        ``(row, col)`` of the heatmap's maximum in the file's pixels; None when the heatmap is flat.
     identifiers : dict
         ``study_uid``, ``series_uid``, ``sop_uid`` of a DICOM file (empty for a plain image).
     seconds : dict
@@ -58,10 +56,19 @@ class ImagePrediction:
     geometry: ImageGeometry
     probabilities: np.ndarray
     cam: np.ndarray
-    box: tuple[int, int, int, int]
-    peak: tuple[int, int]
+    box: tuple[int, int, int, int] | None
+    peak: tuple[int, int] | None
     identifiers: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flat(self) -> bool:
+        """Whether the heatmap holds no evidence for the headline class (all zero in the image), hence no box or peak.
+
+        Grad-CAM's ReLU keeps only what raises the class's score: an image that argues against the class gets a zero
+        map, and a box around "the hottest spot" of it would frame the whole breast, a false alarm.
+        """
+        return self.box is None
 
     @property
     def is_dicom(self) -> bool:
@@ -80,64 +87,60 @@ def dicom_identifiers(path: Path) -> dict[str, str]:
     return {key: str(header.get(keyword, "") or "") for key, keyword in _UID_KEYWORDS.items()}
 
 
-def _preprocessed(model: PredictModel, path: Path, mammogram: Mammogram) -> tuple[np.ndarray, ImageGeometry]:
-    """`ImagePipeline.load_with_geometry`'s preprocessing of an already decoded image (the display needs the pixels)."""
-    pipeline = model.pipeline
-    if pipeline.pixel_spacing_mm > 0 and mammogram.pixel_spacing_mm is None:
-        file_log().info("%s has no pixel spacing; used at its own resolution", path.name)
-    try:
-        image, geometry = preprocess_with_geometry(
-            mammogram.pixels,
-            mammogram.laterality,
-            size=pipeline.image_size,
-            spacing_mm=mammogram.pixel_spacing_mm,
-            target_spacing_mm=pipeline.pixel_spacing_mm,
-        )
-    except ValueError as exc:
-        raise DicomError(f"{path}: could not be preprocessed ({exc})") from exc
-    shape = np.shape(mammogram.pixels)
-    return image, ImageGeometry((int(shape[0]), int(shape[1])), geometry)
+def model_input(model: PredictModel, path: Path, mammogram: Mammogram) -> tuple[np.ndarray, ImageGeometry]:
+    """The model's input for a decoded image, bit for bit what training fed it, and where its pixels came from.
+
+    `ImagePipeline.preprocess` is training's own preprocessing (`ImagePipeline.load_with_geometry` runs it after
+    `ImagePipeline.read`); training then reads every image back from the site cache, stored as uint16
+    (`common.data.image_cache.quantise`), so predict makes the same round trip.
+    """
+    image, geometry = model.pipeline.preprocess(mammogram, name=path)
+    return dequantise(quantise(image)), geometry
 
 
 def predict_image(model: PredictModel, path: str | Path) -> ImagePrediction:
     """Score ``path`` with ``model``, and find where the headline class's evidence lies in the file's own pixels.
 
-    The image goes through the model card's preprocessing (`common.data.preprocessing.preprocess_with_geometry` with
-    the card's size, pixel spacing and presentation intent: what training's `ImagePipeline` runs). The Grad-CAM map of
-    the headline class is zeroed in the square padding (no image there), renormalised, and its peak and suspicious
-    box (`common.explain`) are mapped back through the crop, flip and resampling (`common.data.geometry_inverse`).
+    The image is read and preprocessed by the model card's `ImagePipeline` (size, pixel spacing, presentation intent),
+    as training read it (:func:`model_input`). The headline class's Grad-CAM map gets `common.explain.headline_region`
+    inside the image's content (not the square padding): its peak and suspicious box, mapped back through the crop,
+    flip and resampling (`common.data.geometry_inverse`), or none at all when the map is flat.
 
     Raises
     ------
     DicomError
         If the file cannot be read or preprocessed (a colour DICOM, a corrupt file...): the message names it.
+    ModelError
+        If the model's scores are not finite (NaN weights): no score of it can be shown.
     """
     path = Path(path).expanduser()
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    mammogram = read_mammogram(
-        path, require_mg=model.pipeline.require_mg, presentation_intent=model.pipeline.presentation_intent
-    )
+    mammogram = model.pipeline.read(path)
     identifiers = dicom_identifiers(path)
     seconds["read"] = time.perf_counter() - start
     start = time.perf_counter()
-    image, geometry = _preprocessed(model, path, mammogram)
+    image, geometry = model_input(model, path, mammogram)
     seconds["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
     device = next(model.model.parameters()).device
     batch = torch.from_numpy(image)[None, None].to(device)
     probabilities, maps = scores_and_maps(model.model, batch, target_class=model.headline_class)
     seconds["model_cam"] = time.perf_counter() - start
+    if not np.isfinite(probabilities[0]).all():
+        raise ModelError(
+            f"{path}: the model gives non-finite scores ({', '.join(f'{float(v):g}' for v in probabilities[0])}); "
+            f"its weights in '{model.path}' hold NaN or infinite values (a diverged run, or a file that is not the "
+            "one its card describes). Use a model file whose training converged"
+        )
     start = time.perf_counter()
-    row0, col0, row1, col1 = content_box(geometry)
-    cam = np.zeros_like(maps[0])
-    cam[row0:row1, col0:col1] = maps[0][row0:row1, col0:col1]
-    if cam.max() > 0:
-        cam /= cam.max()
-    peak_row, peak_col = peak_location(cam)
-    box = box_to_source(suspicious_box(cam, BOX_FRACTION), geometry)
-    source_row, source_col = point_to_source(peak_row, peak_col, geometry)
-    height, width = geometry.source_shape
-    peak = (int(np.clip(round(source_row), 0, height - 1)), int(np.clip(round(source_col), 0, width - 1)))
+    region = headline_region(maps[0], content=content_box(geometry))
+    box: tuple[int, int, int, int] | None = None
+    peak: tuple[int, int] | None = None
+    if region.box is not None and region.peak is not None:  # both, unless the map is flat
+        box = box_to_source(region.box, geometry)
+        source_row, source_col = point_to_source(*region.peak, geometry)
+        height, width = geometry.source_shape
+        peak = (int(np.clip(round(source_row), 0, height - 1)), int(np.clip(round(source_col), 0, width - 1)))
     seconds["map_back"] = time.perf_counter() - start
-    return ImagePrediction(path, mammogram, geometry, probabilities[0], cam, box, peak, identifiers, seconds)
+    return ImagePrediction(path, mammogram, geometry, probabilities[0], region.cam, box, peak, identifiers, seconds)

@@ -34,8 +34,8 @@ def render_overlay(
     pixels: np.ndarray,
     cam: np.ndarray,
     geometry: ImageGeometry,
-    box: tuple[int, int, int, int],
-    peak: tuple[int, int],
+    box: tuple[int, int, int, int] | None,
+    peak: tuple[int, int] | None,
     caption: str,
     *,
     max_side: int = MAX_SIDE,
@@ -51,12 +51,13 @@ def render_overlay(
         (`common.data.geometry_inverse.map_to_source`), so the full-resolution map is never made.
     geometry : ImageGeometry
         Where the model's input came from in the original.
-    box : tuple of int
-        ``(row0, col0, row1, col1)`` in the original's pixels (exclusive ends), drawn as a white rectangle.
-    peak : tuple of int
-        ``(row, col)`` in the original's pixels, drawn as a small cross.
+    box : tuple of int or None
+        ``(row0, col0, row1, col1)`` in the original's pixels (exclusive ends), drawn as a white rectangle; None
+        (a flat heatmap: no evidence for the class) draws none.
+    peak : tuple of int or None
+        ``(row, col)`` in the original's pixels, drawn as a small cross; None draws none.
     caption : str
-        Text drawn at the top left (the score, the research-use note).
+        Text drawn at the top left (the score, the research-use note); one line per line of it.
     max_side : int
         Longest side of the result.
 
@@ -80,29 +81,34 @@ def render_overlay(
 
 
 def _draw_marks(
-    image: Image.Image, source_shape: tuple[int, int], box: tuple[int, int, int, int], peak: tuple[int, int], text: str
+    image: Image.Image,
+    source_shape: tuple[int, int],
+    box: tuple[int, int, int, int] | None,
+    peak: tuple[int, int] | None,
+    text: str,
 ) -> None:
     """The box, the peak's cross and the caption, scaled from source pixels to the display's."""
     scale_row, scale_col = image.height / source_shape[0], image.width / source_shape[1]
     draw = ImageDraw.Draw(image)
     line = max(1, round(min(image.size) / 300))
-    row0, col0, row1, col1 = box
-    if row1 > row0 and col1 > col0:
+    if box is not None and box[2] > box[0] and box[3] > box[1]:
+        row0, col0, row1, col1 = box
         corners = (col0 * scale_col, row0 * scale_row, col1 * scale_col - 1, row1 * scale_row - 1)
         draw.rectangle(corners, outline=_BOX_COLOUR, width=line)
-    centre_col, centre_row = (peak[1] + 0.5) * scale_col, (peak[0] + 0.5) * scale_row
-    arm = 4 * line + 2
-    draw.line((centre_col - arm, centre_row, centre_col + arm, centre_row), fill=_BOX_COLOUR, width=line)
-    draw.line((centre_col, centre_row - arm, centre_col, centre_row + arm), fill=_BOX_COLOUR, width=line)
+    if peak is not None:
+        centre_col, centre_row = (peak[1] + 0.5) * scale_col, (peak[0] + 0.5) * scale_row
+        arm = 4 * line + 2
+        draw.line((centre_col - arm, centre_row, centre_col + arm, centre_row), fill=_BOX_COLOUR, width=line)
+        draw.line((centre_col, centre_row - arm, centre_col, centre_row + arm), fill=_BOX_COLOUR, width=line)
     pad = max(2, line * 2)
     size = max(6, round(image.width / 45))
     font = ImageFont.load_default(size=size)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
     if right - left > image.width - 2 * pad:  # a narrow image: shrink the text to fit its width
         font = ImageFont.load_default(size=max(6, int(size * (image.width - 2 * pad) / (right - left))))
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        left, top, right, bottom = draw.multiline_textbbox((0, 0), text, font=font)
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=_TEXT_BACKGROUND)
-    draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    draw.multiline_text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client.predict.card_summary import NOT_A_DEVICE
+from client.predict.card_summary import NOT_A_DEVICE, card_warnings
 from client.predict.exam_records import exam_section
 from client.predict.model_file import PredictModel
 from client.predict.one_image import ImagePrediction
@@ -15,11 +15,24 @@ from common.data.geometry_inverse import point_to_source
 from common.explain import cam_layer
 from common.models.weights_card import atomic_write
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PREDICTIONS_FILE", "failure_record", "image_record", "write_predictions"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PREDICTIONS_FILE",
+    "failure_record",
+    "image_record",
+    "no_evidence",
+    "write_predictions",
+]
 
 PREDICTIONS_FILE = "predictions.json"
 FORMAT = "fedmammo-predictions"
 FORMAT_VERSION = 1
+
+
+def no_evidence(class_name: str) -> str:
+    """What the overlay, the console and the presentation state say for a flat heatmap (no box is shown)."""
+    return f"no evidence for {class_name} found (the heatmap is flat: no box)"
 
 
 def _layer_name(model: PredictModel) -> str:
@@ -28,19 +41,25 @@ def _layer_name(model: PredictModel) -> str:
 
 
 def _heatmap_note(model: PredictModel, prediction: ImagePrediction) -> dict[str, Any]:
-    """How fine the heatmap is in the file's pixels: it was made at the model's input size and stretched back."""
-    size = prediction.geometry.preprocess.size
+    """How fine the heatmap is in the file's pixels (made at the model's input size, stretched back), and if flat."""
+    size, name = prediction.geometry.preprocess.size, model.class_names[model.headline_class]
     (r0, c0), (r1, c1) = (point_to_source(v, v, prediction.geometry) for v in (0.0, 1.0))
     rows, cols = abs(r1 - r0), abs(c1 - c0)
+    flat = (
+        " Here it is zero over the whole breast: Grad-CAM keeps only what raises the score, nothing in this image "
+        "does, so no box or peak is given."
+    )
     return {
+        "flat": prediction.flat,
         "model_input_px": size,
         "source_shape": list(prediction.geometry.source_shape),
         "source_px_per_model_px": [round(rows, 3), round(cols, 3)],
         "note": (
-            f"Grad-CAM of the '{model.class_names[model.headline_class]}' score at layer {_layer_name(model)}, made on "
+            f"Grad-CAM of the '{name}' score at layer {_layer_name(model)}, made on "
             f"the {size} x {size} model input and mapped back to this image's {prediction.geometry.source_shape[0]} x "
             f"{prediction.geometry.source_shape[1]} pixels: one model pixel covers about {rows:.1f} x {cols:.1f} of "
             "them, so finer detail is interpolation. Zero outside the breast crop the model saw."
+            + (flat if prediction.flat else "")
         ),
     }
 
@@ -48,9 +67,14 @@ def _heatmap_note(model: PredictModel, prediction: ImagePrediction) -> dict[str,
 def image_record(
     model: PredictModel, prediction: ImagePrediction, outputs: dict[str, Any], warnings: list[str]
 ) -> dict[str, Any]:
-    """The record of an image that was scored (box and peak in the file's own pixels, rows first)."""
+    """The record of an image that was scored (box and peak in the file's own pixels, rows first; null when flat)."""
     mammogram, headline = prediction.mammogram, model.headline_class
-    row0, col0, row1, col1 = prediction.box
+    box: dict[str, Any] | None = None
+    peak: dict[str, int] | None = None
+    if prediction.box is not None and prediction.peak is not None:
+        row0, col0, row1, col1 = prediction.box
+        box = {"row0": row0, "col0": col0, "row1": row1, "col1": col1, "ends": "exclusive"}
+        peak = {"row": prediction.peak[0], "col": prediction.peak[1]}
     ids = prediction.identifiers
     detected = "" if mammogram.laterality else ("R" if prediction.geometry.preprocess.flipped else "L")
     return {
@@ -67,8 +91,8 @@ def image_record(
         "photometric": mammogram.photometric or None,
         "probabilities": {name: float(p) for name, p in zip(model.class_names, prediction.probabilities, strict=True)},
         "headline": {"class": model.class_names[headline], "score": float(prediction.probabilities[headline])},
-        "box": {"row0": row0, "col0": col0, "row1": row1, "col1": col1, "ends": "exclusive"},
-        "peak": {"row": prediction.peak[0], "col": prediction.peak[1]},
+        "box": box,
+        "peak": peak,
         "heatmap": _heatmap_note(model, prediction),
         "outputs": outputs,
         "warnings": warnings,
@@ -107,6 +131,7 @@ def write_predictions(out_dir: Path, model: PredictModel, records: list[dict[str
             "pixel_spacing_mm": model.pipeline.pixel_spacing_mm,
             "presentation_intent": model.pipeline.presentation_intent,
             "preprocess_version": model.card.get("data", {}).get("preprocess_version"),
+            "warnings": card_warnings(model.card, hash_matches=model.hash_matches),
         },
         "images": records,
         # One score per breast and per exam (the images' study, laterality and view), by the model's exam rule.

@@ -12,7 +12,7 @@ from typing import Any
 from client.predict.model_file import PredictModel
 from client.predict.one_image import ImagePrediction, predict_image
 from client.predict.overlay import render_overlay, write_png
-from client.predict.records import failure_record, image_record, write_predictions
+from client.predict.records import failure_record, image_record, no_evidence, write_predictions
 from common.errors import FedMammoError
 
 __all__ = ["PredictRun", "caption", "predict_files"]
@@ -40,9 +40,10 @@ class PredictRun:
 
 
 def caption(model: PredictModel, prediction: ImagePrediction) -> str:
-    """The overlay's text: the headline score, and that this is research software."""
+    """The overlay's text: the headline score, that this is research software, and a line when no box is drawn."""
     name = model.class_names[model.headline_class]
-    return f"{name} score {prediction.probabilities[model.headline_class]:.2f} | fedmammo | research use only"
+    text = f"{name} score {prediction.probabilities[model.headline_class]:.2f} | fedmammo | research use only"
+    return f"{text}\n{no_evidence(name)}" if prediction.flat else text
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:
@@ -77,7 +78,7 @@ def _one(model: PredictModel, path: Path, out_dir: Path, stem: str, dicom: bool,
     if dicom and prediction.is_dicom:
         start = time.perf_counter()
         try:
-            from client.predict.dicom_outputs import write_dicom_outputs  # highdicom: only when DICOM is written
+            from client.predict.dicom_files import write_dicom_outputs  # highdicom: only when DICOM is written
 
             headline = model.headline_class
             # its files are named after the source's stem: a renumbered stem gets a folder of its own
@@ -89,11 +90,15 @@ def _one(model: PredictModel, path: Path, out_dir: Path, stem: str, dicom: bool,
                 float(prediction.probabilities[headline]),
                 folder,
                 label=f"{model.class_names[headline]} score",
+                note=no_evidence(model.class_names[headline]) if prediction.flat else "",
             )
             outputs["dicom"] = [p.relative_to(out_dir).as_posix() for p in written]
-        except FedMammoError as exc:  # the score stands; only the PACS copy could not be made
+        except Exception as exc:  # the score stands; only the PACS copy could not be made (whatever the reason)
             warnings.append(f"no DICOM results: {type(exc).__name__}: {' '.join(str(exc).split())}")
-            logger.info("%s: DICOM results not written: %s", path.name, exc)
+            if isinstance(exc, FedMammoError):
+                logger.info("%s: DICOM results not written: %s", path.name, exc)
+            else:  # a library's surprise: keep the traceback for whoever debugs it
+                logger.warning("%s: DICOM results not written after an unexpected error", path.name, exc_info=True)
         prediction.seconds["dicom_outputs"] = time.perf_counter() - start
         seconds["dicom_outputs"] = seconds.get("dicom_outputs", 0.0) + prediction.seconds["dicom_outputs"]
     return image_record(model, prediction, outputs, warnings)
@@ -117,7 +122,7 @@ def predict_files(
         DICOM files (any suffix) or PNG/PGM/JPEG/TIFF images.
     out_dir : path
         Created if missing: ``<stem>.overlay.png`` per image, ``<stem>.sc.dcm`` and ``<stem>.gsps.dcm`` per DICOM
-        image (`client.predict.dicom_outputs`), ``predictions.json``.
+        image (`client.predict.dicom_files`), ``predictions.json``.
     dicom : bool
         Write the DICOM results of DICOM images.
     on_record : callable or None

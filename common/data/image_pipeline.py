@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from common.config import DataConfig
-from common.data.dicom_io import read_mammogram
+from common.data.dicom_io import Mammogram, read_mammogram
 from common.data.manifest import ManifestRow
 from common.data.preprocessing import PreprocessGeometry, preprocess_settings, preprocess_with_geometry
 from common.errors import DicomError
@@ -146,9 +146,42 @@ class ImagePipeline:
         DicomError
             If the file cannot be used (the message names the file and the reason).
         """
-        mammogram = read_mammogram(path, require_mg=self.require_mg, presentation_intent=self.presentation_intent)
+        return self.preprocess(self.read(path), laterality, name=path)
+
+    def read(self, path: str | Path) -> Mammogram:
+        """Decode ``path`` under this pipeline's admission rules (modality, presentation intent).
+
+        Kept apart from :meth:`preprocess` for callers that also need the decoded original (``fedmammo predict``
+        draws its heatmap over it), so they prepare the model's input by this very code and not by a copy.
+
+        Raises
+        ------
+        DicomError
+            If the file cannot be read or is not admitted (the message names the file and the reason).
+        """
+        return read_mammogram(path, require_mg=self.require_mg, presentation_intent=self.presentation_intent)
+
+    def preprocess(
+        self, mammogram: Mammogram, laterality: str = "", name: str | Path = ""
+    ) -> tuple[np.ndarray, ImageGeometry]:
+        """The model's input for a decoded ``mammogram`` (:meth:`read`), and where its pixels came from.
+
+        Parameters
+        ----------
+        mammogram : Mammogram
+            The decoded image with its header fields.
+        laterality : str
+            ``"L"`` or ``"R"`` from the manifest, which wins over the header's; empty uses the header's.
+        name : str or Path
+            The file it came from, for the log and error messages only.
+
+        Raises
+        ------
+        DicomError
+            If the image cannot be preprocessed (the message names the file and the reason).
+        """
         if self.pixel_spacing_mm > 0 and mammogram.pixel_spacing_mm is None:
-            file_log().info("%s has no pixel spacing; used at its own resolution", Path(path).name)
+            file_log().info("%s has no pixel spacing; used at its own resolution", Path(name).name or "an image")
         try:
             image, geometry = preprocess_with_geometry(
                 mammogram.pixels,
@@ -159,7 +192,7 @@ class ImagePipeline:
             )
         except ValueError as exc:
             raise DicomError(
-                f"{path}: could not be preprocessed ({exc})",
+                f"{name or 'an image'}: could not be preprocessed ({exc})",
                 public="the image could not be preprocessed (details in the site's log)",
                 lasting=True,  # preprocessing is deterministic, and its version and settings key the cache
             ) from exc

@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"predict failed: {record['error']}")
                 return 1
             runs.append({**record["seconds"], "total": total})
-            print(f"{'cold' if repeat == 0 else f'warm {repeat}'}: {total:.2f} s", flush=True)
+            found = "flat heatmap, no box" if record["heatmap"]["flat"] else f"box {record['box']}"
+            print(f"{'cold' if repeat == 0 else f'warm {repeat}'}: {total:.2f} s ({found})", flush=True)
     warm = runs[1:] or runs
     print(f"\n{'step':<18} {'cold s':>7} {'warm s (median)':>16}")
     for step in (*STEPS, "total"):
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "image_size": model.pipeline.image_size,
         "threads": args.threads,
         "load_seconds": load_seconds,
+        "heatmap_flat": record["heatmap"]["flat"],
         "cold": runs[0],
         "warm": warm,
     }
