@@ -10,11 +10,10 @@ from client.fine_tune import fine_tune_on_site, fine_tunes
 from client.ledger import PrivacyLedger
 from client.ledger_rounds import RoundRelease, release_digest
 from client.local_layers import LocalLayers
-from client.localization import localization_on_site, localizes
+from client.localization import localizes
 from client.safe_reply import reply_with_error_on_failure
 from client.secure_aggregation import secure_aggregation_mod
 from client.site import resolve_site, study_ledger
-from client.site_counts import site_count_metrics
 from client.study_scores import score_models_on_site
 from client.task import SatOut, evaluate_on_site, train_on_site
 from common import wire
@@ -161,7 +160,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     received = msg.content[wire.ARRAYS_KEY].to_torch_state_dict()
     local = LocalLayers.for_site(site, config, _run_key(msg), context.run_id)  # FedBN: the site's own norms
     weights = local.personalized(received, through_round=_server_round(msg)) if local else received
-    outcome = evaluate_on_site(site, config, weights)
+    # The final round under evaluation.localization adds the Grad-CAM counts, made on the data loaded for the scores.
+    outcome = evaluate_on_site(site, config, weights, localize=localizes(config, _server_round(msg)))
     fine_tuned: dict[str, float | int] = {}
     if fine_tunes(config, _server_round(msg)):  # the last round: a fine-tuned copy too, charged like a training round
         budget = site_budget(context.node_config, None if site.pooled else site.manifest.parent)
@@ -181,9 +181,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             **(outcome.classes.to_flat() if outcome.classes is not None else {}),
             **outcome.exam,  # breast- and exam-level AUCs, counts and fixed-size histograms (`client.exam_scores`)
             **fine_tuned,
-            # The final round under evaluation.localization: Grad-CAM pointing-game and box-IoU counts.
-            **(localization_on_site(site, config, weights) if localizes(config, _server_round(msg)) else {}),
-            **site_count_metrics(site, config),  # images, patients and cases per class and split, for the model card
+            **outcome.localization,  # the final round under evaluation.localization: pointing-game and IoU counts
+            **outcome.counts,  # images, patients and cases per class and split, for the model card
         }
     )
     content = RecordDict({wire.METRICS_KEY: metrics, wire.SITE_KEY: _site_record(site.name, site.pooled)})

@@ -13,16 +13,7 @@ from pydicom.pixels import pixel_array
 
 from client.site import SiteSpec
 from common.config import AppConfig
-from common.data import (
-    ImageGeometry,
-    ImagePipeline,
-    ManifestRow,
-    SiteImages,
-    cache_root,
-    duplicate_rows,
-    preprocess_site_with_geometry,
-    read_manifest,
-)
+from common.data import ImageGeometry, ManifestRow, SiteImages, read_manifest
 from common.file_log import file_log
 from common.metrics.localization import LesionRegion
 
@@ -50,12 +41,17 @@ def lesion_mask_in_source(row: ManifestRow, shape: tuple[int, int]) -> np.ndarra
     ------
     ValueError
         If the mask's shape is not the image's: a mask of another size (or of another image) has no known place.
-    OSError
-        If the mask file cannot be read.
+    Exception
+        Whatever reading the mask file raises: OSError for a missing or unreadable file, AttributeError for a DICOM
+        without pixel data, RuntimeError for a compressed one no installed plugin decodes, and so on.
     """
     if row.mask_path is not None:
         path = Path(row.mask_path)
-        values = pixel_array(path) if is_dicom(path) else np.asarray(Image.open(path))
+        if is_dicom(path):
+            values = pixel_array(path)
+        else:
+            with Image.open(path) as image:
+                values = np.asarray(image)
         mask = np.asarray(values) != 0
         mask = mask.any(axis=-1) if mask.ndim == 3 else mask  # an RGB(A) mask: any channel marks the lesion
         if mask.shape != tuple(shape):
@@ -69,34 +65,27 @@ def lesion_mask_in_source(row: ManifestRow, shape: tuple[int, int]) -> np.ndarra
     return None
 
 
-def _source_regions(site: SiteSpec, config: AppConfig, rows: dict[int, ManifestRow]) -> dict[int, LesionRegion]:
+def _source_regions(
+    site: SiteSpec, rows: dict[int, tuple[ManifestRow, ImageGeometry | None]]
+) -> dict[int, LesionRegion]:
     """The mask or box of each of ``rows`` (by manifest line) carried onto the model's input with its geometry.
 
-    The geometries come from the site's cache (`preprocess_site_with_geometry` over the whole manifest, as the site
-    was loaded: a subset would drop the other images from the cache), so no file is decoded again.
+    The geometries are the ones `common.data.load_site` kept on the split (`SiteImages.geometries`), so no file is
+    decoded and the site is not preprocessed again. A row whose mark cannot be placed (its mask file unreadable in
+    any way, of another size, or the mark outside the crop) is left out, with the reason in the site's own log: one
+    bad mask file costs its image, not the site's localization.
     """
-    listed = read_manifest(site.manifest)
-    repeats = duplicate_rows(listed)
-    pipeline = ImagePipeline.from_config(config.data)
-    _, geometries, _ = preprocess_site_with_geometry(
-        site.manifest,
-        [row for row in listed if row.row_number not in repeats],
-        pipeline,
-        cache_root(site.manifest, site.cache_dir),
-        progress=False,
-    )
     regions: dict[int, LesionRegion] = {}
     unplaced: list[int] = []
-    for number, row in rows.items():
-        geometry: ImageGeometry | None = geometries.get(number)
+    for number, (row, geometry) in rows.items():
+        region = None
         try:
             source = None if geometry is None else lesion_mask_in_source(row, geometry.source_shape)
-        except (OSError, ValueError) as exc:
-            file_log().warning("manifest %s line %d: lesion mask not used (%s)", site.manifest, number, exc)
-            source = None
-        region = None
-        if source is not None and geometry is not None:
-            region = LesionRegion.from_coverage(geometry.preprocess.apply(source.astype(np.float32)))
+            if source is not None and geometry is not None:
+                region = LesionRegion.from_coverage(geometry.preprocess.apply(source.astype(np.float32)))
+        except Exception as exc:  # any failure of one row's mark: that row is unplaced, the others still count
+            file_log().warning("manifest %s line %d: lesion mask not used (%s: %s)", site.manifest, number,
+                               type(exc).__name__, exc)  # fmt: skip
         if region is None:
             unplaced.append(number)
         else:
@@ -131,8 +120,13 @@ def marked_images(site: SiteSpec, config: AppConfig, split: SiteImages, limit: i
             chosen.append((index, row if precise else None))
         if len(chosen) == limit:
             break
-    precise_rows = {row.row_number: row for _, row in chosen if row is not None}
-    placed = _source_regions(site, config, precise_rows) if precise_rows else {}
+    geometries = split.geometries
+    precise_rows = {
+        row.row_number: (row, geometries[index] if geometries is not None else None)
+        for index, row in chosen
+        if row is not None
+    }
+    placed = _source_regions(site, precise_rows) if precise_rows else {}
     shape = (split.size, split.size)
     marked: list[MarkedImage] = []
     for index, row in chosen:

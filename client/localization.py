@@ -6,16 +6,19 @@ import logging
 import time
 
 import torch
+from torch import nn
 
 from client.lesion_regions import marked_images
 from client.site import SiteSpec
-from client.task import load_site_data, model_with, pick_device
 from common.config import AppConfig
-from common.explain import class_activation_maps, peak_location, suspicious_box
+from common.data import SiteData
+from common.data.geometry_inverse import content_box
+from common.explain import class_activation_maps, headline_region
+from common.file_log import file_log
 from common.metrics.localization import ImageLocalization, score_image
 from common.metrics.localization_counts import LocalizationCounts
 
-__all__ = ["BOX_FRACTION", "MAX_LOCALIZATION_IMAGES", "localization_counts", "localization_on_site", "localizes"]
+__all__ = ["MAX_LOCALIZATION_IMAGES", "localization_counts", "localization_on_site", "localizes"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +27,6 @@ MAX_LOCALIZATION_IMAGES = 200
 and a partial backward pass per image (27 mini-MIAS images at 256 px took about 2 s with small_cnn on two CPU cores),
 so a large archive's final round grows by at most 200 such passes, while a Wilson 95% interval at 200 images is still
 about +-7 points."""
-
-BOX_FRACTION = 0.5
-"""The suspicious box holds the heatmap's connected region at or above half its peak (`suspicious_box`)."""
 
 _BATCH = 16
 
@@ -43,27 +43,52 @@ def localizes(config: AppConfig, server_round: int) -> bool:
 def localization_counts(
     site: SiteSpec,
     config: AppConfig,
-    state_dict: dict[str, torch.Tensor],
+    model: nn.Module,
+    data: SiteData,
     split: str = "test",
     max_images: int = MAX_LOCALIZATION_IMAGES,
 ) -> LocalizationCounts:
     """Score the Grad-CAM of the last class on ``split``'s lesion-marked images of that class (`marked_images`).
 
-    Per image: the pointing game (the map's maximum in the lesion), the IoU of the map's suspicious box with the
-    lesion's box, and the baselines on the same image (`common.metrics.localization.score_image`). A pooled node
-    (the study's centralized reference) scores each member site's split and sums them.
+    Each map is read as ``fedmammo predict`` reads it (`common.explain.headline_region`: zero in the image's square
+    padding, renormalised, no peak and no box when nothing is left), so the figures describe the boxes a radiologist
+    is shown. Per image: the pointing game (the peak in the lesion), the IoU of the suspicious box with the lesion's
+    box, and the baselines on the same image (`common.metrics.localization.score_image`).
+
+    Parameters
+    ----------
+    site : SiteSpec
+        The site; a pooled node (the study's centralized reference) scores each member site's split in
+        ``data.parts`` and sums them, as manifest lines (masks, boxes) are per site.
+    config : AppConfig
+        The run's config (``model.num_classes``: the last class is the one explained).
+    model : nn.Module
+        The model to explain, on the device its maps are made on.
+    data : SiteData
+        The site's data as the evaluation loaded it (`client.task.load_site_data`): loaded once per request.
+    split : str
+        ``train``, ``val`` or ``test``.
+    max_images : int
+        At most this many images per site (`MAX_LOCALIZATION_IMAGES`).
+
+    Raises
+    ------
+    ValueError
+        If ``site`` is pooled and ``data`` does not hold one part per member site.
     """
     if site.pooled:
+        if len(data.parts) != len(site.members):
+            raise ValueError(f"pooled site {site.name}: {len(site.members)} member site(s), {len(data.parts)} part(s)")
         return LocalizationCounts.pooled(
-            localization_counts(member, config, state_dict, split, max_images) for member in site.members
+            localization_counts(member, config, model, part, split, max_images)
+            for member, part in zip(site.members, data.parts, strict=True)
         )
     started = time.perf_counter()
-    images = getattr(load_site_data(site, config), split)
+    images = getattr(data, split)
     marked = marked_images(site, config, images, max_images)
     if not marked:
         return LocalizationCounts()
-    device = pick_device(config.training.device)
-    model = model_with(config, state_dict).to(device)
+    device = next(model.parameters()).device
     scores: list[ImageLocalization] = []
     for start in range(0, len(marked), _BATCH):
         batch = marked[start : start + _BATCH]
@@ -71,8 +96,9 @@ def localization_counts(
         tensor = torch.stack([torch.from_numpy(p) for p in pixels]).unsqueeze(1).to(device)
         maps = class_activation_maps(model, tensor)  # the last class: the headline (malignant) score
         for item, image, heatmap in zip(batch, pixels, maps, strict=True):
-            peak, box = peak_location(heatmap), suspicious_box(heatmap, BOX_FRACTION)
-            scores.append(score_image(item.region, peak, box, image, flat=not heatmap.max() > 0))
+            geometry = images.geometries[item.index] if images.geometries is not None else None
+            region = headline_region(heatmap, content=content_box(geometry) if geometry is not None else None)
+            scores.append(score_image(item.region, region.peak, region.box, image))
     counts = LocalizationCounts.of(scores)
     logger.info("site %s: localization on %d lesion-marked %s image(s): %d pointing-game hit(s) in %.1f s",
                 site.name, counts.images, split, counts.hits, time.perf_counter() - started)  # fmt: skip
@@ -80,17 +106,21 @@ def localization_counts(
 
 
 def localization_on_site(
-    site: SiteSpec, config: AppConfig, state_dict: dict[str, torch.Tensor]
+    site: SiteSpec, config: AppConfig, model: nn.Module, data: SiteData, split: str = "test"
 ) -> dict[str, int | float]:
     """The evaluate reply's localization entries (`common.wire.LOCALIZATION_KEYS`): counts only.
 
     A failure to make heatmaps (an architecture without a known CAM layer, a mask that breaks the pipeline) must not
-    cost the site its evaluation, which the heatmaps only add to: it is logged here with its traceback and the reply
-    says ``loc_failed`` = 1 with no image scored. Every site sends the same keys, as FedAvg requires.
+    cost the site its evaluation, which the heatmaps only add to: the reply says ``loc_failed`` = 1 with no image
+    scored. Every site sends the same keys, as FedAvg requires. The traceback, whose text can name manifests and
+    files, goes to the site's own log (`common.file_log`); the shared log, which simulations copy into flower.log,
+    gets the site's name and the exception's type.
     """
     try:
-        counts = localization_counts(site, config, state_dict)
-    except Exception:  # any failure of the optional heatmaps; the site's own figures still go
-        logger.exception("site %s: localization failed; its other evaluation figures are sent", site.name)
+        counts = localization_counts(site, config, model, data, split)
+    except Exception as exc:  # any failure of the optional heatmaps; the site's own figures still go
+        logger.error("site %s: localization failed (%s; the reason is in the site's own log); its other "
+                     "evaluation figures are sent", site.name, type(exc).__name__)  # fmt: skip
+        file_log().exception("site %s: localization failed", site.name)
         counts = LocalizationCounts(failed=1)
     return counts.to_flat()

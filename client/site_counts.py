@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from client.site import SiteSpec
-from client.task import load_site_data
 from common import wire
-from common.config import AppConfig
 
-__all__ = ["site_count_metrics", "summary_count_metrics"]
+__all__ = ["summary_count_metrics"]
 
 
 def summary_count_metrics(summary: Mapping[str, object], num_classes: int) -> dict[str, int]:
     """The MetricRecord entries (`wire.data_count_key`, `wire.data_label_key`) of a `SiteData.summary`.
 
-    Every class ``0 .. num_classes - 1`` gets an entry in every split, a class the split lacks as 0: a reader then
+    `client.task.evaluate_on_site` makes them from the data it just scored (``EvaluateOutcome.counts``): the same
+    splits, skipped images left out, as the figures, and no second load of the site. Every class
+    ``0 .. num_classes - 1`` gets an entry in every split, a class the split lacks as 0: a reader then
     sees "no malignant case in val" rather than a missing key. Counts only: no identifier, no path, no per-image
     value, so nothing here says which patient or image is which.
 
@@ -37,13 +36,3 @@ def summary_count_metrics(summary: Mapping[str, object], num_classes: int) -> di
         for label in range(num_classes):
             counts[wire.data_label_key(split, label)] = int(labels.get(str(label), 0))  # type: ignore[arg-type]
     return counts
-
-
-def site_count_metrics(site: SiteSpec, config: AppConfig) -> dict[str, int]:
-    """This site's counts (`summary_count_metrics`) from its data as training and evaluation see it.
-
-    The images come from the site's preprocessing cache, which the evaluation just filled: a second load costs
-    tens of milliseconds for hundreds of images and sees exactly the splits (skipped images left out) the
-    figures were computed on.
-    """
-    return summary_count_metrics(load_site_data(site, config).summary(), config.model.num_classes)

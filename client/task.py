@@ -14,8 +14,10 @@ import torch
 
 from client.budget import SiteBudget, check_round
 from client.exam_scores import exam_figures, needs_validation
+from client.localization import localization_on_site
 from client.noise_secret import site_noise_secret
 from client.site import SiteSpec
+from client.site_counts import summary_count_metrics
 from common.config import AppConfig
 from common.data import (
     SPLITS,
@@ -79,6 +81,10 @@ class EvaluateOutcome:
     """Per-class (one vs rest) results, histograms and the argmax confusion matrix; None for a binary model."""
     exam: dict[str, float | int | list[int]] = field(default_factory=dict)
     """Breast- and exam-level AUCs, counts and histograms (`client.exam_scores`, keys `common.wire.exam_keys`)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Images, patients and cases per class of each split, for the model card (`client.site_counts`)."""
+    localization: dict[str, int | float] = field(default_factory=dict)
+    """Grad-CAM localization counts (`client.localization`, `common.wire.LOCALIZATION_KEYS`) when asked for."""
 
 
 @dataclass
@@ -203,6 +209,7 @@ def load_site_data(site: SiteSpec, config: AppConfig) -> SiteData:
             *(SiteImages.concatenated([getattr(part, name) for part in parts]) for name in ("train", "val", "test")),
             skipped=[item for part in parts for item in part.skipped],
             num_patients={name: sum(part.num_patients.get(name, 0) for part in parts) for name in SPLITS},
+            parts=parts,
         )
     check_labels(read_manifest(site.manifest), config.model.num_classes, site.manifest)
     data = load_site(
@@ -322,7 +329,12 @@ def planned_epochs(config: AppConfig) -> int:
 
 
 def evaluate_on_site(
-    site: SiteSpec, config: AppConfig, state_dict: dict[str, torch.Tensor], split: str = "test"
+    site: SiteSpec,
+    config: AppConfig,
+    state_dict: dict[str, torch.Tensor],
+    split: str = "test",
+    *,
+    localize: bool = False,
 ) -> EvaluateOutcome:
     """Score the site's ``split`` and reduce it to metrics, confusion counts and a score histogram.
 
@@ -330,6 +342,9 @@ def evaluate_on_site(
     with more than two classes ``classes`` adds each class against the rest and the argmax confusion matrix.
     ``exam`` groups the split's images into breasts and exams by ``evaluation.exam_rule`` (`client.exam_scores`);
     the ``learned`` rule's validation scores are the ones the operating threshold is chosen on (scored once).
+    ``counts`` are the site's data counts and, with ``localize`` (the final round, `client.localization.localizes`),
+    ``localization`` the split's Grad-CAM counts: both from the data loaded here once, as each load verifies the
+    site's whole cache.
     """
     started = time.perf_counter()
     data = load_site_data(site, config)
@@ -373,6 +388,10 @@ def evaluate_on_site(
             (data.val, headline_labels(val.labels, config), val.scores) if val is not None else None,
             seed=config.seed,
         ),
+        counts=summary_count_metrics(data.summary(), config.model.num_classes),
+        localization=localization_on_site(site, config, model_with(config, state_dict).to(device), data, split)
+        if localize
+        else {},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -156,8 +157,10 @@ def test_an_image_is_scored_for_the_heatmap_and_every_baseline() -> None:
     assert on_lesion.iou == pytest.approx(box_iou((19, 3, 24, 8), (19.5, 3.5, 23.5, 7.5)))
     assert not elsewhere.hit and elsewhere.iou == 0.0 and elsewhere.bright_hit  # the baselines ignore the heatmap
     assert on_lesion.chance == pytest.approx(lesion.mask.sum() / (32 * 16))
-    flat = score_image(lesion, peak=(21, 5), suspicious_box=(0, 0, 32, 32), image=image, flat=True)
+    flat = score_image(lesion, peak=None, suspicious_box=None, image=image)  # `headline_region` of a flat map
     assert not flat.hit and flat.iou == 0.0 and flat.flat  # a map that is zero everywhere points nowhere
+    assert flat.bright_hit and flat.chance == on_lesion.chance  # the baselines are scored all the same
+    assert not on_lesion.flat and not elsewhere.flat
 
 
 # --- counts and pooling -------------------------------------------------------------------------------------------
@@ -270,16 +273,17 @@ def app_metrics(message: object, context: object) -> MetricRecord:
 def test_the_site_cap_bounds_the_images_scored(tiny_federation: Path, tmp_path: Path) -> None:
     config = _config(tiny_federation, tmp_path)
     site = resolve_site({"partition-id": 0}, config)
-    weights = build_model("small_cnn", num_classes=2, in_channels=1, norm=config.model.norm).state_dict()
+    model = build_model("small_cnn", num_classes=2, in_channels=1, norm=config.model.norm)
 
-    assert localization_counts(site, config, weights, max_images=1).images == 1
+    assert localization_counts(site, config, model, load_site_data(site, config), max_images=1).images == 1
 
 
 # --- boxes and masks from the manifest, carried onto the model's input --------------------------------------------
 
 
-def _with_boxes_and_masks(tiny_federation: Path, tmp_path: Path) -> Path:
-    """Site 0 copied with each circle mark turned into a box (odd lines) or a PNG disk mask (even lines)."""
+def _with_boxes_and_masks(tiny_federation: Path, tmp_path: Path, *, masks_only: bool = False) -> Path:
+    """Site 0 copied with each circle mark turned into a box (odd lines) or a PNG disk mask (even lines; every
+    line with ``masks_only``)."""
     root = tmp_path / "marks"
     shutil.copytree(tiny_federation, root, ignore=shutil.ignore_patterns(".cache", "privacy_ledger.json*"))
     manifest = root / "site_0" / "manifest.csv"
@@ -290,7 +294,7 @@ def _with_boxes_and_masks(tiny_federation: Path, tmp_path: Path) -> Path:
         if not row["lesion_row"]:
             continue
         r, c, radius = float(row["lesion_row"]), float(row["lesion_col"]), float(row["lesion_radius_px"])
-        if number % 2:
+        if number % 2 and not masks_only:
             row.update(lesion_x0=c - radius, lesion_y0=r - radius, lesion_x1=c + radius, lesion_y1=r + radius)
         else:
             import pydicom
@@ -346,6 +350,7 @@ def test_the_benchmark_scores_a_run_folder_with_the_run_settings(tiny_federation
     import torch
     import yaml
 
+    from client.task import model_with
     from simulations.benchmarks.localization import score_federation
 
     config = _config(tiny_federation, tmp_path)
@@ -358,6 +363,230 @@ def test_the_benchmark_scores_a_run_folder_with_the_run_settings(tiny_federation
     counts = score_federation(run / "global_model.pt", tiny_federation)
 
     site = resolve_site({"partition-id": 0}, config)
+    expected = localization_counts(site, config, model_with(config, weights), load_site_data(site, config))
     assert set(counts) == {"site-0", "site-1", "pooled"}
-    assert counts["site-0"] == localization_counts(site, config, weights)  # the federated evaluation's own function
+    assert counts["site-0"] == expected  # the federated evaluation's own function
     assert counts["pooled"].images == counts["site-0"].images + counts["site-1"].images > 0
+
+
+def test_the_benchmark_loads_a_carded_model_as_predict_does_and_writes_json_without_nan(
+    tiny_federation: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import torch
+
+    from client.task import model_with
+    from common.errors import ModelError
+    from server.model_card import federation_card_fields, write_model_card
+    from server.summary import build_summary
+    from simulations.benchmarks.localization import main, score_federation
+
+    # Prepare: weights saved from an Opacus wrapper (`_module.` keys) with their card, and no config.yaml
+    config = _config(tiny_federation, tmp_path)
+    weights = build_model("small_cnn", num_classes=2, in_channels=1, norm=config.model.norm).state_dict()
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({f"_module.{key}": value for key, value in weights.items()}, run / "global_model.pt")
+    write_model_card(
+        run / "global_model.pt", federation_card_fields(config, build_summary(config, [], duration_s=1.0), [])
+    )
+
+    counts = score_federation(run / "global_model.pt", tiny_federation)
+    report = tmp_path / "out.json"
+    assert main(["--model", str(run / "global_model.pt"), "--data", str(tiny_federation), "--split", "val",
+                 "--json", str(report)]) == 0  # fmt: skip
+
+    site = resolve_site({"partition-id": 0}, config)
+    assert counts["site-0"] == localization_counts(
+        site, config, model_with(config, weights), load_site_data(site, config)
+    )
+    text = report.read_text(encoding="utf-8")
+    figures = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the benchmark's JSON"))
+    unscored = [site for site, entry in figures["sites"].items() if entry["loc_images"] == 0]
+    assert unscored and all(figures["sites"][site]["loc_hit_rate"] is None for site in unscored)  # NaN -> null
+    with (run / "global_model.pt").open("ab") as handle:
+        handle.write(b"\0")  # the file is no longer the one its card describes
+    with pytest.raises(ModelError, match="does not match its card"):
+        score_federation(run / "global_model.pt", tiny_federation)
+
+
+# --- one rule for where a map points, the data loaded once, failures kept to the site ----------------------------
+
+
+def test_the_peak_is_read_inside_the_image_as_predict_reads_it(
+    tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.localization
+    from common.data.geometry_inverse import content_box
+
+    # Prepare: maps hottest in the square padding, half as hot on the lesion; then maps warm only in the padding
+    config = _config(tiny_federation, tmp_path)
+    site = resolve_site({"partition-id": 0}, config)
+    data = load_site_data(site, config)
+    marked = marked_images(site, config, data.test, 100)
+    assert marked and data.test.geometries is not None
+    boxes = [content_box(data.test.geometries[item.index]) for item in marked]
+    assert all(box[3] < config.data.image_size for box in boxes)  # these phantoms are padded on the right
+    by_image = {id_: (item, box) for id_, (item, box) in enumerate(zip(marked, boxes, strict=True))}
+
+    def maps(padding_only: bool):
+        def fake(model: object, tensor: object) -> np.ndarray:
+            out = np.zeros((len(by_image), config.data.image_size, config.data.image_size), np.float32)
+            for n, (item, box) in by_image.items():
+                out[n, :, box[3] :] = 1.0  # the padding, where there is no image
+                if not padding_only:
+                    rows, cols = np.nonzero(item.region.mask)
+                    out[n, rows[len(rows) // 2], cols[len(cols) // 2]] = 0.5
+            return out
+
+        return fake
+
+    model = build_model("small_cnn", num_classes=2, in_channels=1, norm=config.model.norm)
+    monkeypatch.setattr(client.localization, "_BATCH", len(marked))  # one batch: the fake maps are per marked image
+    monkeypatch.setattr(client.localization, "class_activation_maps", maps(padding_only=False))
+    on_lesion = localization_counts(site, config, model, data)
+    monkeypatch.setattr(client.localization, "class_activation_maps", maps(padding_only=True))
+    nowhere = localization_counts(site, config, model, data)
+
+    assert on_lesion.images == len(marked) and on_lesion.hits == len(marked) and on_lesion.flat == 0
+    assert nowhere.hits == 0 and nowhere.flat == len(marked) and nowhere.iou_sum == 0.0
+
+
+def _no_pixels_dicom(path: Path) -> None:
+    """A DICOM file without pixel data: reading it as a mask raises AttributeError, not OSError or ValueError."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = 4, 4
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_broken_mask_file_costs_its_image_only(
+    tiny_federation: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from common.data import read_manifest
+    from common.file_log import FILE_LOGGER
+
+    # Prepare: every lesion a PNG mask; then one of a split's mask files becomes a DICOM without pixels
+    root = _with_boxes_and_masks(tiny_federation, tmp_path, masks_only=True)
+    config = _config(root, tmp_path / "cache")
+    site = resolve_site({"partition-id": 0}, config)
+    split = load_site_data(site, config).test
+    good = marked_images(site, config, split, 100)
+    rows = {row.row_number: row for row in read_manifest(site.manifest)}
+    assert split.row_numbers is not None and len(good) >= 2
+    assert all(rows[split.row_numbers[m.index]].mask_path is not None for m in good)
+    line = split.row_numbers[good[0].index]
+    _no_pixels_dicom(Path(str(rows[line].mask_path)))
+
+    with caplog.at_level(logging.WARNING):
+        broken = marked_images(site, config, split, 100)
+
+    assert [m.index for m in broken] == [m.index for m in good[1:]]  # the good masks are still scored
+    assert all(np.array_equal(b.region.mask, g.region.mask) for b, g in zip(broken, good[1:], strict=True))
+    own = " ".join(r.getMessage() for r in caplog.records if r.name == FILE_LOGGER)
+    shared = " ".join(r.getMessage() for r in caplog.records if r.name != FILE_LOGGER)
+    assert "AttributeError" in own and f"line {line}:" in own and str(root) in own
+    assert "1 lesion box(es) or mask(s)" in shared and str(root) not in shared
+
+
+def test_a_failure_names_no_file_in_the_shared_log(
+    tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import client.localization
+    from common.file_log import FILE_LOGGER
+
+    config = _config(tiny_federation, tmp_path)
+    site = resolve_site({"partition-id": 0}, config)
+    secret = str(tiny_federation / "site_0" / "manifest.csv")
+
+    def broken(*args: object, **kwargs: object) -> list:
+        raise FileNotFoundError(f"no such file: {secret}")
+
+    monkeypatch.setattr(client.localization, "marked_images", broken)
+    model = build_model("small_cnn", num_classes=2, in_channels=1, norm=config.model.norm)
+    with caplog.at_level(logging.INFO):
+        entries = client.localization.localization_on_site(site, config, model, load_site_data(site, config))
+
+    assert entries[wire.LOC_FAILED] == 1 and entries[wire.LOC_IMAGES] == 0
+    shared = [r for r in caplog.records if r.name == "client.localization"]
+    own = [r for r in caplog.records if r.name == FILE_LOGGER]
+    assert shared and all(secret not in r.getMessage() and r.exc_info is None for r in shared)
+    assert any("site-0" in r.getMessage() and "FileNotFoundError" in r.getMessage() for r in shared)
+    assert own and own[-1].exc_info is not None and secret in str(own[-1].exc_info[1])
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_a_final_round_evaluation_loads_the_site_once(
+    tiny_federation: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.task
+    import common.data.site_data
+    from tests.test_client_app import _context, _message
+
+    root = _with_boxes_and_masks(tiny_federation, tmp_path)  # masks and boxes: their geometries are needed too
+    config = _config(root, tmp_path)
+    loads: list[str] = []
+    preprocessed: list[int] = []
+    load_site, preprocess = client.task.load_site, common.data.site_data.preprocess_site_with_geometry
+    monkeypatch.setattr(client.task, "load_site", lambda *a, **k: loads.append("site") or load_site(*a, **k))
+    monkeypatch.setattr(
+        common.data.site_data,
+        "preprocess_site_with_geometry",
+        lambda *a, **k: preprocessed.append(len(a[1])) or preprocess(*a, **k),
+    )
+
+    final = app_metrics(_message("evaluate", config, 2), _context(config))
+
+    assert loads == ["site"] and len(preprocessed) == 1  # scores, counts and localization from one load
+    assert final[wire.LOC_IMAGES] > 0 and final[wire.LOC_FAILED] == 0
+    assert final[wire.data_count_key("test", wire.DATA_IMAGES)] == final[wire.NUM_EXAMPLES]
+
+
+def test_the_pooled_node_sums_its_member_sites_counts(tiny_federation: Path, tmp_path: Path) -> None:
+    config = _config(tiny_federation, tmp_path, **{"study.enabled": True, "output.run_dir": str(tmp_path / "run")})
+    pooled = resolve_site({"partition-id": 2}, config)
+    members = [resolve_site({"partition-id": i}, config) for i in range(2)]
+    model = build_model("small_cnn", num_classes=2, in_channels=1, norm=config.model.norm)
+    data = load_site_data(pooled, config)
+
+    counts = localization_counts(pooled, config, model, data)
+
+    assert pooled.pooled and [part.test.labels.tolist() for part in data.parts] == [
+        load_site_data(member, config).test.labels.tolist() for member in members
+    ]
+    expected = LocalizationCounts.pooled(
+        localization_counts(member, config, model, load_site_data(member, config)) for member in members
+    )
+    assert counts == expected and counts.images > 0
+    assert data.test.geometries is not None and len(data.test.geometries) == len(data.test)  # kept when pooled
+
+
+def test_the_site_keeps_each_images_geometry(tiny_federation: Path, tmp_path: Path) -> None:
+    from common.data import ImagePipeline, SiteImages, cache_root, preprocess_site_with_geometry, read_manifest
+
+    config = _config(tiny_federation, tmp_path)
+    site = resolve_site({"partition-id": 0}, config)
+    data = load_site_data(site, config)
+    _, geometries, _ = preprocess_site_with_geometry(
+        site.manifest,
+        read_manifest(site.manifest),
+        ImagePipeline.from_config(config.data),
+        cache_root(site.manifest, site.cache_dir),
+        progress=False,
+    )
+
+    for split in (data.train, data.val, data.test):
+        assert split.row_numbers is not None and split.geometries is not None
+        assert split.geometries == [geometries[line] for line in split.row_numbers]
+    with pytest.raises(ValueError, match="2 images but 1 image geometries"):
+        SiteImages([np.zeros((4, 4), np.uint16)] * 2, [0, 1], 4, geometries=data.test.geometries[:1])
+    empty, unknown = SiteImages([], [], data.test.size, geometries=[]), SiteImages([], [], data.test.size)
+    assert SiteImages.concatenated([data.test, empty]).geometries == data.test.geometries
+    assert SiteImages.concatenated([data.test, unknown]).geometries is None  # not every image's place is known

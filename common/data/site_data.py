@@ -49,6 +49,10 @@ class SiteData:
     num_patients: dict[str, int] = field(default_factory=dict)
     duplicates: dict[int, int] = field(default_factory=dict)
     """``{manifest line: earlier line}`` of rows listing an image already listed; each image is used once."""
+    parts: list[SiteData] = field(default_factory=list)
+    """A pooled (centralized) site's member sites' own data, in member order, whose splits are concatenated
+    here; empty for one site. Per-site analyses that need each image's manifest row (lesion masks and boxes) read
+    the parts, as manifest lines are per site."""
 
     def summary(self) -> dict[str, object]:
         """Counts per split and label, and the number skipped: safe to log or send (no ids, no paths)."""
@@ -181,6 +185,7 @@ def load_site(
             size,
             [lesions.get(row.row_number) for row in usable[name]],
             [row.row_number for row in usable[name]],
+            [geometries[row.row_number] for row in usable[name]],
         )
         for name in SPLITS
     }

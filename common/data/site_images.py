@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data.image_cache import dequantise
-from common.data.image_pipeline import Lesion
+from common.data.image_pipeline import ImageGeometry, Lesion
 
 __all__ = ["SiteImages"]
 
@@ -36,6 +36,10 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     row_numbers : sequence of int or None, optional
         Per image, its manifest line, so site-side analyses (subgroups by view, density, vendor) can find the
         image's manifest row and header; they never leave the site.
+    geometries : sequence of ImageGeometry or None, optional
+        Per image, where its pixels came from in its file (as `common.data.site_data.load_site` computed it), so
+        site-side analyses carry a lesion mask onto the image, or leave the square padding out of a heatmap
+        (`common.data.geometry_inverse.content_box`), without preprocessing the site again.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         size: int,
         lesions: Sequence[Lesion | None] | None = None,
         row_numbers: Sequence[int] | None = None,
+        geometries: Sequence[ImageGeometry] | None = None,
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -52,11 +57,14 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise ValueError(f"{len(images)} images but {len(lesions)} lesion entries")
         if row_numbers is not None and len(row_numbers) != len(images):
             raise ValueError(f"{len(images)} images but {len(row_numbers)} manifest line numbers")
+        if geometries is not None and len(geometries) != len(images):
+            raise ValueError(f"{len(images)} images but {len(geometries)} image geometries")
         self._images = list(images)
         self.labels = torch.tensor(list(labels), dtype=torch.int64)
         self.size = size
         self.lesions: list[Lesion | None] = list(lesions) if lesions is not None else [None] * len(self._images)
         self.row_numbers: list[int] | None = list(row_numbers) if row_numbers is not None else None
+        self.geometries: list[ImageGeometry] | None = list(geometries) if geometries is not None else None
 
     def __len__(self) -> int:
         return len(self._images)
@@ -82,15 +90,18 @@ class SiteImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     @classmethod
     def concatenated(cls, parts: Sequence[SiteImages]) -> SiteImages:
         """Several splits as one (the pooled data of a centralized baseline); manifest lines do not carry over,
-        as they are per site."""
+        as they are per site; geometries do (they are the images' own) when every part has them."""
         sizes = {part.size for part in parts}
         if len(sizes) > 1:
             raise ValueError(f"cannot concatenate splits of different image sizes {sorted(sizes)}")
+        geometries = [part.geometries for part in parts]
+        kept = all(part is not None for part in geometries)
         return cls(
             [image for part in parts for image in part._images],
             [int(label) for part in parts for label in part.labels.tolist()],
             sizes.pop() if sizes else 0,
             [lesion for part in parts for lesion in part.lesions],
+            geometries=[g for part in geometries for g in part or []] if kept else None,
         )
 
     def stacked(self) -> torch.Tensor:

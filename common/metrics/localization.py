@@ -161,22 +161,33 @@ class ImageLocalization:
     chance: float
     """The chance baseline (`chance_of_hit`): the lesion's share of the breast."""
     flat: bool = False
-    """The heatmap was zero everywhere: the model found no evidence for the class anywhere in the image, so its
-    "peak" (the first pixel) is no place at all; counted as a miss, and counted apart so a reader can tell
-    "pointed elsewhere" from "pointed nowhere"."""
+    """The heatmap was zero everywhere in the image's content (`common.explain.headline_region` gave no peak): the
+    model found no evidence for the class anywhere in the image, so there is no place it points at; counted as a
+    miss, and counted apart so a reader can tell "pointed elsewhere" from "pointed nowhere"."""
 
 
 def score_image(
-    region: LesionRegion, peak: Point, suspicious_box: Box, image: np.ndarray, *, flat: bool = False
+    region: LesionRegion, peak: Point | None, suspicious_box: Box | None, image: np.ndarray
 ) -> ImageLocalization:
     """Score one image: the heatmap's ``peak`` and ``suspicious_box`` against ``region``, and the baselines on
-    ``image`` (the preprocessed input the model saw). A ``flat`` (all-zero) heatmap hits nothing and has IoU 0."""
+    ``image`` (the preprocessed input the model saw).
+
+    ``peak`` and ``suspicious_box`` are `common.explain.headline_region`'s: None for a flat map (no evidence for the
+    class anywhere in the image's content), which hits nothing, has IoU 0 and is counted as flat. The baselines are
+    scored all the same, as they ignore the heatmap.
+    """
     centre = breast_centre(image)
+    flat = peak is None or suspicious_box is None
     return ImageLocalization(
-        hit=not flat and region.contains(peak),
-        iou=0.0 if flat else box_iou(tuple(float(v) for v in suspicious_box), region.box),  # type: ignore[arg-type]
+        hit=peak is not None and suspicious_box is not None and region.contains(peak),
+        iou=0.0 if suspicious_box is None or peak is None else box_iou(_as_box(suspicious_box), region.box),
         bright_hit=region.contains(brightest_point(image)),
         centre_hit=centre is not None and region.contains(centre),
         chance=chance_of_hit(region, image),
         flat=flat,
     )
+
+
+def _as_box(box: Box) -> Box:
+    row0, col0, row1, col1 = (float(v) for v in box)
+    return row0, col0, row1, col1

@@ -1,15 +1,17 @@
 """Benchmark: where a trained global model's Grad-CAM points on a prepared federation's lesion-marked test images.
 
 Run ``python -m simulations.benchmarks.localization --model RUN_DIR/global_model.pt --data FEDERATION_DIR
-[--split test] [--max-images N] [--json PATH]``. The model's settings (architecture, image size, seed, splits) come
-from its model card (``global_model.pt.json``'s ``config``) when it has one, else from the run folder's
-``config.yaml``, so the images are preprocessed and split exactly as in training; ``--data`` replaces only where the
-sites are (phantoms in ``~/.fedmammo/phantoms``, mini-MIAS prepared into ``~/.fedmammo/mini_mias``).
+[--split test] [--max-images N] [--json PATH]``. The model and its settings (architecture, image size, seed,
+splits) come from its model card (``global_model.pt.json``, loaded and hash-checked as ``fedmammo predict`` loads it)
+when it has one, else from the run folder's ``config.yaml``, so the images are preprocessed and split exactly as in
+training; ``--data`` replaces only where the sites are (phantoms in ``~/.fedmammo/phantoms``, mini-MIAS prepared
+into ``~/.fedmammo/mini_mias``). The JSON (``--json``) holds no NaN token: an undefined rate is ``null``.
 
 Each site scores its split with `client.localization.localization_counts`, the function the federated evaluation's
 final round runs: images of the last class with a lesion mark (at most ``--max-images`` per site), the pointing game
-(the map's maximum inside the lesion) and the box IoU, beside the brightest-spot, breast-centre and random-point
-baselines. Printed per site and pooled (counts summed) with the hit rate's Wilson 95% CI.
+(the peak of the map read as ``fedmammo predict`` reads it inside the lesion) and the box IoU, beside the
+brightest-spot, breast-centre and random-point baselines. Printed per site and pooled (counts summed) with the hit
+rate's Wilson 95% CI.
 """
 
 from __future__ import annotations
@@ -26,37 +28,49 @@ import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from client.localization import MAX_LOCALIZATION_IMAGES, localization_counts
+from client.predict.model_file import load_predict_model
 from client.site import PARTITION_ID_KEY, phantom_site_dir, resolve_site
+from client.task import load_site_data, model_with
 from common.config import AppConfig, load_config
 from common.data import FEDERATION_INDEX
 from common.errors import ConfigError
 from common.metrics.localization_counts import LocalizationCounts
 from common.models import read_card
+from server.report.json_safe import to_json_safe
 
-__all__ = ["main", "model_config", "score_federation"]
+__all__ = ["main", "model_and_config", "score_federation"]
 
 logger = logging.getLogger(__name__)
 
 
-def model_config(model: Path, data: Path) -> AppConfig:
-    """The run's config of ``model`` (its card's, else the run folder's config.yaml), pointed at the sites in ``data``.
+def model_and_config(model: Path, data: Path) -> tuple[nn.Module, AppConfig]:
+    """The network in ``model`` and its run's config, pointed at the sites in ``data``.
+
+    With a model card (``global_model.pt.json``) the file is loaded as ``fedmammo predict`` loads it
+    (`client.predict.model_file.load_predict_model`: the card's SHA-256 checked, its architecture and config,
+    ``_module.`` keys of an Opacus wrapper read); without one, from the run folder's ``config.yaml`` and the weights.
 
     Raises
     ------
+    ModelError
+        If the model has a card that does not match it (hash, architecture, preprocessing version).
     ConfigError
-        If neither a card with a ``config`` nor ``config.yaml`` beside the model exists, or ``data`` holds no sites.
+        If neither a card nor ``config.yaml`` beside the model exists, or ``data`` holds no sites.
     """
-    card = read_card(model)
-    if card is not None and isinstance(card.get("config"), dict):
-        values: dict[str, Any] = dict(card["config"])
+    if read_card(model) is not None:
+        loaded = load_predict_model(model)
+        values: dict[str, Any] = loaded.config.to_nested()
+        network: nn.Module | None = loaded.model
     elif (model.parent / "config.yaml").is_file():
         values = yaml.safe_load((model.parent / "config.yaml").read_text(encoding="utf-8")) or {}
+        network = None
     else:
         raise ConfigError(
-            f"{model} has no model card with a 'config' and its folder no config.yaml: the image size, architecture "
-            "and splits it was trained with are unknown; pass the global_model.pt of a run folder"
+            f"{model} has no model card (global_model.pt.json) and its folder no config.yaml: the image size, "
+            "architecture and splits it was trained with are unknown; pass the global_model.pt of a run folder"
         )
     index = data / FEDERATION_INDEX
     if index.is_file():  # a folder `fedmammo prepare` wrote
@@ -71,19 +85,21 @@ def model_config(model: Path, data: Path) -> AppConfig:
         raise ConfigError(f"--data {data} holds no sites (no {FEDERATION_INDEX} and no site_0 folder)")
     values["federation"] = {**(values.get("federation") or {}), **federation}
     values["output"] = {**(values.get("output") or {}), "run_dir": str(model.parent)}
-    return load_config(values)
+    config = load_config(values)
+    if network is None:
+        network = model_with(config, torch.load(model, map_location="cpu", weights_only=True))
+    return network, config
 
 
 def score_federation(
     model: Path, data: Path, split: str = "test", max_images: int = MAX_LOCALIZATION_IMAGES
 ) -> dict[str, LocalizationCounts]:
     """Each site's localization counts of ``model`` on its ``split``, by site name, and ``pooled`` (summed)."""
-    config = model_config(model, data)
-    weights = torch.load(model, map_location="cpu", weights_only=True)
+    network, config = model_and_config(model, data)
     counts: dict[str, LocalizationCounts] = {}
     for index in range(config.federation.num_sites):
         site = resolve_site({PARTITION_ID_KEY: index}, config)
-        counts[site.name] = localization_counts(site, config, weights, split, max_images)
+        counts[site.name] = localization_counts(site, config, network, load_site_data(site, config), split, max_images)
     counts["pooled"] = LocalizationCounts.pooled(counts.values())
     return counts
 
@@ -130,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.json:
         figures = {site: {**part.to_flat(), **part.figures()} for site, part in counts.items()}
+        report = to_json_safe({"model": str(model), "data": str(data), "split": args.split, "sites": figures})
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"model": str(model), "data": str(data), "split": args.split,
-                                         "sites": figures}, indent=2))  # fmt: skip
+        args.json.write_text(json.dumps(report, indent=2, allow_nan=False))  # NaN (no image scored) as null
     return 0
 
 
