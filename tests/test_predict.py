@@ -314,8 +314,11 @@ def test_predict_runs_for_other_architectures_and_dp_norms(tmp_path: Path, name:
     # Assert
     record = run.records[0]
     assert record["status"] == "ok" and 0.0 <= record["headline"]["score"] <= 1.0
-    assert 0 <= record["box"]["row0"] <= record["box"]["row1"] <= ROWS
-    assert 0 <= record["peak"]["col"] < COLS and record["heatmap"]["note"].startswith("Grad-CAM of the 'malignant'")
+    assert record["heatmap"]["note"].startswith("Grad-CAM of the 'malignant'")
+    if record["heatmap"]["flat"]:  # a random model may see no evidence for the class anywhere: then no box at all
+        assert record["box"] is None and record["peak"] is None
+    else:
+        assert 0 <= record["box"]["row0"] < record["box"]["row1"] <= ROWS and 0 <= record["peak"]["col"] < COLS
 
 
 def test_a_model_trained_on_resampled_images_still_puts_the_box_on_the_spot(tmp_path: Path) -> None:
