@@ -115,10 +115,11 @@ def train_local(
 
     With ``privacy.mode == "local"`` this is DP-SGD through Opacus with Poisson sampling (per-sample clipping to
     ``max_grad_norm``, Gaussian noise), continuing ``history`` so epsilon is cumulative across rounds.
-    Per-sample gradients come from ``privacy.grad_sample_mode`` (ghost mode trains through Opacus' loss
-    wrapper). With DP and ``0 < training.physical_batch_size < batch_size`` each logical (Poisson) batch runs
-    through the model in physical chunks (Opacus' BatchMemoryManager) and the optimizer steps once per
-    logical batch, which gives the same update with less memory; without DP the physical size is ignored.
+    Per-sample gradients come from ``privacy.grad_sample_mode`` (``ghost`` and ``mixed_ghost`` train through
+    the loss wrapper `make_private_training` returns, whose ``backward()`` clips). With DP and
+    ``0 < training.physical_batch_size < batch_size`` each logical (Poisson) batch runs through the model in
+    physical chunks (Opacus' BatchMemoryManager) and the optimizer steps once per logical batch, which gives
+    the same update with less memory; without DP the physical size is ignored.
     Empty Poisson batches still take a (noise-only) step and count in the accountant, as the privacy
     analysis requires; they are left out of the mean loss. Without privacy it is plain minibatch training.
     Frozen BatchNorm layers stay in eval mode throughout. With ``class_weights`` the loss is

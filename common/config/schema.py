@@ -199,8 +199,9 @@ class PrivacyConfig:
     """
 
     MODES: ClassVar[tuple[str, ...]] = ("local", "central", "none")
-    GRAD_SAMPLE_MODES: ClassVar[tuple[str, ...]] = ("hooks", "ew", "functorch", "ghost")
-    """Opacus per-sample gradient implementations ``privacy.grad_sample_mode`` accepts."""
+    GRAD_SAMPLE_MODES: ClassVar[tuple[str, ...]] = ("hooks", "ew", "functorch", "ghost", "mixed_ghost")
+    """Per-sample gradient implementations ``privacy.grad_sample_mode`` accepts: Opacus' four, and ``mixed_ghost``
+    (`common.privacy.mixed_ghost`: Opacus' ghost clipping with per-layer ghost-or-instantiated norms)."""
     CENTRAL_CLIPPING: ClassVar[tuple[str, ...]] = ("fixed", "adaptive")
 
     mode: str = "local"
@@ -212,7 +213,7 @@ class PrivacyConfig:
     target_epsilon: float = 0.0
     """0: train with ``noise_multiplier`` as given; > 0: each site picks the noise that spends exactly this
     epsilon (at ``delta``) over the whole plan (``strategy.num_rounds`` x ``training.local_epochs``)."""
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "mixed_ghost"
     secure_mode: bool = False
     central_clipping: str = "fixed"
     """``central`` only: Flower's server-side ``fixed`` or ``adaptive`` (Andrew et al. 2019) update clipping."""

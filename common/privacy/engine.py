@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import warnings
@@ -18,34 +19,42 @@ from torch.utils.data import DataLoader
 
 from common.config import PrivacyConfig
 from common.errors import ConfigError
+from common.privacy.mixed_ghost import (
+    LOSS_WRAPPER_MODES,
+    MIXED_GHOST,
+    MixedGhostPrivacyEngine,
+    opacus_grad_sample_mode,
+)
 
 __all__ = ["PrivateTraining", "grad_sample_mode_guard", "make_private", "make_private_training", "new_privacy_engine"]
 
 logger = logging.getLogger(__name__)
 
 
-def new_privacy_engine(accountant: str, *, secure_mode: bool = False) -> PrivacyEngine:
+def new_privacy_engine(accountant: str, *, secure_mode: bool = False, grad_sample_mode: str = "hooks") -> PrivacyEngine:
     """A ``PrivacyEngine``; by default seeded (``secure_mode=False``) without Opacus' secure-RNG warning.
 
     Secure mode draws noise and Poisson samples from ``torchcsprng`` (robust to floating-point attacks) but
     forbids seeding. This project defaults to seeded, reproducible pseudo-randomness; the choice is logged
-    once per engine instead of warned about on every round.
+    once per engine instead of warned about on every round. For ``grad_sample_mode='mixed_ghost'`` it is a
+    `MixedGhostPrivacyEngine` (same accountant and noise; its ``make_private`` takes Opacus' mode ``'ghost'``).
 
     Raises
     ------
     ConfigError
         If ``secure_mode`` is requested and ``torchcsprng`` is not installed (Opacus would raise ImportError).
     """
+    engine_class = MixedGhostPrivacyEngine if grad_sample_mode == MIXED_GHOST else PrivacyEngine
     if secure_mode:
         if importlib.util.find_spec("torchcsprng") is None:
             raise ConfigError(
                 "config key 'privacy.secure_mode' = True needs the 'torchcsprng' package, which is not installed: "
                 "Opacus draws secure noise from it; install torchcsprng on every site or set privacy.secure_mode=false"
             )
-        return PrivacyEngine(accountant=accountant, secure_mode=True)
+        return engine_class(accountant=accountant, secure_mode=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
-        engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+        engine = engine_class(accountant=accountant, secure_mode=False)
     logger.debug("Opacus PrivacyEngine(accountant=%s, secure_mode=False): noise from a seeded PRNG", accountant)
     return engine
 
@@ -60,8 +69,8 @@ class PrivateTraining:
     data_loader: DataLoader
     engine: PrivacyEngine
     criterion: Callable[[torch.Tensor, torch.Tensor], Any]
-    """The loss given (cross-entropy by default); in ghost mode Opacus' ``DPLossFastGradientClipping`` around it
-    (its ``.backward()`` clips)."""
+    """The loss given (cross-entropy by default); in ``ghost`` and ``mixed_ghost`` modes Opacus'
+    ``DPLossFastGradientClipping`` (or `MixedGhostLoss`) around it: its ``.backward()`` clips."""
 
 
 @contextmanager
@@ -138,7 +147,9 @@ def make_private_training(
             f"the DP-SGD criterion must have reduction='mean' (Opacus' loss_reduction), got "
             f"{getattr(criterion, 'reduction', None)!r}"
         )
-    engine = new_privacy_engine(privacy.accountant, secure_mode=privacy.secure_mode)
+    engine = new_privacy_engine(
+        privacy.accountant, secure_mode=privacy.secure_mode, grad_sample_mode=privacy.grad_sample_mode
+    )
     engine.accountant.history = [(float(n), float(q), int(s)) for n, q, s in (history or [])]
     if not privacy.poisson_sampling:
         logger.warning("privacy.poisson_sampling is false: the reported epsilon assumes Poisson sampling")
@@ -157,9 +168,9 @@ def make_private_training(
             max_grad_norm=privacy.max_grad_norm,
             poisson_sampling=privacy.poisson_sampling,
             noise_generator=generator,
-            grad_sample_mode=privacy.grad_sample_mode,
+            grad_sample_mode=opacus_grad_sample_mode(privacy.grad_sample_mode),
         )
-    if privacy.grad_sample_mode == "ghost":
+    if privacy.grad_sample_mode in LOSS_WRAPPER_MODES:
         module, dp_optimizer, criterion, dp_loader = wrapped
     else:
         module, dp_optimizer, dp_loader = wrapped
@@ -178,6 +189,10 @@ def make_private(
 ) -> tuple[GradSampleModule, DPOptimizer, DataLoader, PrivacyEngine]:
     """`make_private_training` as a tuple, for loops that compute plain cross-entropy themselves.
 
+    Such a loop calls ``loss.backward()`` once, which the two-pass modes cannot clip through, so
+    ``mixed_ghost`` (the default mode) runs here as ``hooks``: the same clipped, noised update and the same
+    accounting, computed from instantiated per-sample gradients.
+
     Returns
     -------
     tuple
@@ -189,6 +204,10 @@ def make_private(
         For ``grad_sample_mode='ghost'``, whose loss must come from the wrapper only
         `make_private_training` returns.
     """
+    if privacy.grad_sample_mode == MIXED_GHOST:
+        logger.debug("make_private: grad_sample_mode 'mixed_ghost' runs as 'hooks' for a plain-loss loop")
+        privacy = copy.copy(privacy)  # a frozen config; only the mode changes, so it is not validated again
+        object.__setattr__(privacy, "grad_sample_mode", "hooks")
     if privacy.grad_sample_mode == "ghost":
         raise ConfigError(
             "config key 'privacy.grad_sample_mode' = 'ghost' needs Opacus' loss wrapper, which make_private "
