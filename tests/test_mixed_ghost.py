@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import PrivacyConfig, TrainingConfig
+from common.errors import ConfigError
 from common.models import available_models, build_model, min_input_size
 from common.privacy import ghost_norms, make_private, make_private_training
 from common.privacy.ghost_norms import (
@@ -30,7 +31,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning"),
 ]
 
-DP = PrivacyConfig(mode="local", noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
+DP = PrivacyConfig(mode="local", noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4, grad_sample_mode="hooks")
+"""The reference: Opacus' hooks mode, named explicitly (the schema's default is now ``mixed_ghost`` itself)."""
 FIXED = dataclasses.replace(DP, poisson_sampling=False)
 
 
@@ -325,3 +327,17 @@ def test_make_private_runs_mixed_ghost_as_hooks_for_a_plain_loss_loop() -> None:
 
     assert not isinstance(module, MixedGhostGradSampleModule)
     assert engine.accountant.history == [(0.0, 1.0, 1)]
+
+
+def test_a_weight_shared_by_two_layers_is_refused_rather_than_clipped_by_one_use() -> None:
+    # Prepare: one convolution weight used by two Conv2d layers (a per-sample norm of one use would not bound both)
+    first, second = nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.ReLU(), second, nn.Flatten(), nn.Linear(64, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])), batch_size=2)
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="shared by two layers"):
+        make_private_training(
+            model, optimizer, loader, privacy=dataclasses.replace(FIXED, grad_sample_mode="mixed_ghost")
+        )

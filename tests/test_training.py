@@ -19,7 +19,7 @@ from common.models import build_model
 from common.privacy import compute_epsilon, history_from_lists, history_to_lists, privacy_for_budget
 from common.training import EvalResult, TrainResult, evaluate, train_local
 
-DP = PrivacyConfig(mode="local", noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
+DP = PrivacyConfig(mode="local", noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4, grad_sample_mode="hooks")
 NO_DP = PrivacyConfig(mode="none")
 
 
@@ -32,7 +32,9 @@ def _unchecked(privacy: PrivacyConfig, **changes: object) -> PrivacyConfig:
     return changed
 
 
-EXACT = _unchecked(PrivacyConfig(max_grad_norm=1e6, poisson_sampling=False), noise_multiplier=0.0)
+EXACT = _unchecked(
+    PrivacyConfig(max_grad_norm=1e6, poisson_sampling=False, grad_sample_mode="hooks"), noise_multiplier=0.0
+)
 """DP plumbing with no noise and no effective clipping: must give plain SGD's update exactly."""
 
 
@@ -209,7 +211,7 @@ def _weights_after(privacy: PrivacyConfig, training: TrainingConfig, n: int = 16
 
 
 @pytest.mark.filterwarnings("ignore:Using a non-full backward hook:UserWarning")
-@pytest.mark.parametrize("mode", ["ew", "functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["ew", "functorch", "ghost", "mixed_ghost"])
 def test_every_grad_sample_mode_gives_the_hooks_update(mode: str) -> None:
     # Prepare
     training = TrainingConfig(local_epochs=1, batch_size=8, learning_rate=0.1)
@@ -224,7 +226,7 @@ def test_every_grad_sample_mode_gives_the_hooks_update(mode: str) -> None:
         torch.testing.assert_close(other[key], value, atol=1e-5, rtol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost", "mixed_ghost"])
 def test_every_grad_sample_mode_trains_with_poisson_noise_and_unwraps(mode: str) -> None:
     # Prepare
     model = _small()
@@ -261,7 +263,7 @@ def test_a_mode_that_cannot_handle_the_model_is_a_config_error() -> None:
         )
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "mixed_ghost"])
 def test_physical_batches_give_the_logical_batch_update(mode: str) -> None:
     # Prepare
     privacy = _unchecked(EXACT, grad_sample_mode=mode)
@@ -419,7 +421,7 @@ def test_without_class_weights_training_is_exactly_plain_cross_entropy_sgd() -> 
         assert torch.equal(result.state_dict[key], value), key
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "mixed_ghost"])
 def test_without_class_weights_dp_training_is_unchanged(mode: str) -> None:
     privacy = dataclasses.replace(DP, grad_sample_mode=mode)
     training = TrainingConfig(local_epochs=2, batch_size=4)
@@ -434,7 +436,7 @@ def test_without_class_weights_dp_training_is_unchanged(mode: str) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Using a non-full backward hook:UserWarning")
-@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost", "mixed_ghost"])
 @pytest.mark.parametrize("physical", [0, 3], ids=["whole", "physical-3"])
 def test_weighted_dp_plumbing_gives_the_plain_weighted_update(mode: str, physical: int) -> None:
     """Without noise or clipping, DP-SGD's update is the mean of the per-sample gradients of w[y] * CE, in
@@ -462,7 +464,7 @@ def test_weighted_dp_plumbing_gives_the_plain_weighted_update(mode: str, physica
     assert not torch.allclose(plain.state_dict["fc.weight"], unweighted.state_dict["fc.weight"])
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost", "mixed_ghost"])
 def test_weighted_dp_training_takes_empty_poisson_batches(mode: str) -> None:
     # 3 examples, batch 1: empty Poisson batches are likely
     privacy = dataclasses.replace(DP, grad_sample_mode=mode)

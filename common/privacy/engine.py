@@ -205,7 +205,7 @@ def make_private(
         `make_private_training` returns.
     """
     if privacy.grad_sample_mode == MIXED_GHOST:
-        logger.debug("make_private: grad_sample_mode 'mixed_ghost' runs as 'hooks' for a plain-loss loop")
+        logger.info("make_private: grad_sample_mode 'mixed_ghost' runs as 'hooks' for a plain-loss loop")
         privacy = copy.copy(privacy)  # a frozen config; only the mode changes, so it is not validated again
         object.__setattr__(privacy, "grad_sample_mode", "hooks")
     if privacy.grad_sample_mode == "ghost":

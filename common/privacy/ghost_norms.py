@@ -36,9 +36,12 @@ def norm_method(positions: int, inputs: int, outputs: int) -> NormMethod:
     A layer whose per-sample gradient is ``G_i^T A_i`` (``A_i``: ``positions x inputs`` unfolded activations,
     ``G_i``: ``positions x outputs`` output gradients) has ``||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T>``. The ghost
     form builds the two ``T x T`` Gram matrices, about ``T^2 (D + p)`` multiply-adds per sample; instantiating
-    the ``p x D`` gradient costs about ``T p D``. Early convolutions (many positions, few channels) instantiate,
-    late ones (few positions, many channels) and fully connected layers (T = 1) go ghost: the mixed ghost
-    clipping of Bu et al. (NeurIPS 2022). The ghost form's memory, ``T^2`` per sample, is then also the smaller.
+    the ``p x D`` gradient costs about ``T p D``. The rule ``T (D + p) < p D`` is Bu et al.'s mixed ghost
+    clipping (NeurIPS 2022); read it as a memory and bandwidth rule: it implies ``T^2 < p D``, so a ghost layer's
+    Gram matrices are never larger than the per-sample gradient it avoids (no blow-up at 512 px), while the
+    clipped sum of a ghost layer still costs one weight-gradient product (``T p D``) in book-keeping. Early
+    convolutions (many positions, few channels) instantiate; late ones (few positions, many channels) and fully
+    connected layers (T = 1) go ghost. The boundary was measured on CPU only (no GPU here).
 
     Parameters
     ----------

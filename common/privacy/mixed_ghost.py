@@ -13,6 +13,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.utils.module_utils import trainable_parameters
 from torch import Tensor, nn
 
+from common.errors import ConfigError
 from common.privacy.ghost_norms import CLIPPED_SUM
 from common.privacy.ghost_norms import NORM_SAMPLERS as MIXED_NORM_SAMPLERS
 
@@ -69,10 +70,15 @@ class MixedGhostGradSampleModule(GradSampleModuleFastGradientClipping):
         """True only while `MixedGhostTensor.backward` itself accumulates gradients into parameters."""
         self.second_pass_params: list[nn.Parameter] = []
         """Trainable parameters of layers `common.privacy.ghost_norms` has no sampler for."""
+        booked: list[nn.Parameter] = []
         for module in self.iterate_submodules(self._module):
             self.autograd_grad_sample_hooks.append(module.register_forward_pre_hook(self._leaf_inputs))
             if type(module) not in MIXED_NORM_SAMPLERS:  # Opacus handles its whole subtree
                 self.second_pass_params.extend(p for p in module.parameters() if p.requires_grad)
+            else:
+                booked.extend(p for p in module.parameters(recurse=False) if p.requires_grad)
+        _refuse_shared(booked, self.second_pass_params)
+        self.second_pass_params = list({id(p): p for p in self.second_pass_params}.values())
         for _, param in trainable_parameters(self._module):
             self.autograd_grad_sample_hooks.append(param.register_post_accumulate_grad_hook(self._refuse_unclipped))
 
@@ -106,6 +112,22 @@ class MixedGhostGradSampleModule(GradSampleModuleFastGradientClipping):
         """The input leaves the last forward created (then forgotten, so their memory goes with the graph)."""
         leaves, self._pass_leaves = self._pass_leaves, []
         return leaves
+
+
+def _refuse_shared(booked: list[nn.Parameter], second: list[nn.Parameter]) -> None:
+    """Refuse a parameter that two layers use (or a book-kept layer and a second-pass one).
+
+    Its per-sample norm would come from one use only while its gradient sums both: an example's contribution could
+    exceed ``max_grad_norm`` with noise scaled to it, so the reported epsilon would understate the privacy loss.
+    """
+    seen: set[int] = set()
+    shared = [tuple(p.shape) for p in booked if id(p) in seen or seen.add(id(p))]  # type: ignore[func-returns-value]
+    shared += [tuple(p.shape) for p in second if id(p) in seen]
+    if shared:
+        raise ConfigError(
+            f"privacy.grad_sample_mode = 'mixed_ghost' cannot clip a parameter shared by two layers (shape(s) "
+            f"{shared}): its per-sample norm would count one use only; untie the weights or use 'hooks'"
+        )
 
 
 class MixedGhostTensor(DPTensorFastGradientClipping):
