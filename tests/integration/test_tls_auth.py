@@ -167,7 +167,9 @@ def test_node_without_tls_cannot_connect(superlink: SuperLink) -> None:
     process, log = superlink.supernode("plaintext", "--insecure", "--max-retries", "1", "--max-wait-time", "5")
     code, output = exit_within(process, log, REJECTED_WITHIN_S)
     assert code == 1, output
-    assert "Exit Code: 305" in output and "Server disconnected without sending a response" in output, output
+    # The TLS listener drops a plaintext handshake; gRPC reports it either way, depending on timing.
+    dropped = ("Server disconnected without sending a response", "Connection reset by peer")
+    assert "Exit Code: 305" in output and any(text in output for text in dropped), output
 
 
 @needs_flower
