@@ -17,6 +17,7 @@ from common.explain import (
     suspicious_box,
 )
 from common.models import available_models, build_model, min_input_size
+from tests.cam_models import bright_detector
 
 EXPECTED_LAYERS = {
     "resnet18": "layer4",
@@ -74,19 +75,6 @@ def test_every_architecture_has_its_last_feature_layer_and_per_image_normalised_
     assert all(p.grad is None for p in model.parameters())
 
 
-def _bright_detector() -> nn.Module:
-    """small_cnn whose class-1 logit grows with local brightness: every conv passes its input's centre tap on."""
-    model = build_model("small_cnn", norm="groupnorm")
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.zero_()
-                module.weight[:, :, 1, 1] = 1.0 / module.in_channels
-        model.fc.weight.copy_(torch.stack([-torch.ones(64), torch.ones(64)]))
-        model.fc.bias.zero_()
-    return model
-
-
 @pytest.mark.parametrize("spot", [(10, 50), (44, 12), (30, 30)])
 def test_the_map_of_a_brightness_detector_peaks_on_the_bright_spot(spot: tuple[int, int]) -> None:
     # Prepare: dim noise with one bright 5x5 square (off the diagonal, so a transposed map would miss it)
@@ -94,7 +82,7 @@ def test_the_map_of_a_brightness_detector_peaks_on_the_bright_spot(spot: tuple[i
     images = 0.1 * torch.rand(1, 1, 64, 64, generator=generator)
     images[0, 0, spot[0] - 2 : spot[0] + 3, spot[1] - 2 : spot[1] + 3] = 1.0
     # Execute
-    maps = class_activation_maps(_bright_detector(), images)
+    maps = class_activation_maps(bright_detector(), images)
     # Assert: the peak within one 8-pixel cell of the layer (64 / 8) of the spot
     row, col = peak_location(maps[0])
     assert abs(row - spot[0]) <= 8 and abs(col - spot[1]) <= 8
@@ -105,10 +93,10 @@ def test_the_map_of_a_brightness_detector_peaks_on_the_bright_spot(spot: tuple[i
 def test_a_class_the_image_speaks_against_has_an_all_zero_map_and_an_unknown_class_is_refused() -> None:
     images = torch.zeros(1, 1, 64, 64)
     images[0, 0, 20:25, 40:45] = 1.0
-    maps = class_activation_maps(_bright_detector(), images, target_class=0)
+    maps = class_activation_maps(bright_detector(), images, target_class=0)
     assert maps.shape == (1, 64, 64) and maps.max() == 0.0
     with pytest.raises(ModelError, match="target_class 2 is no class of this 2-class model"):
-        class_activation_maps(_bright_detector(), images, target_class=2)
+        class_activation_maps(bright_detector(), images, target_class=2)
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -21,23 +21,11 @@ from common.data.image_pipeline import ImageGeometry
 from common.data.preprocessing import PREPROCESS_VERSION, PreprocessGeometry
 from common.models import build_model, card_path, write_card
 from simulations.cli import main
+from tests.cam_models import bright_detector
 
 ROWS, COLS = 240, 180
 SPOT = (150, 50)
 """The bright spot of the left-breast test images (row, column), well inside the breast."""
-
-
-def _bright_detector() -> nn.Module:
-    """small_cnn whose malignant logit grows with local brightness: its Grad-CAM peaks on the brightest spot."""
-    model = build_model("small_cnn", norm="groupnorm")
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d):
-                module.weight.zero_()
-                module.weight[:, :, 1, 1] = 1.0 / module.in_channels
-        model.fc.weight.copy_(torch.stack([-torch.ones(64), torch.ones(64)]))
-        model.fc.bias.zero_()
-    return model
 
 
 def _card_fields(**data: object) -> dict[str, object]:
@@ -65,7 +53,7 @@ def _card_fields(**data: object) -> dict[str, object]:
 def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "model" / "global_model.pt"
     path.parent.mkdir()
-    torch.save(_bright_detector().state_dict(), path)
+    torch.save(bright_detector().state_dict(), path)
     write_card(path, _card_fields())
     return path
 
@@ -237,7 +225,7 @@ def test_a_model_without_a_card_is_refused_with_what_a_card_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "global_model.pt"
-    torch.save(_bright_detector().state_dict(), path)
+    torch.save(bright_detector().state_dict(), path)
     assert main(["predict", str(path), str(path), "--out", str(tmp_path / "out")]) == 1
     text = " ".join(capsys.readouterr().out.split())
     assert (
@@ -251,7 +239,7 @@ def test_a_card_from_another_preprocessing_version_is_refused(tmp_path: Path) ->
     from common.errors import ModelError
 
     path = tmp_path / "global_model.pt"
-    torch.save(_bright_detector().state_dict(), path)
+    torch.save(bright_detector().state_dict(), path)
     write_card(path, _card_fields(preprocess_version="preprocess-v1"))
     with pytest.raises(ModelError, match="trained on images preprocessed by 'preprocess-v1'; this fedmammo"):
         load_predict_model(path)
@@ -261,7 +249,7 @@ def test_weights_saved_from_an_opacus_wrapper_load(tmp_path: Path) -> None:
     from client.predict.model_file import load_predict_model
 
     path = tmp_path / "global_model.pt"
-    state = _bright_detector().state_dict()
+    state = bright_detector().state_dict()
     torch.save({f"_module.{key}": value for key, value in state.items()}, path)
     write_card(path, _card_fields())
     loaded = load_predict_model(path)
@@ -327,7 +315,7 @@ def test_a_model_trained_on_resampled_images_still_puts_the_box_on_the_spot(tmp_
     from client.predict.run import predict_files
 
     path = tmp_path / "global_model.pt"
-    torch.save(_bright_detector().state_dict(), path)
+    torch.save(bright_detector().state_dict(), path)
     write_card(path, _card_fields(pixel_spacing_mm=0.25))
     spot = _mirrored(SPOT, "R")
     _write_dicom(tmp_path / "right.dcm", _breast("R", spot), laterality="R")
@@ -373,7 +361,7 @@ def test_the_four_views_of_one_exam_get_a_score_per_breast_and_one_per_exam(
 def test_the_learned_exam_rule_falls_back_to_max_in_predict_and_says_why(tmp_path: Path) -> None:
     # Prepare: a card whose run combined views by the learned rule (fitted on a validation split predict lacks)
     path = tmp_path / "global_model.pt"
-    torch.save(_bright_detector().state_dict(), path)
+    torch.save(bright_detector().state_dict(), path)
     fields = _card_fields()
     fields["config"]["evaluation"]["exam_rule"] = "learned"  # type: ignore[index]
     write_card(path, fields)
@@ -398,7 +386,7 @@ def _model_file(tmp_path: Path, model: nn.Module, **card: object) -> Path:
 
 def _dark_detector() -> nn.Module:
     """The bright detector with its classes swapped: brightness argues against malignant, so its Grad-CAM is zero."""
-    model = _bright_detector()
+    model = bright_detector()
     with torch.no_grad():
         model.fc.weight.mul_(-1.0)
     return model
@@ -445,7 +433,7 @@ def test_a_model_with_nan_weights_fails_each_image_and_the_json_holds_no_nan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: a diverged run's weights
-    model = _bright_detector()
+    model = bright_detector()
     with torch.no_grad():
         model.fc.weight.fill_(float("nan"))
     path = _model_file(tmp_path, model)
@@ -475,7 +463,7 @@ def test_a_fedbn_model_is_announced_in_red_in_the_json_and_in_the_card_lines(
         "personalization": {"fedbn": True, "fine_tune_epochs": 0, "note": "FedBN: ..."},
     }
     limits = [f"limit number {n}." for n in range(1, 6)]
-    path = _model_file(tmp_path, _bright_detector(), training=training, limitations=limits)
+    path = _model_file(tmp_path, bright_detector(), training=training, limitations=limits)
     Image.fromarray(np.round(_breast("L", SPOT) * 255).astype(np.uint8)).save(tmp_path / "left.png")
     # Execute
     status = main(["predict", str(path), str(tmp_path / "left.png"), "--out", str(tmp_path / "out")])
@@ -525,7 +513,7 @@ def test_a_card_whose_preprocessing_settings_differ_is_refused_naming_the_keys(t
     from common.errors import ModelError
 
     settings = ImagePipeline(image_size=64).settings()
-    path = _model_file(tmp_path, _bright_detector())
+    path = _model_file(tmp_path, bright_detector())
     write_card(path, _card_fields(preprocess_settings=settings))
     assert load_predict_model(path).pipeline.settings() == settings
     write_card(path, _card_fields(preprocess_settings={**settings, "threshold": "otsu", "size": 128}))
@@ -539,7 +527,7 @@ def test_the_weights_loaded_are_the_bytes_that_were_hashed(tmp_path: Path, monke
     # Prepare: other weights are saved over the file just after its hash was checked (a copy finishing late)
     import client.predict.model_file as model_file
 
-    path = _model_file(tmp_path, _bright_detector())
+    path = _model_file(tmp_path, bright_detector())
     hashed = torch.load(path, weights_only=True)
     check = model_file._checked_hash
 
